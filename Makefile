@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+OUT    ?= out
+
+.PHONY: venv demo test lint typecheck unit plugin benchmark clean
+
+# pip takes torch/torchvision from the local wheel cache where the machine has one; constraints.txt pins
+# every transitive version that was tested.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p $(OUT)
+	$(VENV)/bin/mtrs detect --sample -q "any change" -o $(OUT)/demo_changes.geojson --mask-out $(OUT)/demo_probability.tif --json
+	@echo "Wrote $(OUT)/demo_changes.geojson and $(OUT)/demo_probability.tif"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check mtrs_geo models cli tests benchmarks
+	$(VENV)/bin/ruff format --check mtrs_geo models cli tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy mtrs_geo models cli
+
+unit: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+test: lint typecheck unit
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/engine.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info $(OUT)

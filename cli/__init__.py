@@ -1,0 +1,1 @@
+"""The ``mtrs`` command line: a thin click shell over the library."""

@@ -1,0 +1,92 @@
+"""Entry point of the ``mtrs`` command: a click group whose commands load lazily.
+
+Commands live in their own modules (``detect``, ``train``, ``craft``); importing one only when it runs
+keeps ``mtrs --help`` fast and keeps torch out of commands that do not need it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from mtrs_geo import __version__
+from mtrs_geo.errors import MtrsError
+
+# command name -> (module under mtrs_geo.cli, attribute, short help)
+_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "detect": ("detect", "detect", "Find the changes a text query describes between two rasters."),
+    "info": ("detect", "info", "Show the common grid, overlap and tile count of a pair."),
+    "batch": ("detect", "batch", "Run detect for every row of a CSV of pairs."),
+    "models": ("detect", "models", "List the registered models and what each needs."),
+    "train": ("train", "train", "Train MTRefSeg-R1 (stage 1 change perception, stage 2 referring)."),
+    "evaluate": ("train", "evaluate", "Score a model or a folder of predictions (mIoU, oIoU, Pr@t)."),
+    "benchmark": ("train", "benchmark", "Run several models over the same splits into one table."),
+    "craft": ("craft", "craft", "Build and audit MTRS benchmarks from change data (CRAFT)."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when that command is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in _COMMANDS:
+            return None
+        module_name, attr, _ = _COMMANDS[cmd_name]
+        try:
+            module = importlib.import_module(f"mtrs_geo.cli.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"mtrs_geo.cli.{module_name}":
+                raise
+            return None
+        command = getattr(module, attr, None)
+        return command if isinstance(command, click.Command) else None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, help_) for name, (_, _, help_) in _COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mtrs")
+def cli() -> None:
+    """mtrs-geo: language-described change detection on georeferenced image pairs."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI: user errors exit 2 with one line, internal errors exit 1.
+
+    Set ``MTRS_DEBUG=1`` to see the traceback of an internal error.
+    """
+    try:
+        code = cli.main(args=argv, prog_name="mtrs", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except MtrsError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
+        click.echo(f"Internal error: {type(exc).__name__}: {exc}", err=True)
+        if os.environ.get("MTRS_DEBUG"):
+            raise
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""MTRefSeg-R1: networks, training and evaluation (installed as ``mtrs_geo.models``)."""

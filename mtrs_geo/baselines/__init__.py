@@ -1,0 +1,1 @@
+"""Classic baselines that need no training."""

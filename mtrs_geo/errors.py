@@ -1,0 +1,27 @@
+"""One exception family for everything a user can act on.
+
+Front ends turn :class:`InputError` into exit code 2 (CLI) or a Processing error (QGIS),
+:class:`Cancelled` into a clean stop, and any other exception into exit code 1.
+"""
+
+
+class MtrsError(Exception):
+    """Base class: the message is meant for the user, on one line."""
+
+    exit_code = 1
+
+
+class InputError(MtrsError):
+    """Bad input or usage: unreadable file, missing CRS, disjoint footprints, bad option value."""
+
+    exit_code = 2
+
+
+class ModelError(InputError):
+    """A model name or checkpoint that cannot be resolved or does not fit the input."""
+
+
+class Cancelled(MtrsError):
+    """The user cancelled the run; no output was left behind."""
+
+    exit_code = 130

@@ -1,0 +1,98 @@
+"""The one interface between the engine and every change model, and the model registry.
+
+A model takes a batch of before tiles, a batch of after tiles (both already aligned on the same grid and
+normalized with :func:`mtrs_geo.normalize.percentile_stretch`, values mostly in [0, 1], float32,
+shape ``(B, C, H, W)``) and returns a per-pixel change probability ``(B, H, W)`` in [0, 1].
+The query is encoded once per run by :meth:`ChangeModel.prepare`, not per tile.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mtrs_geo.errors import ModelError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``mtrs models`` prints about a model."""
+
+    name: str
+    description: str
+    query_aware: bool
+    in_channels: int | None  # None: any band count (the same in both images)
+    needs: str  # human-readable: bands, device, checkpoint
+    trained_on: str = "-"
+    size: str = "-"
+
+
+class ChangeModel(abc.ABC):
+    """Base class of every model the engine can run."""
+
+    info: ModelInfo
+    device: torch.device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> ChangeModel:
+        """Move the model to ``device`` and return it."""
+        self.device = device
+        return self
+
+    def prepare(self, query: str | None) -> None:  # noqa: B027 - optional hook
+        """Encode the query once per run; ``None`` or empty means "any change" (stage-1 mode)."""
+
+    def calibrate(  # noqa: B027 - optional hook
+        self, before: torch.Tensor, after: torch.Tensor, valid: torch.Tensor
+    ) -> None:
+        """See scene-wide samples before tiling (``valid`` is ``(B, H, W)`` bool).
+
+        Models whose output depends on scene statistics (a global threshold, say) fix them here so
+        that every tile is predicted the same way and tiles stitch without seams.
+        """
+
+    @abc.abstractmethod
+    def predict(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """Return the change probability ``(B, H, W)`` for normalized tiles ``(B, C, H, W)``."""
+
+
+# name -> module. Each module exports ``MODEL_INFO: ModelInfo`` and ``build_model() -> ChangeModel``;
+# they are imported lazily so the CLI starts fast and torch-free commands stay torch-free.
+_REGISTRY: dict[str, str] = {
+    "cva": "mtrs_geo.baselines.cva",
+    "mtrefseg-r1": "mtrs_geo.models.inference",
+}
+
+
+def registered_names() -> list[str]:
+    """Names accepted by ``--model`` besides a checkpoint folder."""
+    return sorted(_REGISTRY)
+
+
+def model_info(name: str) -> ModelInfo:
+    """Describe a registered model without loading its weights."""
+    info = getattr(importlib.import_module(_REGISTRY[name]), "MODEL_INFO", None)
+    if not isinstance(info, ModelInfo):
+        raise ModelError(f"model {name!r} does not describe itself")
+    return info
+
+
+def load_model(name_or_path: str) -> ChangeModel:
+    """Build a registered model by name, or load a checkpoint folder by path."""
+    if name_or_path in _REGISTRY:
+        model = importlib.import_module(_REGISTRY[name_or_path]).build_model()
+    elif Path(name_or_path).is_dir():
+        from mtrs_geo.models.inference import load_checkpoint  # heavy import, only when asked
+
+        model = load_checkpoint(Path(name_or_path))
+    else:
+        known = ", ".join(registered_names())
+        raise ModelError(
+            f"unknown model {name_or_path!r}: use one of {known} or a checkpoint folder"
+        )
+    if not isinstance(model, ChangeModel):
+        raise ModelError(f"model {name_or_path!r} does not implement the ChangeModel interface")
+    return model

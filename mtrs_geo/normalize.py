@@ -1,0 +1,66 @@
+"""Radiometric normalization shared by the engine and training: a per-band percentile stretch.
+
+Statistics come from a sample of the scene (overviews or sampled windows), never from a full read; the
+same stretch is applied to every tile, so predictions do not depend on how the scene is tiled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LOW_PERCENTILE = 2.0
+HIGH_PERCENTILE = 98.0
+
+
+@dataclass(frozen=True)
+class BandStats:
+    """Per-band stretch limits, in the raster's own units (one value per selected band)."""
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    @property
+    def band_count(self) -> int:
+        """Number of bands these statistics describe."""
+        return len(self.low)
+
+
+def band_stats(sample: np.ndarray, valid: np.ndarray | None = None) -> BandStats:
+    """Compute stretch limits from a ``(C, H, W)`` or ``(N, C, H, W)`` sample.
+
+    ``valid`` (same shape without the band axis) marks the pixels to use; nodata is left out.
+    A band with no valid pixel or no spread gets limits that map it to zero.
+    """
+    data = np.asarray(sample, dtype=np.float64)
+    if data.ndim == 3:
+        data = data[None]
+    if valid is None:
+        mask = np.ones((data.shape[0], *data.shape[2:]), dtype=bool)
+    else:
+        mask = np.asarray(valid, dtype=bool).reshape(data.shape[0], *data.shape[2:])
+    lows: list[float] = []
+    highs: list[float] = []
+    for band in range(data.shape[1]):
+        values = data[:, band][mask]
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            lows.append(0.0)
+            highs.append(1.0)
+            continue
+        low, high = np.percentile(values, [LOW_PERCENTILE, HIGH_PERCENTILE])
+        if high <= low:
+            high = low + 1.0
+        lows.append(float(low))
+        highs.append(float(high))
+    return BandStats(tuple(lows), tuple(highs))
+
+
+def percentile_stretch(tile: np.ndarray, stats: BandStats) -> np.ndarray:
+    """Map each band of a ``(..., C, H, W)`` array linearly so low -> 0 and high -> 1, clipped to [0, 1]."""
+    low = np.asarray(stats.low, dtype=np.float32)[:, None, None]
+    high = np.asarray(stats.high, dtype=np.float32)[:, None, None]
+    out = (np.asarray(tile, dtype=np.float32) - low) / (high - low)
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+    return np.clip(out, 0.0, 1.0, out=out)

@@ -1,0 +1,1 @@
+"""The bundled sample pair (see SOURCE.md)."""
