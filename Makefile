@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 OUT    ?= out
 
-.PHONY: venv demo test lint typecheck unit plugin benchmark clean
+.PHONY: venv system-deps demo test lint typecheck unit plugin benchmark clean
 
 # pip takes torch/torchvision from the local wheel cache where the machine has one; constraints.txt pins
 # every transitive version that was tested.
@@ -33,7 +33,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
-test: lint typecheck unit
+system-deps:
+	bash scripts/system-deps.sh
+
+test: system-deps lint typecheck unit
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/engine.py
