@@ -24,11 +24,11 @@ demo: $(STAMP)
 	@echo "Wrote $(OUT)/demo_changes.geojson and $(OUT)/demo_probability.tif"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check mtrs_geo models cli tests benchmarks
-	$(VENV)/bin/ruff format --check mtrs_geo models cli tests benchmarks
+	$(VENV)/bin/ruff check mtrs_geo models cli tests benchmarks scripts qgis_plugin
+	$(VENV)/bin/ruff format --check mtrs_geo models cli tests benchmarks scripts qgis_plugin
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy mtrs_geo models cli
+	$(VENV)/bin/mypy mtrs_geo models cli qgis_plugin
 
 unit: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
@@ -37,6 +37,11 @@ system-deps:
 	bash scripts/system-deps.sh
 
 test: system-deps lint typecheck unit
+
+# The QGIS plugin zip (Plugin Manager > Install from ZIP): sources, metadata, icon and style only.
+DIST ?= dist
+plugin:
+	python3 scripts/build_plugin.py --output $(DIST)
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/engine.py

@@ -21,6 +21,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("detect", "info", "Show the common grid, overlap and tile count of a pair."),
     "batch": ("detect", "batch", "Run detect for every row of a CSV of pairs."),
     "models": ("detect", "models", "List the registered models and what each needs."),
+    "sample": ("detect", "sample", "Copy the bundled sample pair into a folder."),
     "train": ("train", "train", "Train MTRefSeg-R1 (stage 1 change perception, stage 2 referring)."),
     "evaluate": ("train", "evaluate", "Score a model or a folder of predictions (mIoU, oIoU, Pr@t)."),
     "benchmark": ("train", "benchmark", "Run several models over the same splits into one table."),

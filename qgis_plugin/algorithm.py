@@ -1,0 +1,404 @@
+"""The Processing algorithm "Referring change segmentation" and the "Check environment" algorithm.
+
+The algorithm only collects parameters into a :class:`DetectRequest`, hands it to the backend and
+turns the backend's outcome into Processing results and errors: the detection logic is the engine's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingOutputBoolean,
+    QgsProcessingOutputString,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
+    QgsRasterLayer,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtGui import QIcon
+
+from .backend import check_environment, model_names, run_detection
+from .environment import EnvironmentProblem
+from .runner import DetectRequest, RunCancelled, RunFailed
+from .settings import DEVICES, current_settings
+
+PLUGIN_DIR = Path(__file__).resolve().parent
+ICON_PATH = PLUGIN_DIR / "icon.svg"
+STYLE_PATH = PLUGIN_DIR / "styles" / "changes.qml"
+# Vector formats the engine writes itself; any other OGR format is converted from FlatGeobuf.
+ENGINE_VECTOR_EXTENSIONS = {".geojson", ".gpkg", ".fgb", ".shp"}
+MASK_TYPES = ["probability", "binary"]
+
+
+class StyleChangesLayer(QgsProcessingLayerPostProcessorInterface):
+    """Applies the plugin's default style to the change polygons once they are loaded."""
+
+    def postProcessLayer(
+        self, layer: Any, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> None:
+        """Load ``styles/changes.qml`` into the output layer."""
+        if isinstance(layer, QgsVectorLayer) and STYLE_PATH.is_file():
+            layer.loadNamedStyle(str(STYLE_PATH))
+            layer.triggerRepaint()
+
+
+def raster_source(layer: QgsRasterLayer | None, name: str) -> str:
+    """Return the GDAL dataset name of a raster layer parameter (a file path for file layers).
+
+    Raises:
+        QgsProcessingException: the layer is missing or not read by GDAL (a WMS, say).
+
+    """
+    if layer is None:
+        raise QgsProcessingException(f"{name}: no raster layer given")
+    if layer.providerType() != "gdal":
+        raise QgsProcessingException(
+            f"{name}: layer {layer.name()!r} is not a GDAL raster "
+            f"(provider {layer.providerType()}); save it as a GeoTIFF first"
+        )
+    return layer.source()
+
+
+def export_vector(source: Path, destination: str, context: QgsProcessingContext) -> None:
+    """Write the engine's vector file ``source`` to ``destination`` in the OGR format of its suffix.
+
+    The files are written in a temporary folder beside the destination and moved into place when
+    complete (a multi-file format moves every file of the same stem).
+    """
+    layer = QgsVectorLayer(str(source), "changes", "ogr")
+    if not layer.isValid():
+        raise QgsProcessingException(f"cannot read the engine's output {source}")
+    dest = Path(destination)
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName = QgsVectorFileWriter.driverForExtension(dest.suffix.lstrip("."))
+    options.fileEncoding = "UTF-8"
+    if not options.driverName:
+        raise QgsProcessingException(f"no OGR driver writes {dest.suffix!r} files")
+    staging = Path(tempfile.mkdtemp(prefix=".mtrs-", dir=dest.parent))
+    try:
+        error, message, *_ = QgsVectorFileWriter.writeAsVectorFormatV3(
+            layer, str(staging / dest.name), context.transformContext(), options
+        )
+        if error != QgsVectorFileWriter.NoError:
+            raise QgsProcessingException(f"cannot write {dest}: {message}")
+        for written in staging.iterdir():
+            os.replace(written, dest.parent / written.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# QGIS keeps only a pointer to a layer post-processor and applies it after the run's algorithm copy
+# is gone, so the (stateless) styler lives as long as the module.
+STYLE_CHANGES_LAYER = StyleChangesLayer()
+
+
+class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
+    """Finds the changes a text query describes between a before and an after raster."""
+
+    BEFORE = "BEFORE"
+    AFTER = "AFTER"
+    QUERY = "QUERY"
+    MODEL = "MODEL"
+    CHECKPOINT = "CHECKPOINT"
+    TILE_SIZE = "TILE_SIZE"
+    OVERLAP = "OVERLAP"
+    BATCH_SIZE = "BATCH_SIZE"
+    DEVICE = "DEVICE"
+    THRESHOLD = "THRESHOLD"
+    MIN_AREA = "MIN_AREA"
+    SIMPLIFY = "SIMPLIFY"
+    MASK_TYPE = "MASK_TYPE"
+    OUTPUT = "OUTPUT"
+    MASK = "MASK"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._models: list[str] = []
+
+    def name(self) -> str:
+        """Algorithm id inside the provider."""
+        return "referring_change_segmentation"
+
+    def displayName(self) -> str:
+        """Name shown in the toolbox."""
+        return "Referring change segmentation"
+
+    def shortHelpString(self) -> str:
+        """Help shown beside the dialog."""
+        return (
+            "Finds the changes that a text query describes (for example 'new buildings') "
+            "between a before and an after raster, and writes them as polygons with their ground "
+            "area (m²) and mean score. The rasters may differ in CRS and resolution: the after "
+            "image is aligned to the before image's grid. Empty query: any change. MODEL picks a "
+            "registered model; a checkpoint folder, when given, overrides it. The engine runs "
+            "inside QGIS when mtrs-geo is installed there, otherwise through the mtrs command of "
+            "the environment set in Processing > Options > Providers > MTRS."
+        )
+
+    def icon(self) -> QIcon:
+        """Return the plugin icon."""
+        return QIcon(str(ICON_PATH))
+
+    def createInstance(self) -> ReferringChangeAlgorithm:
+        """Return a fresh copy for each run."""
+        return ReferringChangeAlgorithm()
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        """Declare the parameters and outputs."""
+        settings = current_settings()
+        self._models = model_names(settings)
+        self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before raster"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, "After raster"))
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.QUERY, "What changed (text query; empty: any change)", "", False, True
+            )
+        )
+        default_model = "cva" if "cva" in self._models else self._models[0]
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.MODEL,
+                "Model",
+                self._models,
+                allowMultiple=False,
+                defaultValue=default_model,
+                usesStaticStrings=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.CHECKPOINT,
+                "Checkpoint folder (overrides the model)",
+                behavior=QgsProcessingParameterFile.Folder,
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.THRESHOLD,
+                "Probability threshold",
+                QgsProcessingParameterNumber.Double,
+                0.5,
+                False,
+                0.001,
+                1.0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MIN_AREA,
+                "Minimum polygon area (m²)",
+                QgsProcessingParameterNumber.Double,
+                0.0,
+                False,
+                0.0,
+            )
+        )
+        advanced = [
+            QgsProcessingParameterNumber(
+                self.SIMPLIFY,
+                "Simplify tolerance (m)",
+                QgsProcessingParameterNumber.Double,
+                0.0,
+                False,
+                0.0,
+            ),
+            QgsProcessingParameterNumber(
+                self.TILE_SIZE,
+                "Tile size (pixels)",
+                QgsProcessingParameterNumber.Integer,
+                512,
+                False,
+                32,
+                8192,
+            ),
+            QgsProcessingParameterNumber(
+                self.OVERLAP,
+                "Tile overlap (pixels)",
+                QgsProcessingParameterNumber.Integer,
+                64,
+                False,
+                0,
+                4096,
+            ),
+            QgsProcessingParameterNumber(
+                self.BATCH_SIZE,
+                "Batch size (tiles)",
+                QgsProcessingParameterNumber.Integer,
+                4,
+                False,
+                1,
+                1024,
+            ),
+            QgsProcessingParameterEnum(
+                self.DEVICE, "Device", DEVICES, defaultValue=settings.device, usesStaticStrings=True
+            ),
+            QgsProcessingParameterEnum(
+                self.MASK_TYPE,
+                "Mask values",
+                MASK_TYPES,
+                defaultValue="probability",
+                usesStaticStrings=True,
+            ),
+        ]
+        for parameter in advanced:
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(parameter)
+        output = QgsProcessingParameterVectorDestination(
+            self.OUTPUT, "Changes", QgsProcessing.TypeVectorPolygon
+        )
+        output.setSupportsNonFileBasedOutput(False)  # the engine writes files
+        self.addParameter(output)
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                self.MASK, "Change probability raster", optional=True, createByDefault=False
+            )
+        )
+
+    def _request(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, output: str, mask: str
+    ) -> DetectRequest:
+        before = raster_source(
+            self.parameterAsRasterLayer(parameters, self.BEFORE, context), "BEFORE"
+        )
+        after = raster_source(self.parameterAsRasterLayer(parameters, self.AFTER, context), "AFTER")
+        checkpoint = self.parameterAsFile(parameters, self.CHECKPOINT, context)
+        model = checkpoint or self.parameterAsEnumString(parameters, self.MODEL, context)
+        return DetectRequest(
+            before=before,
+            after=after,
+            query=self.parameterAsString(parameters, self.QUERY, context).strip(),
+            output=output,
+            mask_out=mask or None,
+            mask_type=self.parameterAsEnumString(parameters, self.MASK_TYPE, context)
+            or "probability",
+            model=model,
+            tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
+            overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
+            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+            device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
+            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
+            min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+            simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
+        )
+
+    def processAlgorithm(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
+        """Run the engine and return the written outputs."""
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        mask = self.parameterAsOutputLayer(parameters, self.MASK, context) or ""
+        if not output or "|" in output or output.startswith(("memory:", "ogr:", "postgis:")):
+            raise QgsProcessingException(f"OUTPUT must be a file, got {output!r}")
+        native = Path(output).suffix.lower() in ENGINE_VECTOR_EXTENSIONS
+        staging = None if native else tempfile.TemporaryDirectory(prefix="mtrs-qgis-")
+        try:
+            engine_output = output if staging is None else str(Path(staging.name) / "changes.fgb")
+            request = self._request(parameters, context, engine_output, mask)
+            feedback.pushInfo(f"query: {request.query or '(any change)'}; model: {request.model}")
+            try:
+                summary = run_detection(
+                    request,
+                    current_settings(),
+                    progress=feedback.setProgress,
+                    log=feedback.pushInfo,
+                    is_cancelled=feedback.isCanceled,
+                )
+            except RunCancelled as exc:
+                raise QgsProcessingException(f"Cancelled: {exc}; no output was written") from exc
+            except RunFailed as exc:
+                raise QgsProcessingException(str(exc)) from exc
+            if staging is not None:
+                export_vector(Path(engine_output), output, context)
+        finally:
+            if staging is not None:
+                staging.cleanup()
+        if summary.polygons is not None:
+            seconds = f" in {summary.seconds:.1f} s" if summary.seconds is not None else ""
+            feedback.pushInfo(f"{summary.polygons} change polygons{seconds}")
+        if context.willLoadLayerOnCompletion(output):
+            details = context.layerToLoadOnCompletionDetails(output)
+            details.name = f"Changes: {request.query}" if request.query else "Changes"
+            details.setPostProcessor(STYLE_CHANGES_LAYER)
+        return {self.OUTPUT: output, self.MASK: mask or None}
+
+
+class CheckEnvironmentAlgorithm(QgsProcessingAlgorithm):
+    """Reports the mtrs version, torch version and CUDA availability of the engine's environment."""
+
+    MTRS_VERSION = "MTRS_VERSION"
+    TORCH_VERSION = "TORCH_VERSION"
+    CUDA_AVAILABLE = "CUDA_AVAILABLE"
+    EXECUTABLE = "EXECUTABLE"
+
+    def name(self) -> str:
+        """Algorithm id inside the provider."""
+        return "check_environment"
+
+    def displayName(self) -> str:
+        """Name shown in the toolbox."""
+        return "Check environment"
+
+    def shortHelpString(self) -> str:
+        """Help shown beside the dialog."""
+        return (
+            "Shows which mtrs-geo environment the plugin uses (in-process or the mtrs command), "
+            "with its mtrs and torch versions, whether CUDA is available, and the registered "
+            "models."
+        )
+
+    def icon(self) -> QIcon:
+        """Return the plugin icon."""
+        return QIcon(str(ICON_PATH))
+
+    def createInstance(self) -> CheckEnvironmentAlgorithm:
+        """Return a fresh copy for each run."""
+        return CheckEnvironmentAlgorithm()
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        """Declare the outputs (no parameters)."""
+        self.addOutput(QgsProcessingOutputString(self.EXECUTABLE, "Engine"))
+        self.addOutput(QgsProcessingOutputString(self.MTRS_VERSION, "mtrs version"))
+        self.addOutput(QgsProcessingOutputString(self.TORCH_VERSION, "torch version"))
+        self.addOutput(QgsProcessingOutputBoolean(self.CUDA_AVAILABLE, "CUDA available"))
+
+    def processAlgorithm(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
+        """Probe the environment and report it."""
+        try:
+            report = check_environment(current_settings())
+        except EnvironmentProblem as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        for line in report.lines():
+            feedback.pushInfo(line)
+        return {
+            self.EXECUTABLE: report.executable,
+            self.MTRS_VERSION: report.mtrs_version,
+            self.TORCH_VERSION: report.torch_version,
+            self.CUDA_AVAILABLE: report.cuda_available,
+        }

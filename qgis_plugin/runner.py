@@ -1,0 +1,428 @@
+"""Run one detection for the plugin: in QGIS's own Python, or through the ``mtrs`` CLI of an env.
+
+Nothing here imports QGIS: the algorithm passes in plain callables (progress, log, is-cancelled)
+and turns :class:`RunFailed` and :class:`RunCancelled` into Processing errors. The subprocess mode
+follows the CLI contract of docs/ARCHITECTURE.md: ``mtrs detect ... --progress-json`` prints one
+JSON object per line (``start``, ``progress``, ``done`` or ``error``) and exits 0, 2 (bad input),
+1 (internal error) or 130 (cancelled; SIGTERM removes partial outputs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+ProgressFn = Callable[[float], None]  # percent in [0, 100]
+LogFn = Callable[[str], None]
+CancelledFn = Callable[[], bool]
+
+# How often the subprocess loop looks at the cancel flag, and how long a cancelled CLI may take to
+# clean up after SIGTERM before it is killed (seconds).
+POLL_SECONDS = 0.1
+TERMINATE_GRACE_SECONDS = 10.0
+EXIT_CANCELLED = 130
+
+
+class RunFailed(Exception):
+    """The engine refused the input or failed; the message is the engine's one-line error."""
+
+
+class RunCancelled(Exception):
+    """The user cancelled the run; no output file was left behind."""
+
+
+@dataclass(frozen=True)
+class DetectRequest:
+    """All options of one detection, as the algorithm collected them (paths as strings).
+
+    Sizes are pixels of the common grid, ``min_area`` square metres, ``simplify`` metres.
+    ``model`` is a registered model name or a checkpoint folder.
+    """
+
+    before: str
+    after: str
+    query: str = ""
+    output: str | None = None
+    mask_out: str | None = None
+    mask_type: str = "probability"
+    model: str = "cva"
+    tile_size: int = 512
+    overlap: int = 64
+    batch_size: int = 4
+    device: str = "auto"
+    threshold: float = 0.5
+    min_area: float = 0.0
+    simplify: float = 0.0
+
+    def outputs(self) -> list[str]:
+        """Return the files this run writes."""
+        return [path for path in (self.output, self.mask_out) if path]
+
+    def cli_args(self) -> list[str]:
+        """Arguments of ``mtrs detect`` for this request (without the executable)."""
+        args = [
+            "detect",
+            self.before,
+            self.after,
+            "--query",
+            self.query,
+            "--model",
+            self.model,
+            "--tile-size",
+            str(self.tile_size),
+            "--overlap",
+            str(self.overlap),
+            "--batch-size",
+            str(self.batch_size),
+            "--device",
+            self.device,
+            "--threshold",
+            repr(float(self.threshold)),
+            "--min-area",
+            repr(float(self.min_area)),
+            "--simplify",
+            repr(float(self.simplify)),
+            "--progress-json",
+        ]
+        if self.output:
+            args += ["--output", self.output]
+        if self.mask_out:
+            args += ["--mask-out", self.mask_out, "--mask-type", self.mask_type]
+        return args
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished run reports (the CLI's ``--json`` summary, or ``DetectResult.to_json()``)."""
+
+    polygons: int | None
+    tiles_total: int | None
+    seconds: float | None
+    raw: dict[str, Any]
+
+
+def summary_from_json(payload: dict[str, Any]) -> RunSummary:
+    """Pick the figures the plugin shows out of a run summary."""
+
+    def number(key: str) -> Any:
+        value = payload.get(key)
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    polygons = number("polygons")
+    tiles = number("tiles_total") if number("tiles_total") is not None else number("tiles")
+    seconds = number("seconds")
+    return RunSummary(
+        polygons=int(polygons) if polygons is not None else None,
+        tiles_total=int(tiles) if tiles is not None else None,
+        seconds=float(seconds) if seconds is not None else None,
+        raw=payload,
+    )
+
+
+def parse_event(line: str) -> dict[str, Any] | None:
+    """Decode one ``--progress-json`` line; None when the line is not a JSON event object."""
+    text = line.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        event = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+        return None
+    return event
+
+
+def progress_percent(done: int, total: int) -> float:
+    """Percent of tiles done, in [0, 100] (100 when there is nothing to do)."""
+    if total <= 0:
+        return 100.0
+    return max(0.0, min(100.0, 100.0 * done / total))
+
+
+def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the CLI process: QGIS's Python settings must not leak into another Python."""
+    env = dict(os.environ if base is None else base)
+    for key in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONEXECUTABLE"):
+        env.pop(key, None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass(frozen=True)
+class _FileState:
+    """Whether a file existed before the run, and its modification time then (ns)."""
+
+    existed: bool
+    mtime_ns: int
+
+
+def _file_state(path: str) -> _FileState:
+    try:
+        return _FileState(True, os.stat(path).st_mtime_ns)
+    except OSError:
+        return _FileState(False, 0)
+
+
+def output_states(paths: list[str]) -> dict[str, _FileState]:
+    """Record whether each output exists now, and since when (see :func:`remove_new_outputs`)."""
+    return {path: _file_state(path) for path in paths}
+
+
+def remove_new_outputs(before: dict[str, _FileState]) -> None:
+    """Remove the outputs a cancelled run created or replaced; files it did not touch stay.
+
+    The engine's atomic rename may win the race against the cancel, hence the check afterwards.
+    """
+    for path, state in before.items():
+        now = _file_state(path)
+        if now.existed and (not state.existed or now.mtime_ns != state.mtime_ns):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
+def _pump(stream: IO[str], sink: queue.Queue[tuple[str, str | None]], name: str) -> None:
+    """Copy the lines of ``stream`` into ``sink``; a final ``(name, None)`` marks its end."""
+    try:
+        for line in stream:
+            sink.put((name, line))
+    finally:
+        sink.put((name, None))
+
+
+def _popen_kwargs() -> dict[str, Any]:
+    """Start the CLI in its own process group so a cancel reaches every process it started."""
+    if sys.platform == "win32":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}
+
+
+def _terminate(process: subprocess.Popen[str]) -> None:
+    """Ask the CLI to stop (it removes partial outputs), kill it after a grace period."""
+    if process.poll() is not None:
+        return
+    try:
+        if sys.platform == "win32":
+            process.terminate()
+        else:
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=TERMINATE_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        if sys.platform == "win32":
+            process.kill()
+        else:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        process.wait()
+
+
+def _events(process: subprocess.Popen[str], is_cancelled: CancelledFn) -> Iterator[tuple[str, str]]:
+    """Yield ``(stream, line)`` from the CLI's stdout and stderr until both close.
+
+    Raises:
+        RunCancelled: as soon as ``is_cancelled()`` turns true (the process is stopped first).
+
+    """
+    assert process.stdout is not None and process.stderr is not None
+    lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
+    readers = [
+        threading.Thread(target=_pump, args=(process.stdout, lines, "stdout"), daemon=True),
+        threading.Thread(target=_pump, args=(process.stderr, lines, "stderr"), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    open_streams = len(readers)
+    while open_streams:
+        if is_cancelled():
+            _terminate(process)
+            raise RunCancelled("cancelled by the user")
+        try:
+            stream, line = lines.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            continue
+        if line is None:
+            open_streams -= 1
+        else:
+            yield stream, line
+
+
+def _follow(
+    process: subprocess.Popen[str],
+    states: dict[str, _FileState],
+    progress: ProgressFn,
+    log: LogFn,
+    is_cancelled: CancelledFn,
+) -> tuple[str | None, RunSummary | None, list[str]]:
+    """Turn the CLI's output into progress and log calls until it ends.
+
+    Returns:
+        The error event's message, the done event's summary, and the last lines of stderr.
+
+    Raises:
+        RunCancelled: the user cancelled (the process is stopped and new outputs removed).
+
+    """
+    error: str | None = None
+    summary: RunSummary | None = None
+    stderr_tail: list[str] = []
+    try:
+        for stream, line in _events(process, is_cancelled):
+            text = line.rstrip("\n")
+            event = parse_event(text) if stream == "stdout" else None
+            if event is None:
+                if text.strip():
+                    if stream == "stderr":
+                        stderr_tail = [*stderr_tail[-19:], text]
+                    log(text)
+                continue
+            kind = event["event"]
+            if kind == "start":
+                log(f"{event.get('tiles', '?')} tiles to predict")
+                progress(0.0)
+            elif kind == "progress":
+                progress(progress_percent(int(event.get("done", 0)), int(event.get("total", 0))))
+            elif kind == "done":
+                summary = summary_from_json(event)
+                progress(100.0)
+            elif kind == "error":
+                error = str(event.get("message") or "").strip() or None
+    except RunCancelled:
+        remove_new_outputs(states)
+        raise
+    finally:
+        _terminate(process)  # no-op when it has exited
+    return error, summary, stderr_tail
+
+
+def run_cli(
+    executable: str,
+    request: DetectRequest,
+    *,
+    progress: ProgressFn,
+    log: LogFn,
+    is_cancelled: CancelledFn,
+) -> RunSummary:
+    """Run ``mtrs detect`` as a subprocess, streaming its progress.
+
+    Args:
+        executable: path of the ``mtrs`` command of the environment to use.
+        request: what to detect.
+        progress: receives the percent of tiles done.
+        log: receives human-readable messages (tile counts, the CLI's own log lines).
+        is_cancelled: polled every ``POLL_SECONDS``; when true the CLI is stopped.
+
+    Returns:
+        The run's summary.
+
+    Raises:
+        RunFailed: the CLI reported an error (its one-line message) or could not start.
+        RunCancelled: the user cancelled; outputs this run created are removed.
+
+    """
+    states = output_states(request.outputs())
+    command = [executable, *request.cli_args()]
+    try:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+            env=child_environment(),
+            **_popen_kwargs(),
+        )
+    except OSError as exc:
+        raise RunFailed(f"cannot start {executable}: {exc.strerror or exc}") from exc
+
+    with process:  # closes the pipes whatever happens
+        error, summary, stderr_tail = _follow(process, states, progress, log, is_cancelled)
+        code = process.wait()
+
+    if code == EXIT_CANCELLED:
+        remove_new_outputs(states)
+        raise RunCancelled("the engine stopped: cancelled or interrupted")
+    if code != 0 or summary is None:
+        message = error or (stderr_tail[-1].removeprefix("Error: ") if stderr_tail else None)
+        raise RunFailed(message or f"mtrs exited with code {code} and no message")
+    return summary
+
+
+def engine_importable() -> bool:
+    """Tell whether ``mtrs_geo`` (and so torch) imports in this Python."""
+    try:
+        import mtrs_geo.pipeline  # noqa: F401
+    except Exception:  # an incomplete install fails in many ways; any of them means "use the CLI"
+        return False
+    return True
+
+
+def run_in_process(
+    request: DetectRequest,
+    *,
+    progress: ProgressFn,
+    log: LogFn,
+    is_cancelled: CancelledFn,
+) -> RunSummary:
+    """Run the engine in this Python (QGIS's own, when ``mtrs_geo`` imports there).
+
+    Raises:
+        RunFailed: the engine refused the input (its one-line message).
+        RunCancelled: the user cancelled; the engine removed its partial outputs.
+
+    """
+    from mtrs_geo.config import DetectConfig
+    from mtrs_geo.errors import Cancelled, MtrsError
+    from mtrs_geo.pipeline import detect
+
+    cancel = threading.Event()
+
+    def on_progress(done: int, total: int) -> None:
+        if is_cancelled():
+            cancel.set()
+        progress(progress_percent(done, total))
+
+    config = DetectConfig(
+        before=Path(request.before),
+        after=Path(request.after),
+        query=request.query,
+        output=Path(request.output) if request.output else None,
+        mask_out=Path(request.mask_out) if request.mask_out else None,
+        mask_type="binary" if request.mask_type == "binary" else "probability",
+        model=request.model,
+        tile_size=request.tile_size,
+        overlap=request.overlap,
+        batch_size=request.batch_size,
+        device=request.device,
+        threshold=request.threshold,
+        min_area=request.min_area,
+        simplify=request.simplify,
+    )
+    states = output_states(request.outputs())
+    started = time.monotonic()
+    try:
+        result = detect(config, progress=on_progress, cancel=cancel)
+    except Cancelled as exc:
+        remove_new_outputs(states)
+        raise RunCancelled(str(exc) or "cancelled by the user") from exc
+    except MtrsError as exc:
+        raise RunFailed(str(exc)) from exc
+    if is_cancelled():
+        remove_new_outputs(states)
+        raise RunCancelled("cancelled by the user")
+    log(f"engine finished in {time.monotonic() - started:.1f} s")
+    return summary_from_json(result.to_json())
