@@ -1,0 +1,116 @@
+"""Read one window of the common grid from an input image.
+
+An image already on the common grid's pixel lattice is read with plain windows. Any other image is
+read through :class:`rasterio.vrt.WarpedVRT` window by window (bilinear for the data, nearest
+neighbour for the validity mask), so a scene is never reprojected whole in memory.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.io import DatasetReader
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from mtrs_geo.grid import Grid, grid_offset, same_lattice
+from mtrs_geo.read import RasterInfo
+
+# GDAL warper memory per window (bytes); more than a tile's worth so one window is one warp chunk.
+_WARP_MEM_LIMIT = 256 * 1024 * 1024
+
+
+class AlignedReader:
+    """Reads windows of ``grid`` from one image as ``(data float32 (C, h, w), valid bool (h, w))``.
+
+    Owns its dataset handles (GDAL handles must not be shared between threads): open one reader per
+    thread. Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, info: RasterInfo, grid: Grid) -> None:
+        self.info = info
+        self.grid = grid
+        self.bands = list(info.bands)
+        self.on_lattice = same_lattice(info.grid, grid)
+        # Only floating-point bands can hold NaN or infinity.
+        self._float_source = np.dtype(info.dtype).kind == "f"
+        self._src: DatasetReader = rasterio.open(info.path)
+        self._data_vrt: WarpedVRT | None = None
+        self._mask_vrt: WarpedVRT | None = None
+        if not self.on_lattice:
+            common = {
+                "crs": grid.crs,
+                "transform": grid.transform,
+                "width": grid.width,
+                "height": grid.height,
+                "warp_mem_limit": _WARP_MEM_LIMIT,
+            }
+            self._data_vrt = WarpedVRT(self._src, resampling=Resampling.bilinear, **common)
+            # The alpha band of a nearest-neighbour warp is the source mask (nodata, per-dataset
+            # mask,
+            # footprint) carried onto the grid without blurring its edges.
+            self._mask_vrt = WarpedVRT(
+                self._src, resampling=Resampling.nearest, add_alpha=True, **common
+            )
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Read ``window`` of the common grid as float32; invalid pixels are 0."""
+        data, valid = self.read_native(window)
+        return data.astype(np.float32, copy=False), valid
+
+    def read_native(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Read ``window`` in the image's own dtype; invalid pixels (nodata, outside) are 0.
+
+        Integer data stays integer so the tile stream can normalize it through a lookup table.
+        """
+        if self._data_vrt is None or self._mask_vrt is None:
+            data, valid = self._read_plain(window)
+        else:
+            data = self._data_vrt.read(self.bands, window=window)
+            valid = self._mask_vrt.read(self._mask_vrt.count, window=window) > 0
+        if self._float_source:
+            valid &= np.all(np.isfinite(data), axis=0)
+        if not valid.all():
+            data[:, ~valid] = 0
+        return data, valid
+
+    def _read_plain(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Read a window of an image on the grid's lattice (the part outside it stays invalid)."""
+        col0, row0 = grid_offset(self.info.grid, self.grid)
+        height, width = int(window.height), int(window.width)
+        data = np.zeros((len(self.bands), height, width), dtype=self.info.dtype)
+        valid = np.zeros((height, width), dtype=bool)
+        wanted = Window(window.col_off + col0, window.row_off + row0, width, height)
+        image = Window(0, 0, self.info.grid.width, self.info.grid.height)
+        try:
+            inside = wanted.intersection(image)
+        except rasterio.errors.WindowError:
+            return data, valid  # the window lies wholly outside the image
+        r0 = int(inside.row_off - wanted.row_off)
+        c0 = int(inside.col_off - wanted.col_off)
+        h, w = int(inside.height), int(inside.width)
+        data[:, r0 : r0 + h, c0 : c0 + w] = self._src.read(self.bands, window=inside)
+        masks = self._src.read_masks(self.bands, window=inside)
+        valid[r0 : r0 + h, c0 : c0 + w] = np.all(masks > 0, axis=0)
+        return data, valid
+
+    def close(self) -> None:
+        """Close the VRTs and the dataset."""
+        for handle in (self._data_vrt, self._mask_vrt):
+            if handle is not None:
+                handle.close()
+        self._src.close()
+
+    def __enter__(self) -> AlignedReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

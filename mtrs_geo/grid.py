@@ -1,0 +1,233 @@
+"""Pure grid geometry: the common grid of an image pair and the window grid that tiles it.
+
+No file is opened here: grids are values (CRS, affine transform, size) that the readers and the
+    stitcher
+pass around. Sizes are in pixels, coordinates in the grid CRS's units.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.warp import calculate_default_transform, transform_bounds
+from rasterio.windows import Window
+
+from mtrs_geo.errors import InputError
+
+# Tolerance, in pixels, under which a coordinate counts as lying on a pixel edge (float round-off).
+_SNAP_EPS = 1e-6
+# Points per edge when a footprint is transformed to another CRS (curved edges in the target CRS).
+_DENSIFY_PTS = 21
+
+Bounds = tuple[float, float, float, float]  # (left, bottom, right, top)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A raster grid: CRS, affine transform (pixel -> CRS coordinates) and size in pixels."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def bounds(self) -> Bounds:
+        """``(left, bottom, right, top)`` of the grid's footprint in its CRS."""
+        corners = [(0, 0), (self.width, 0), (0, self.height), (self.width, self.height)]
+        points = [self.transform @ corner for corner in corners]
+        xs = [x for x, _ in points]
+        ys = [y for _, y in points]
+        return (min(xs), min(ys), max(xs), max(ys))
+
+    @property
+    def res(self) -> tuple[float, float]:
+        """Pixel size ``(x, y)`` in CRS units (positive)."""
+        t = self.transform
+        return (math.hypot(t.a, t.d), math.hypot(t.b, t.e))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)`` in pixels."""
+        return (self.height, self.width)
+
+    @property
+    def is_north_up(self) -> bool:
+        """True when the grid has no rotation and rows go from north to south."""
+        t = self.transform
+        return t.b == 0 and t.d == 0 and t.a > 0 and t.e < 0
+
+    def window_transform(self, window: Window) -> Affine:
+        """Transform of the pixel window ``window`` of this grid."""
+        return self.transform @ Affine.translation(window.col_off, window.row_off)
+
+
+def same_lattice(image: Grid, grid: Grid) -> bool:
+    """Tell whether ``grid``'s pixels are whole pixels of ``image`` (same CRS, size; whole offset).
+
+    An image on the lattice can be read with plain windows, without resampling.
+    """
+    if image.crs != grid.crs or not (image.is_north_up and grid.is_north_up):
+        return False
+    ia, ie = image.transform.a, image.transform.e
+    ga, ge = grid.transform.a, grid.transform.e
+    if not (math.isclose(ia, ga, rel_tol=1e-9) and math.isclose(ie, ge, rel_tol=1e-9)):
+        return False
+    col = (grid.transform.c - image.transform.c) / ia
+    row = (grid.transform.f - image.transform.f) / ie
+    return abs(col - round(col)) < _SNAP_EPS and abs(row - round(row)) < _SNAP_EPS
+
+
+def grid_offset(image: Grid, grid: Grid) -> tuple[int, int]:
+    """``(col, row)`` of ``grid``'s first pixel in ``image``'s pixels; both must share a lattice."""
+    col = (grid.transform.c - image.transform.c) / image.transform.a
+    row = (grid.transform.f - image.transform.f) / image.transform.e
+    return (int(round(col)), int(round(row)))
+
+
+def _intersect(a: Bounds, b: Bounds) -> Bounds | None:
+    left, bottom = max(a[0], b[0]), max(a[1], b[1])
+    right, top = min(a[2], b[2]), min(a[3], b[3])
+    if right <= left or top <= bottom:
+        return None
+    return (left, bottom, right, top)
+
+
+def footprint_in(image: Grid, crs: CRS) -> Bounds:
+    """Bounds of ``image``'s footprint in ``crs`` (edges densified, so curved edges are covered)."""
+    if image.crs == crs:
+        return image.bounds
+    return transform_bounds(image.crs, crs, *image.bounds, densify_pts=_DENSIFY_PTS)
+
+
+def _native_resolution(image: Grid, crs: CRS) -> tuple[float, float]:
+    """Return the pixel size ``image`` would have in ``crs`` (GDAL's suggested warp resolution)."""
+    if image.crs == crs:
+        return image.res
+    transform, _, _ = calculate_default_transform(
+        image.crs, crs, image.width, image.height, *image.bounds
+    )
+    return (abs(transform.a), abs(transform.e))
+
+
+def common_grid(
+    before: Grid,
+    after: Grid,
+    crs: CRS | str | None = None,
+    resolution: float | None = None,
+) -> Grid:
+    """Return the grid both images are compared on.
+
+    By default it is the before image's CRS and pixel size over the intersection of both footprints,
+    snapped outwards to the before image's pixel lattice (so the before image is read with plain
+    windows) and clipped to the before image. With ``crs`` or ``resolution`` (in the target CRS's
+    units), or a rotated before image, it is a north-up grid aligned on multiples of the pixel size
+    (like ``gdalwarp -tap``).
+
+    Raises:
+        InputError: disjoint footprints, or a non-positive resolution.
+
+    """
+    target = CRS.from_user_input(crs) if crs is not None else before.crs
+    if resolution is not None and not resolution > 0:
+        raise InputError(f"resolution must be a positive number of CRS units, got {resolution}")
+    before_fp = footprint_in(before, target)
+    after_fp = footprint_in(after, target)
+    overlap = _intersect(before_fp, after_fp)
+    if overlap is None:
+        raise InputError(
+            "the before and after images do not overlap: footprints "
+            f"{_fmt(before_fp)} and {_fmt(after_fp)} in {target.to_string()} are disjoint"
+        )
+    use_before_lattice = target == before.crs and resolution is None and before.is_north_up
+    if use_before_lattice:
+        xres, yres = before.transform.a, -before.transform.e
+        origin_x, origin_y = before.transform.c, before.transform.f
+        col0 = max(0, math.floor((overlap[0] - origin_x) / xres + _SNAP_EPS))
+        col1 = min(before.width, math.ceil((overlap[2] - origin_x) / xres - _SNAP_EPS))
+        row0 = max(0, math.floor((origin_y - overlap[3]) / yres + _SNAP_EPS))
+        row1 = min(before.height, math.ceil((origin_y - overlap[1]) / yres - _SNAP_EPS))
+        transform = Affine(xres, 0.0, origin_x + col0 * xres, 0.0, -yres, origin_y - row0 * yres)
+        width, height = col1 - col0, row1 - row0
+    else:
+        xres, yres = (
+            (resolution, resolution)
+            if resolution is not None
+            else _native_resolution(before, target)
+        )
+        left = math.floor(overlap[0] / xres + _SNAP_EPS) * xres
+        right = math.ceil(overlap[2] / xres - _SNAP_EPS) * xres
+        bottom = math.floor(overlap[1] / yres + _SNAP_EPS) * yres
+        top = math.ceil(overlap[3] / yres - _SNAP_EPS) * yres
+        transform = Affine(xres, 0.0, left, 0.0, -yres, top)
+        width = int(round((right - left) / xres))
+        height = int(round((top - bottom) / yres))
+    if width <= 0 or height <= 0:
+        raise InputError("the before and after images overlap by less than one pixel")
+    return Grid(target, transform, width, height)
+
+
+def _fmt(bounds: Bounds) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in bounds) + ")"
+
+
+def _offsets(length: int, tile_size: int, stride: int) -> list[int]:
+    """Tile offsets along one axis: a regular stride, the last one snapped to the scene edge."""
+    if length <= tile_size:
+        return [0]
+    offsets = list(range(0, length - tile_size, stride))
+    offsets.append(length - tile_size)
+    return offsets
+
+
+def check_tiling(tile_size: int, overlap: int) -> None:
+    """Raise :class:`InputError` unless ``0 <= overlap < tile_size`` and ``tile_size > 0``."""
+    if tile_size <= 0:
+        raise InputError(f"tile size must be a positive number of pixels, got {tile_size}")
+    if overlap < 0 or overlap >= tile_size:
+        raise InputError(
+            f"overlap must be at least 0 and smaller than the tile size ({tile_size}), "
+            f"got {overlap}"
+        )
+
+
+def tile_windows(width: int, height: int, tile_size: int, overlap: int) -> list[Window]:
+    """Row-major windows of ``tile_size`` pixels covering a ``width`` x ``height`` scene.
+
+    Windows step by ``tile_size - overlap``; the last row and column are snapped to the scene edge,
+    so every window is a full tile (and overlaps its neighbour by at least ``overlap``). A scene
+    smaller than a tile along an axis gets a single window of the scene's size there (the tile
+    stream pads it).
+
+    Raises:
+        InputError: a non-positive tile size, an overlap outside ``[0, tile_size)``, an empty scene.
+
+    """
+    check_tiling(tile_size, overlap)
+    if width <= 0 or height <= 0:
+        raise InputError(f"the common grid is empty ({width} x {height} pixels)")
+    stride = tile_size - overlap
+    tile_w, tile_h = min(tile_size, width), min(tile_size, height)
+    return [
+        Window(col, row, tile_w, tile_h)
+        for row in _offsets(height, tile_size, stride)
+        for col in _offsets(width, tile_size, stride)
+    ]
+
+
+def sample_windows(width: int, height: int, size: int, count: int, seed: int = 0) -> list[Window]:
+    """Up to ``count`` seeded pseudo-random windows of ``size`` pixels (clipped to the scene).
+
+    Used for normalization statistics and model calibration without reading the whole scene. A
+    position drawn twice gives one window (a scene no larger than a window gives exactly one).
+    """
+    rng = np.random.default_rng(seed)
+    w, h = min(size, width), min(size, height)
+    cols = rng.integers(0, width - w + 1, size=count)
+    rows = rng.integers(0, height - h + 1, size=count)
+    offsets = dict.fromkeys(zip(cols.tolist(), rows.tolist(), strict=True))
+    return [Window(c, r, w, h) for c, r in offsets]

@@ -1,0 +1,419 @@
+"""One change-detection run: read -> align -> tile -> predict -> stitch -> vectorize -> write.
+
+:func:`detect` is the single entry point of both front ends (the CLI and the QGIS plugin);
+:func:`describe_pair` answers ``mtrs info`` without running a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import shapely
+import torch
+
+from mtrs_geo.align import AlignedReader
+from mtrs_geo.areas import ground_areas
+from mtrs_geo.config import DetectConfig
+from mtrs_geo.device import autocast_context, compute_threads, select_device, to_device
+from mtrs_geo.errors import Cancelled, InputError
+from mtrs_geo.grid import Grid, common_grid, same_lattice, sample_windows, tile_windows
+from mtrs_geo.model_api import ChangeModel, ModelInfo, load_model, model_info, registered_names
+from mtrs_geo.normalize import BandStats
+from mtrs_geo.read import RasterInfo, check_pair, open_raster, read_overview_sample, sample_stats
+from mtrs_geo.stitch import PROBABILITY_BLOCK, StripStitcher
+from mtrs_geo.tiling import TileStream, prepare_tile
+from mtrs_geo.vectorize import polygons_from_probability
+from mtrs_geo.write import (
+    change_table,
+    check_raster_output,
+    remove_output,
+    vector_format,
+    write_probability_cog,
+    write_vectors,
+)
+
+ProgressCallback = Callable[[int, int], None]
+
+# Scene-wide samples for normalization statistics and model calibration.
+SAMPLE_WINDOWS = 24
+SAMPLE_SIZE = 256
+SAMPLE_SEED = 0
+# Bounds of GDAL's block cache during a run, in bytes (rasterio hands an integer to GDAL as bytes).
+MIN_GDAL_CACHE = 16 * 1024 * 1024
+MAX_GDAL_CACHE = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PairInfo:
+    """The common grid of a pair and how each image is read onto it (what ``mtrs info`` prints)."""
+
+    before: str
+    after: str
+    crs: str
+    width: int
+    height: int
+    resolution: tuple[float, float]
+    bounds: tuple[float, float, float, float]
+    transform: tuple[float, float, float, float, float, float]
+    area_m2: float  # ground area of the footprint intersection
+    tiles: int
+    tile_size: int
+    overlap: int
+    bands_before: tuple[int, ...]
+    bands_after: tuple[int, ...]
+    before_read: str  # "window" (plain window reads) or "warp" (WarpedVRT)
+    after_read: str
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a JSON-serializable dict."""
+        return {
+            "before": self.before,
+            "after": self.after,
+            "crs": self.crs,
+            "width": self.width,
+            "height": self.height,
+            "resolution": list(self.resolution),
+            "bounds": list(self.bounds),
+            "transform": list(self.transform),
+            "area_m2": self.area_m2,
+            "tiles": self.tiles,
+            "tile_size": self.tile_size,
+            "overlap": self.overlap,
+            "bands_before": list(self.bands_before),
+            "bands_after": list(self.bands_after),
+            "before_read": self.before_read,
+            "after_read": self.after_read,
+        }
+
+
+@dataclass(frozen=True)
+class DetectResult:
+    """What a run did: tile counts, polygons, wall time, the files written, per-step seconds."""
+
+    tiles_total: int
+    tiles_run: int
+    tiles_skipped: int
+    polygons: int
+    seconds: float
+    outputs: list[Path]
+    timings: dict[str, float]
+    grid: PairInfo
+    model: str = ""
+    device: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the one-line summary ``mtrs detect --json`` prints."""
+        return {
+            "tiles": self.tiles_total,
+            "tiles_run": self.tiles_run,
+            "tiles_skipped": self.tiles_skipped,
+            "polygons": self.polygons,
+            "seconds": round(self.seconds, 3),
+            "outputs": [str(p) for p in self.outputs],
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "model": self.model,
+            "device": self.device,
+            "grid": self.grid.to_json(),
+        }
+
+
+def _validate_options(config: DetectConfig) -> None:
+    """Check option values and output names before any heavy work."""
+    if config.batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {config.batch_size}")
+    if config.prefetch < 1:
+        raise InputError(f"prefetch must be at least 1, got {config.prefetch}")
+    if not 0.0 <= config.threshold <= 1.0:
+        raise InputError(f"threshold must be between 0 and 1, got {config.threshold}")
+    if config.min_area < 0:
+        raise InputError(f"minimum area must be >= 0 m^2, got {config.min_area}")
+    if config.simplify < 0:
+        raise InputError(f"simplify tolerance must be >= 0 m, got {config.simplify}")
+    if config.mask_type not in ("probability", "binary"):
+        raise InputError(f"unknown mask type {config.mask_type!r}: use probability or binary")
+    outputs = [p for p in (config.output, config.mask_out) if p is not None]
+    if config.output is not None:
+        vector_format(Path(config.output))
+    if config.mask_out is not None:
+        check_raster_output(Path(config.mask_out))
+    for path in outputs:
+        if not Path(path).parent.is_dir():
+            raise InputError(f"output folder does not exist: {Path(path).parent}")
+
+
+def _open_pair(config: DetectConfig) -> tuple[RasterInfo, RasterInfo]:
+    before = open_raster(config.before, config.bands_before, "before")
+    after_bands = config.bands_after if config.bands_after is not None else config.bands_before
+    after = open_raster(config.after, after_bands, "after")
+    return before, after
+
+
+def _pair_info(before: RasterInfo, after: RasterInfo, grid: Grid, config: DetectConfig) -> PairInfo:
+    footprint = gpd.GeoDataFrame(geometry=[shapely.box(*grid.bounds)], crs=grid.crs)
+    t = grid.transform
+    return PairInfo(
+        before=str(before.path),
+        after=str(after.path),
+        crs=grid.crs.to_string(),
+        width=grid.width,
+        height=grid.height,
+        resolution=grid.res,
+        bounds=grid.bounds,
+        transform=(t.a, t.b, t.c, t.d, t.e, t.f),
+        area_m2=float(ground_areas(footprint)[0]),
+        tiles=len(tile_windows(grid.width, grid.height, config.tile_size, config.overlap)),
+        tile_size=config.tile_size,
+        overlap=config.overlap,
+        bands_before=before.bands,
+        bands_after=after.bands,
+        before_read="window" if same_lattice(before.grid, grid) else "warp",
+        after_read="window" if same_lattice(after.grid, grid) else "warp",
+    )
+
+
+def _pair_grid(before: RasterInfo, after: RasterInfo, config: DetectConfig) -> Grid:
+    return common_grid(before.grid, after.grid, crs=config.crs, resolution=config.resolution)
+
+
+def describe_pair(config: DetectConfig) -> PairInfo:
+    """Open and check a pair, and describe its common grid and tiling (no model is run).
+
+    Raises:
+        InputError: unreadable images, no CRS, bad bands, disjoint footprints, bad tiling options.
+
+    """
+    before, after = _open_pair(config)
+    check_pair(before, after)
+    return _pair_info(before, after, _pair_grid(before, after, config), config)
+
+
+def _registered_info(name: str) -> ModelInfo | None:
+    """Describe a registered model cheaply; None for a checkpoint path."""
+    return model_info(name) if name in registered_names() else None
+
+
+def _scene_samples(
+    before: RasterInfo, after: RasterInfo, grid: Grid, size: int
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]:
+    """Read the seeded sample windows of the common grid from both images."""
+    windows = sample_windows(grid.width, grid.height, size, SAMPLE_WINDOWS, SAMPLE_SEED)
+    with AlignedReader(before, grid) as reader_b, AlignedReader(after, grid) as reader_a:
+        return [reader_b.read(w) for w in windows], [reader_a.read(w) for w in windows]
+
+
+def _stats(info: RasterInfo, grid: Grid, samples: list[tuple[np.ndarray, np.ndarray]]) -> BandStats:
+    """Statistics from the image's overviews when it has them, else from the window samples."""
+    overview = read_overview_sample(info, grid)
+    return sample_stats([overview] if overview is not None else samples)
+
+
+def _calibrate(
+    model: ChangeModel,
+    device: torch.device,
+    samples_b: list[tuple[np.ndarray, np.ndarray]],
+    samples_a: list[tuple[np.ndarray, np.ndarray]],
+    stats_b: BandStats,
+    stats_a: BandStats,
+) -> None:
+    """Show the model the normalized scene-wide samples that hold valid pixels."""
+    tiles = []
+    for read_b, read_a in zip(samples_b, samples_a, strict=True):
+        if (read_b[1] & read_a[1]).any():
+            tiles.append(prepare_tile(read_b, read_a, stats_b, stats_a, max(read_b[1].shape)))
+    if not tiles:
+        return
+    before = torch.from_numpy(np.stack([t[0] for t in tiles]))
+    after = torch.from_numpy(np.stack([t[1] for t in tiles]))
+    valid = torch.from_numpy(np.stack([t[2] for t in tiles]))
+    with torch.inference_mode(), autocast_context(device):
+        model.calibrate(to_device(before, device), to_device(after, device), valid.to(device))
+
+
+@contextlib.contextmanager
+def _removed_on_failure(paths: list[Path]) -> Iterator[None]:
+    """Remove the finished outputs in ``paths`` if the block fails: a run writes all or nothing."""
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            remove_output(path)  # with a shapefile's sidecars
+        raise
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled: no output was written")
+
+
+def detect(
+    config: DetectConfig,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> DetectResult:
+    """Run change detection on a pair and write the outputs the config asks for.
+
+    Args:
+        config: the run's options.
+        progress: called as ``progress(done_tiles, total_tiles)`` from the calling thread after each
+            batch (skipped tiles count as done).
+        cancel: when set, the run stops at the next batch, removes temporaries and partial outputs
+            and raises :class:`~mtrs_geo.errors.Cancelled`.
+
+    Returns:
+        What was done, with per-step timings (seconds) under ``read``, ``model``, ``stitch``,
+        ``vectorize``, ``write`` (and ``setup``: opening, statistics, model loading, calibration).
+
+    Raises:
+        InputError: a bad input or option, found before any heavy work.
+        Cancelled: ``cancel`` was set.
+
+    """
+    # GDAL's block cache defaults to 5 % of the machine's RAM and would keep every block read.
+    with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(config)):
+        return _detect(config, progress, cancel)
+
+
+def gdal_cache_bytes(config: DetectConfig) -> int:
+    """GDAL block cache for a run: about one row of tiles of both inputs and the output raster.
+
+    Tiles are read row by row, so blocks shared by overlapping windows are decompressed once while
+    memory stays proportional to the scene's width, like the stitching strip. A cheap estimate from
+    the files' headers: width x (tile + one block) rows x input bytes per pixel, plus one row of
+    output blocks.
+    """
+    try:
+        with rasterio.open(config.before) as b, rasterio.open(config.after) as a:
+            width = max(b.width, a.width)
+            input_bytes = sum(ds.count * np.dtype(ds.dtypes[0]).itemsize for ds in (b, a))
+    except rasterio.errors.RasterioIOError:
+        return MIN_GDAL_CACHE  # the run reports the unreadable file itself
+    block = PROBABILITY_BLOCK
+    wanted = width * ((config.tile_size + block) * input_bytes + block * 4)
+    return int(min(MAX_GDAL_CACHE, max(MIN_GDAL_CACHE, wanted)))
+
+
+def _detect(
+    config: DetectConfig,
+    progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+) -> DetectResult:
+    """Run :func:`detect` (inside its GDAL environment)."""
+    start = time.perf_counter()
+    timings = dict.fromkeys(("setup", "read", "model", "stitch", "vectorize", "write"), 0.0)
+    # Everything a user can get wrong is checked before the model loads or a tile is read.
+    _validate_options(config)
+    before, after = _open_pair(config)
+    check_pair(before, after, _registered_info(config.model))
+    grid = _pair_grid(before, after, config)
+    windows = tile_windows(grid.width, grid.height, config.tile_size, config.overlap)
+    pair = _pair_info(before, after, grid, config)
+    device = select_device(config.device)
+    model = load_model(config.model)
+    check_pair(before, after, model.info)
+    _check_cancel(cancel)
+
+    model = model.to(device)
+    query = config.query.strip()
+    model.prepare(None if config.any_change or not query else query)
+    samples_b, samples_a = _scene_samples(before, after, grid, min(SAMPLE_SIZE, config.tile_size))
+    stats_b, stats_a = _stats(before, grid, samples_b), _stats(after, grid, samples_a)
+    _calibrate(model, device, samples_b, samples_a, stats_b, stats_a)
+    del samples_b, samples_a  # scene samples are done with; do not hold them through the run
+    timings["setup"] = time.perf_counter() - start
+
+    total = len(windows)
+    stream = TileStream(
+        before, after, grid, windows, stats_b, stats_a,
+        config.tile_size, config.batch_size, config.prefetch,
+    )  # fmt: skip
+    tiles_run = 0
+    outputs: list[Path] = []
+    scratch = Path(tempfile.mkdtemp(prefix="mtrs-run-"))
+    try:
+        prob_path = scratch / "probability.tif"
+        with (
+            compute_threads(device),
+            StripStitcher(prob_path, grid, config.tile_size, config.overlap) as stitcher,
+        ):
+            done = 0
+            for batch in stream:
+                _check_cancel(cancel)
+                t0 = time.perf_counter()
+                with torch.inference_mode(), autocast_context(device):
+                    prob = model.predict(
+                        to_device(batch.before, device), to_device(batch.after, device)
+                    )
+                probabilities = prob.float().cpu().numpy()
+                t1 = time.perf_counter()
+                valid = batch.valid.numpy()
+                for window, tile_prob, tile_valid in zip(
+                    batch.windows, probabilities, valid, strict=True
+                ):
+                    stitcher.add(window, tile_prob, tile_valid)
+                timings["model"] += t1 - t0
+                timings["stitch"] += time.perf_counter() - t1
+                tiles_run += len(batch.windows)
+                done = batch.tiles_done
+                if progress is not None:
+                    progress(done, total)
+            _check_cancel(cancel)
+            t0 = time.perf_counter()
+        timings["stitch"] += time.perf_counter() - t0
+        timings["read"] = stream.read_seconds
+        if progress is not None and done < total:
+            progress(total, total)
+
+        t0 = time.perf_counter()
+        polygons = polygons_from_probability(prob_path, config.threshold)
+        table = change_table(
+            polygons,
+            query=config.query,
+            model=model.info.name,
+            before=before.name,
+            after=after.name,
+            min_area_m2=config.min_area,
+            simplify_m=config.simplify,
+            extra=dict(config.extra_attributes),
+        )
+        timings["vectorize"] = time.perf_counter() - t0
+        _check_cancel(cancel)
+
+        t0 = time.perf_counter()
+        with _removed_on_failure(outputs):
+            if config.output is not None:
+                outputs.append(write_vectors(table, Path(config.output)))
+                _check_cancel(cancel)
+            if config.mask_out is not None:
+                outputs.append(
+                    write_probability_cog(
+                        prob_path, Path(config.mask_out), config.mask_type, config.threshold
+                    )
+                )
+        timings["write"] = time.perf_counter() - t0
+    finally:
+        stream.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    return DetectResult(
+        tiles_total=total,
+        tiles_run=tiles_run,
+        tiles_skipped=stream.skipped,
+        polygons=len(table),
+        seconds=time.perf_counter() - start,
+        outputs=outputs,
+        timings=timings,
+        grid=pair,
+        model=model.info.name,
+        device=str(device),
+    )

@@ -1,0 +1,174 @@
+"""Open and validate the input rasters; band selection; sampled normalization statistics.
+
+Everything GDAL opens is accepted (GeoTIFF/COG, VRT, JP2, ENVI, ...), in any numeric dtype, with
+nodata values, per-band or per-dataset masks. Statistics never come from a full-scene read: from
+overviews when the file has them, otherwise from a seeded sample of windows of the common grid.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window, from_bounds
+
+from mtrs_geo.errors import InputError, ModelError
+from mtrs_geo.grid import Grid, footprint_in
+from mtrs_geo.model_api import ModelInfo
+from mtrs_geo.normalize import BandStats, band_stats
+
+# Largest side, in pixels, of the overview read used for statistics.
+STATS_OVERVIEW_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What the engine needs to know about one input raster (no open handle is kept)."""
+
+    path: Path
+    grid: Grid
+    band_count: int  # bands in the file
+    bands: tuple[int, ...]  # selected 1-based band indexes
+    dtype: str
+    nodata: float | None
+    has_overviews: bool
+
+    @property
+    def name(self) -> str:
+        """The file name, as written in the output attributes."""
+        return self.path.name
+
+
+def open_raster(
+    path: Path | str, bands: Sequence[int] | None = None, role: str = "image"
+) -> RasterInfo:
+    """Open ``path``, check it is usable and describe it.
+
+    Args:
+        path: any raster GDAL can open.
+        bands: 1-based band indexes to use; None: all bands.
+        role: "before" or "after", used in error messages.
+
+    Raises:
+        InputError: unreadable file, no CRS, no geotransform, a band index out of range.
+
+    """
+    path = Path(path)
+    if not path.exists() and not str(path).startswith("/vsi"):  # GDAL virtual paths pass through
+        raise InputError(f"{role} image {path} does not exist")
+    try:
+        # A file without geotransform warns on open; it gets a clear InputError below instead.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                crs = ds.crs
+                transform = ds.transform
+                count = ds.count
+                width, height = ds.width, ds.height
+                dtypes = ds.dtypes
+                nodata = ds.nodata
+                has_overviews = count > 0 and bool(ds.overviews(1))
+    except RasterioIOError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "not a raster GDAL can open"
+        raise InputError(f"cannot read {role} image {path}: {reason}") from exc
+    if crs is None:
+        raise InputError(
+            f"{role} image {path} has no coordinate reference system (CRS); "
+            "assign one first, e.g. gdal_edit.py -a_srs EPSG:XXXX"
+        )
+    if transform.is_identity:
+        raise InputError(f"{role} image {path} is not georeferenced (no geotransform)")
+    if count == 0:
+        raise InputError(f"{role} image {path} has no bands")
+    selected = tuple(range(1, count + 1)) if bands is None else tuple(int(b) for b in bands)
+    if not selected:
+        raise InputError(f"no band selected for the {role} image")
+    bad = [b for b in selected if not 1 <= b <= count]
+    if bad:
+        raise InputError(
+            f"band {bad[0]} is out of range for {role} image {path.name}, which has {count} "
+            f"band{'s' if count != 1 else ''} (bands are numbered from 1)"
+        )
+    kinds = {np.dtype(dtypes[b - 1]).kind for b in selected}
+    if kinds - {"u", "i", "f"}:
+        raise InputError(f"{role} image {path.name} has non-numeric bands ({', '.join(dtypes)})")
+    return RasterInfo(
+        path=path,
+        grid=Grid(crs, transform, width, height),
+        band_count=count,
+        bands=selected,
+        dtype=dtypes[selected[0] - 1],
+        nodata=nodata,
+        has_overviews=has_overviews,
+    )
+
+
+def check_pair(before: RasterInfo, after: RasterInfo, info: ModelInfo | None = None) -> None:
+    """Check the selected bands of both images fit each other and the model.
+
+    Raises:
+        InputError: band counts differ after selection.
+        ModelError: the model needs a different number of bands.
+
+    """
+    nb, na = len(before.bands), len(after.bands)
+    if nb != na:
+        raise InputError(
+            f"band count mismatch: {nb} band{'s' if nb != 1 else ''} selected in the before image, "
+            f"{na} in the after image; choose matching bands with --bands"
+        )
+    if info is not None and info.in_channels is not None and info.in_channels != nb:
+        raise ModelError(
+            f"model {info.name!r} takes {info.in_channels} bands but {nb} are selected; "
+            "choose them with --bands"
+        )
+
+
+def read_overview_sample(info: RasterInfo, grid: Grid) -> tuple[np.ndarray, np.ndarray] | None:
+    """Read the image's part inside ``grid`` from its overviews, decimated; None without overviews.
+
+    Returns ``(data float32 (C, h, w), valid bool (h, w))`` in the image's own pixel space
+    (statistics do not need the common grid's geometry, only its footprint).
+    """
+    if not info.has_overviews:
+        return None
+    left, bottom, right, top = footprint_in(grid, info.grid.crs)
+    image_window = (
+        from_bounds(left, bottom, right, top, transform=info.grid.transform)
+        .round_offsets()
+        .round_lengths()
+        .intersection(Window(0, 0, info.grid.width, info.grid.height))
+    )
+    scale = max(image_window.width, image_window.height) / STATS_OVERVIEW_SIZE
+    if scale <= 1:
+        return None  # a small scene: the window sample reads it at full resolution anyway
+    out_shape = (
+        max(1, int(image_window.height / scale)),
+        max(1, int(image_window.width / scale)),
+    )
+    with rasterio.open(info.path) as ds:
+        data = ds.read(
+            list(info.bands), window=image_window, out_shape=(len(info.bands), *out_shape)
+        )
+        masks = ds.read_masks(
+            list(info.bands), window=image_window, out_shape=(len(info.bands), *out_shape)
+        )
+    values = data.astype(np.float32)
+    valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(values), axis=0)
+    return values, valid
+
+
+def sample_stats(samples: Sequence[tuple[np.ndarray, np.ndarray]]) -> BandStats:
+    """Percentile stretch limits from ``(data (C, h, w), valid (h, w))`` samples of one image."""
+    if not samples:
+        raise InputError("no pixel could be sampled for normalization statistics")
+    channels = samples[0][0].shape[0]
+    values = np.concatenate([d.reshape(channels, -1) for d, _ in samples], axis=1)
+    valid = np.concatenate([v.reshape(-1) for _, v in samples])
+    # band_stats wants (N, C, H, W) and a (N, H, W) mask: one "image" of 1 x n pixels.
+    return band_stats(values[None, :, None, :], valid[None, None, :])

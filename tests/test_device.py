@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from mtrs_geo import device as device_module
+from mtrs_geo.device import autocast_context, autocast_dtype, select_device, to_device
+from mtrs_geo.errors import InputError
+
+
+@pytest.fixture
+def no_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device_module, "_mps_available", lambda: False)
+
+
+@pytest.fixture
+def two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(device_module, "_mps_available", lambda: True)
+
+
+@pytest.mark.usefixtures("no_accelerator")
+def test_auto_falls_back_to_the_cpu() -> None:
+    assert select_device("auto") == torch.device("cpu")
+    assert select_device("CPU") == torch.device("cpu")
+
+
+@pytest.mark.usefixtures("no_accelerator")
+@pytest.mark.parametrize("name", ["cuda", "cuda:0", "mps"])
+def test_asking_for_an_absent_accelerator_is_an_input_error(name: str) -> None:
+    with pytest.raises(InputError, match=f"device '{name}' was asked for but"):
+        select_device(name)
+
+
+@pytest.mark.usefixtures("two_gpus")
+def test_auto_prefers_cuda_over_mps_and_indexes_are_checked() -> None:
+    assert select_device("auto") == torch.device("cuda", 0)
+    assert select_device("cuda:1") == torch.device("cuda", 1)
+    assert select_device("mps") == torch.device("mps")
+    with pytest.raises(InputError, match="has 2 CUDA GPU"):
+        select_device("cuda:2")
+
+
+def test_auto_picks_mps_when_there_is_no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device_module, "_mps_available", lambda: True)
+    assert select_device("auto") == torch.device("mps")
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "tpu", ""])
+def test_unknown_device_names_are_input_errors(name: str) -> None:
+    with pytest.raises(InputError, match="unknown device"):
+        select_device(name)
+
+
+def test_autocast_is_bf16_on_cuda_when_supported_else_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert autocast_dtype(torch.device("cuda", 0)) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert autocast_dtype(torch.device("cuda", 0)) == torch.float16
+    assert autocast_dtype(torch.device("cpu")) is None
+
+
+def test_autocast_is_a_no_op_on_the_cpu() -> None:
+    with autocast_context(torch.device("cpu")):
+        out = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert out.dtype == torch.float32
+    batch = torch.zeros(1, 3, 4, 4)
+    assert to_device(batch, torch.device("cpu")).device.type == "cpu"
+
+
+def test_compute_threads_leave_one_core_to_the_reader_and_restore(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    previous = torch.get_num_threads()
+    monkeypatch.setattr(device_module.os, "cpu_count", lambda: 4)
+    torch.set_num_threads(4)
+    try:
+        with device_module.compute_threads(torch.device("cpu")):
+            assert torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 4
+        monkeypatch.setattr(device_module.os, "cpu_count", lambda: 1)
+        with device_module.compute_threads(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,130 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+from scenes import ImageSpec, make_pair
+
+from mtrs_geo.config import DetectConfig
+from mtrs_geo.grid import Grid, tile_windows
+from mtrs_geo.pipeline import detect
+from mtrs_geo.stitch import PROBABILITY_NODATA, StripStitcher, blend_weights
+
+
+def make_grid(width: int, height: int) -> Grid:
+    return Grid(CRS.from_epsg(32633), Affine(10, 0, 500_000, 0, -10, 5_000_000), width, height)
+
+
+@pytest.mark.parametrize(("tile", "overlap"), [(64, 16), (256, 32), (33, 32), (16, 0)])
+def test_blend_weights_are_positive_symmetric_and_tapered_over_the_overlap(
+    tile: int, overlap: int
+) -> None:
+    w = blend_weights(tile, overlap)
+    assert w.shape == (tile, tile) and w.dtype == np.float32
+    assert (w > 0).all() and w.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(w, w.T)
+    np.testing.assert_allclose(w, w[::-1, ::-1])
+    row = w[tile // 2]
+    taper = min(overlap, tile // 2)
+    assert (np.diff(row[: taper + 1]) > 0).all()  # rising over the overlap
+    assert (row[taper : tile - taper] == 1.0).all()
+
+
+def test_zero_overlap_gives_flat_weights() -> None:
+    assert (blend_weights(8, 0) == 1.0).all()
+
+
+def stitch_tiles(path: Path, grid: Grid, tile: int, overlap: int, value_of: object) -> np.ndarray:
+    with StripStitcher(path, grid, tile, overlap) as stitcher:
+        for window in tile_windows(grid.width, grid.height, tile, overlap):
+            prob, valid = value_of(window)  # type: ignore[operator]
+            stitcher.add(window, prob, valid)
+    with rasterio.open(path) as ds:
+        assert ds.dtypes == ("float32",) and ds.nodata == PROBABILITY_NODATA
+        assert ds.crs == grid.crs and ds.transform == grid.transform
+        return ds.read(1)
+
+
+def test_a_constant_prediction_stitches_to_the_same_constant_everywhere(tmp_path: Path) -> None:
+    grid = make_grid(1100, 1300)  # last row and column snapped; more than one 512-row block
+
+    def constant(window: Window) -> tuple[np.ndarray, np.ndarray]:
+        shape = (int(window.height), int(window.width))
+        return np.full(shape, 0.3, dtype=np.float32), np.ones(shape, dtype=bool)
+
+    out = stitch_tiles(tmp_path / "p.tif", grid, 256, 48, constant)
+    np.testing.assert_allclose(out, 0.3, atol=1e-6)
+
+
+def test_a_smooth_field_is_reproduced_without_seams(tmp_path: Path) -> None:
+    grid = make_grid(700, 600)
+    rows, cols = np.mgrid[0:600, 0:700]
+    field = (0.5 + 0.4 * np.sin(cols / 50.0) * np.cos(rows / 70.0)).astype(np.float32)
+
+    def crop(window: Window) -> tuple[np.ndarray, np.ndarray]:
+        r, c, h, w = int(window.row_off), int(window.col_off), int(window.height), int(window.width)
+        return field[r : r + h, c : c + w], np.ones((h, w), dtype=bool)
+
+    out = stitch_tiles(tmp_path / "p.tif", grid, 128, 32, crop)
+    np.testing.assert_allclose(out, field, atol=1e-5)
+
+
+def test_invalid_and_uncovered_pixels_are_nodata(tmp_path: Path) -> None:
+    grid = make_grid(300, 1200)
+
+    def left_half_valid(window: Window) -> tuple[np.ndarray, np.ndarray]:
+        shape = (int(window.height), int(window.width))
+        valid = np.zeros(shape, dtype=bool)
+        valid[:, : max(0, 150 - int(window.col_off))] = True
+        return np.full(shape, 0.9, dtype=np.float32), valid
+
+    path = tmp_path / "p.tif"
+    with StripStitcher(path, grid, 100, 20) as stitcher:
+        for window in tile_windows(300, 1200, 100, 20):
+            if window.row_off >= 700:  # tiles skipped as all-nodata leave a gap
+                continue
+            stitcher.add(window, *left_half_valid(window))
+    with rasterio.open(path) as ds:
+        out = ds.read(1)
+    np.testing.assert_allclose(out[:700, :150], 0.9, rtol=1e-6)
+    assert (out[:, 150:] == PROBABILITY_NODATA).all()
+    assert (out[740:] == PROBABILITY_NODATA).all()  # the last added tile row ends at 740
+
+
+def test_the_strip_holds_one_tile_height_not_the_scene(tmp_path: Path) -> None:
+    grid = make_grid(200, 5000)
+    with StripStitcher(tmp_path / "p.tif", grid, 128, 16) as stitcher:
+        assert stitcher._sum.shape == (128, 200)
+
+
+def test_tiles_out_of_row_major_order_are_refused(tmp_path: Path) -> None:
+    with StripStitcher(tmp_path / "p.tif", make_grid(100, 100), 50, 0) as stitcher:
+        ones = np.ones((50, 50), dtype=np.float32)
+        stitcher.add(Window(0, 50, 50, 50), ones, ones > 0)
+        with pytest.raises(ValueError, match="row-major"):
+            stitcher.add(Window(0, 0, 50, 50), ones, ones > 0)
+
+
+def test_tile_size_256_and_2048_give_the_same_mask(tmp_path: Path) -> None:
+    pair = make_pair(
+        tmp_path / "scene",
+        after=ImageSpec(crs="EPSG:4326", nodata=0, nodata_border=6),
+        extent=(500_000.0, 5_000_000.0, 507_000.0, 5_006_000.0),  # 700 x 600 px at 10 m
+    )
+    masks = []
+    for tile in (256, 2048):
+        out = tmp_path / f"prob_{tile}.tif"
+        config = DetectConfig(
+            before=pair.before, after=pair.after, mask_out=out, tile_size=tile, overlap=32
+        )
+        result = detect(config)
+        assert result.tiles_total == (9 if tile == 256 else 1)
+        with rasterio.open(out) as ds:
+            masks.append(ds.read(1) >= 0.5)
+    small, large = masks
+    iou = (small & large).sum() / (small | large).sum()
+    assert small.sum() > 10_000
+    assert iou >= 0.99

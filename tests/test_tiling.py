@@ -1,0 +1,120 @@
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rasterio.windows import Window
+from scenes import ImageSpec, make_pair
+
+from mtrs_geo import tiling
+from mtrs_geo.align import AlignedReader
+from mtrs_geo.grid import common_grid, tile_windows
+from mtrs_geo.normalize import BandStats, percentile_stretch
+from mtrs_geo.read import open_raster
+from mtrs_geo.tiling import TileStream, normalize_tile, prepare_tile
+
+STATS = BandStats(low=(30.0, 30.0, 30.0), high=(220.0, 220.0, 220.0))
+
+
+def stream_for(
+    tmp_path: Path, tile: int, overlap: int, batch: int, **pair_kwargs: object
+) -> TileStream:
+    pair = make_pair(tmp_path, **pair_kwargs)  # type: ignore[arg-type]
+    before, after = open_raster(pair.before), open_raster(pair.after)
+    grid = common_grid(before.grid, after.grid)
+    windows = tile_windows(grid.width, grid.height, tile, overlap)
+    return TileStream(before, after, grid, windows, STATS, STATS, tile, batch, prefetch=2)
+
+
+def test_batches_are_normalized_tensors_and_every_window_is_counted(tmp_path: Path) -> None:
+    stream = stream_for(tmp_path, tile=64, overlap=8, batch=3)
+    batches = list(stream)
+    total = len(stream.windows)
+    assert sum(len(b.windows) for b in batches) == total and stream.skipped == 0
+    assert [len(b.windows) for b in batches[:-1]] == [3] * (len(batches) - 1)
+    assert batches[-1].tiles_done == total
+    assert [b.tiles_done for b in batches] == sorted(b.tiles_done for b in batches)
+    first = batches[0]
+    assert first.before.shape == (3, 3, 64, 64) and first.before.dtype == torch.float32
+    assert first.valid.shape == (3, 64, 64) and first.valid.dtype == torch.bool
+    assert 0.0 <= float(first.after.min()) and float(first.after.max()) <= 1.0
+    # Row-major windows, in the order they were given.
+    assert [w for b in batches for w in b.windows] == stream.windows
+
+
+def test_all_nodata_windows_are_skipped_and_counted(tmp_path: Path) -> None:
+    # The after image covers only the southern half of the before image; the rest is nodata.
+    stream = stream_for(
+        tmp_path,
+        tile=64,
+        overlap=0,
+        batch=2,
+        before=ImageSpec(nodata=0),
+        after=ImageSpec(nodata=0, extent=(500_000.0, 4_998_720.0, 502_560.0, 5_001_280.0)),
+    )
+    stream.grid = stream.before.grid  # tile the whole before image, not only the overlap
+    stream.windows = tile_windows(256, 256, 64, 0)
+    batches = list(stream)
+    run = [w for b in batches for w in b.windows]
+    assert stream.skipped == 8 and len(run) == 8  # the northern two tile rows are skipped
+    assert all(w.row_off >= 128 for w in run)
+    assert batches[-1].tiles_done == 16
+
+
+def test_a_scene_smaller_than_the_tile_is_padded_and_the_padding_is_invalid(tmp_path: Path) -> None:
+    stream = stream_for(tmp_path, tile=300, overlap=20, batch=4)
+    (batch,) = list(stream)
+    assert batch.windows == [Window(0, 0, 256, 256)]
+    assert batch.before.shape == (1, 3, 300, 300)
+    assert batch.valid[0, :256, :256].all() and not batch.valid[0, 256:].any()
+    assert not batch.valid[0, :, 256:].any()
+
+
+def test_prepare_tile_zeroes_pixels_invalid_in_either_image() -> None:
+    data = np.full((3, 4, 4), 125.0, dtype=np.float32)
+    valid_b = np.ones((4, 4), dtype=bool)
+    valid_a = valid_b.copy()
+    valid_a[0, 0] = False
+    norm_b, norm_a, valid = prepare_tile((data, valid_b), (data.copy(), valid_a), STATS, STATS, 4)
+    assert not valid[0, 0] and valid.sum() == 15
+    assert norm_b[:, 0, 0].tolist() == [0.0] * 3 and norm_a[:, 0, 0].tolist() == [0.0] * 3
+    np.testing.assert_allclose(norm_b[:, 1, 1], 0.5, atol=1e-6)
+
+
+def test_closing_early_stops_the_reader_thread(tmp_path: Path) -> None:
+    stream = stream_for(tmp_path, tile=32, overlap=0, batch=1)
+    iterator = iter(stream)
+    next(iterator)
+    stream.close()
+    assert not any(t.name == "mtrs-tile-reader" for t in threading.enumerate())
+
+
+def test_a_reader_error_reaches_the_consumer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class FailingReader(AlignedReader):
+        def read_native(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+            if window.row_off > 0:
+                raise RuntimeError("disk gone")
+            return super().read_native(window)
+
+    monkeypatch.setattr(tiling, "AlignedReader", FailingReader)
+    stream = stream_for(tmp_path, tile=128, overlap=0, batch=1)
+    iterator = iter(stream)
+    next(iterator)
+    next(iterator)  # the second tile of the first row
+    with pytest.raises(RuntimeError, match="disk gone"):
+        next(iterator)
+    assert not any(t.name == "mtrs-tile-reader" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+def test_normalize_tile_equals_the_percentile_stretch_for_every_dtype(dtype: str) -> None:
+    rng = np.random.default_rng(0)
+    info = np.iinfo(dtype) if dtype != "float32" else None
+    low, high = (info.min, info.max) if info is not None else (-5.0, 5.0)
+    data = rng.uniform(low, high, size=(3, 40, 50)).astype(dtype)
+    stats = BandStats(low=(float(low) / 2, 0.0, 3.0), high=(float(high) / 3, 100.0, 4.0))
+    expected = percentile_stretch(data.astype(np.float32), stats)
+    np.testing.assert_array_equal(normalize_tile(data, stats), expected)
