@@ -1,0 +1,108 @@
+"""Ground areas and metric simplification of change polygons (pure functions, no I/O).
+
+Areas are never measured in degrees nor in a conformal projection (Web Mercator inflates them by
+``1 / cos(latitude)^2``): polygons are projected into a Lambert azimuthal equal-area projection
+centred on the data, which preserves area everywhere, after densifying their edges so that straight
+edges of the source CRS keep their shape through the projection.
+"""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from pyproj import CRS, Transformer
+
+# Edges longer than this are densified before reprojection (source CRS units: metres or degrees).
+_DENSIFY_METRES = 500.0
+_DENSIFY_DEGREES = 0.005
+
+
+def data_centre_lonlat(bounds: tuple[float, float, float, float], crs: CRS) -> tuple[float, float]:
+    """Return the longitude and latitude (degrees) of the centre of ``bounds`` given in ``crs``."""
+    west, south, east, north = bounds
+    to_lonlat = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
+    lon, lat = to_lonlat.transform((west + east) / 2.0, (south + north) / 2.0)
+    return float(lon), float(lat)
+
+
+def local_equal_area_crs(lon: float, lat: float) -> CRS:
+    """Lambert azimuthal equal-area projection centred on ``(lon, lat)`` (degrees), in metres."""
+    return CRS.from_proj4(
+        f"+proj=laea +lat_0={lat:.8f} +lon_0={lon:.8f} +x_0=0 +y_0=0 +datum=WGS84 +units=m +no_defs"
+    )
+
+
+def _is_metric(crs: CRS) -> bool:
+    """Whether ``crs`` is projected with metre axes."""
+    if not crs.is_projected:
+        return False
+    return all(axis.unit_name in ("metre", "meter", "m") for axis in crs.axis_info[:2])
+
+
+def _densify(geometry: np.ndarray, crs: CRS) -> np.ndarray:
+    """Split long edges so they bend correctly when projected (a no-op for short pixel edges)."""
+    step = _DENSIFY_DEGREES if crs.is_geographic else _DENSIFY_METRES / _unit_metres(crs)
+    return np.asarray(shapely.segmentize(geometry, step))
+
+
+def _unit_metres(crs: CRS) -> float:
+    """Length in metres of one unit of the first axis of a projected CRS (1 if unknown)."""
+    factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    return float(factor) if factor else 1.0
+
+
+def _local_crs_for(gdf: gpd.GeoDataFrame) -> CRS:
+    """Return the local equal-area projection centred on the data of ``gdf``."""
+    lon, lat = data_centre_lonlat(tuple(gdf.total_bounds), CRS.from_user_input(gdf.crs))
+    return local_equal_area_crs(lon, lat)
+
+
+def ground_areas(gdf: gpd.GeoDataFrame) -> np.ndarray:
+    """Ground area of each geometry in square metres (local equal-area projection, never degrees).
+
+    Args:
+        gdf: geometries with a CRS.
+
+    Returns:
+        A float64 array, one area per row (0 for empty geometries).
+
+    """
+    if gdf.crs is None:
+        raise ValueError("ground_areas needs geometries with a CRS")
+    if len(gdf) == 0:
+        return np.zeros(0, dtype=np.float64)
+    crs = CRS.from_user_input(gdf.crs)
+    dense = gpd.GeoSeries(_densify(gdf.geometry.to_numpy(), crs), crs=crs)
+    return np.asarray(dense.to_crs(_local_crs_for(gdf)).area, dtype=np.float64)
+
+
+def simplify_metres(gdf: gpd.GeoDataFrame, tolerance_m: float) -> gpd.GeoDataFrame:
+    """Simplify geometries with a tolerance in metres, keeping their topology; returns a copy.
+
+    The work happens in the source CRS when it is projected in metres, otherwise in the local
+    equal-area projection, and the result comes back in the source CRS. Geometries that vanish are
+    dropped.
+    """
+    if tolerance_m <= 0 or len(gdf) == 0:
+        return gdf.copy()
+    if gdf.crs is None:
+        raise ValueError("simplify_metres needs geometries with a CRS")
+    crs = CRS.from_user_input(gdf.crs)
+    result = gdf.copy()
+    if _is_metric(crs):
+        result.geometry = gdf.geometry.simplify(tolerance_m, preserve_topology=True)
+    else:
+        local = _local_crs_for(gdf)
+        metric = gdf.geometry.to_crs(local).simplify(tolerance_m, preserve_topology=True)
+        result.geometry = metric.to_crs(crs)
+    keep = ~(result.geometry.is_empty | result.geometry.isna())
+    return result.loc[keep].reset_index(drop=True)
+
+
+def filter_min_area(
+    gdf: gpd.GeoDataFrame, areas_m2: np.ndarray, min_area_m2: float
+) -> tuple[gpd.GeoDataFrame, np.ndarray]:
+    """Keep the rows whose ground area is >= ``min_area_m2``; return those rows and their areas."""
+    keep = np.asarray(areas_m2) >= min_area_m2
+    return gdf.loc[keep].reset_index(drop=True), np.asarray(areas_m2)[keep]

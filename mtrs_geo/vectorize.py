@@ -1,0 +1,265 @@
+"""Block-wise polygonization of the probability raster, with shapes cut by block edges merged.
+
+The raster is read in strips of whole rows, so memory follows the raster's width, not its area. In
+each strip the changed pixels (probability >= threshold, never nodata) are labelled into 4-connected
+components and each label is polygonized with :func:`rasterio.features.shapes` in exact pixel
+coordinates (integers, so the pieces of one region share their cut edges exactly). Pieces that touch
+across a strip boundary are joined (connected components of a small graph per strip); a region is
+finished, unioned and emitted as soon as none of its pieces lies on the last row read. The finished
+polygon is then mapped to the raster's CRS with its affine transform. Each polygon carries the mean
+probability of its pixels (sums and counts add up across pieces).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import shapely
+from affine import Affine
+from rasterio.features import shapes
+from rasterio.windows import Window
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+# 4-connectivity, the same rule as ``rasterio.features.shapes(connectivity=4)``.
+_FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+# Strips hold about this many pixels (~20 B/px while labelling): memory follows the width only.
+_STRIP_PIXELS = 2 * 1024 * 1024
+PROBABILITY_NODATA = -1.0
+# Empty columns wider than this split a strip into separately polygonized column ranges.
+_MIN_COLUMN_GAP = 32
+
+
+@dataclass
+class _Region:
+    """The pieces of one connected region gathered so far (pixel coordinates)."""
+
+    pieces: list[shapely.Polygon] = field(default_factory=list)
+    score_sum: float = 0.0
+    pixel_count: int = 0
+
+    def absorb(self, other: _Region) -> None:
+        """Add another region's pieces and sums to this one."""
+        self.pieces.extend(other.pieces)
+        self.score_sum += other.score_sum
+        self.pixel_count += other.pixel_count
+
+    def polygon(self) -> shapely.Geometry:
+        """Return the region's polygon: its only piece, or the union of its touching pieces."""
+        if len(self.pieces) == 1:
+            return self.pieces[0]
+        return shapely.union_all(self.pieces)
+
+
+def default_block_rows(width: int) -> int:
+    """Rows per strip for a raster ``width`` pixels wide: about 2 Mpx, a multiple of 64 (>= 64)."""
+    rows = max(64, _STRIP_PIXELS // max(width, 1))
+    return int(rows // 64 * 64)
+
+
+def changed_mask(values: np.ndarray, threshold: float, nodata: float | None) -> np.ndarray:
+    """Pixels that count as changed: finite, not nodata, and at or above ``threshold``."""
+    mask = np.isfinite(values) & (values >= threshold)
+    if nodata is not None and np.isfinite(nodata):
+        mask &= values != nodata
+    return mask
+
+
+def _column_runs(mask: np.ndarray, min_gap: int = _MIN_COLUMN_GAP) -> list[tuple[int, int]]:
+    """Column ranges ``[start, stop)`` holding every changed pixel, split at wide empty gaps.
+
+    No 4-connected region crosses an empty column, so each range can be polygonized alone: sparse
+    changes then cost a fraction of the strip's width.
+    """
+    active = np.flatnonzero(mask.any(axis=0))
+    if active.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(active) > min_gap)
+    starts = np.concatenate([[active[0]], active[breaks + 1]])
+    stops = np.concatenate([active[breaks], [active[-1]]]) + 1
+    return list(zip(starts.tolist(), stops.tolist(), strict=True))
+
+
+def _piece_polygons(
+    labels: np.ndarray, mask: np.ndarray, row_offset: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Polygonize a label image: ``(labels, polygons)``, in whole-raster pixel coordinates.
+
+    The polygons are built in bulk from the rings :func:`rasterio.features.shapes` returns (one
+    shapely call per strip, not per polygon: noisy masks have hundreds of thousands of regions).
+    """
+    values: list[int] = []
+    coords: list[tuple[float, float]] = []
+    ring_lengths: list[int] = []
+    rings_per_polygon: list[int] = []
+    for start, stop in _column_runs(mask):
+        block = np.ascontiguousarray(labels[:, start:stop])
+        to_raster = Affine.translation(start, row_offset)
+        for geom, value in shapes(block, mask=block > 0, connectivity=4, transform=to_raster):
+            values.append(int(value))
+            rings = geom["coordinates"]
+            rings_per_polygon.append(len(rings))
+            for ring in rings:
+                coords.extend(ring)
+                ring_lengths.append(len(ring))
+    if not values:
+        return np.zeros(0, dtype=np.int64), np.empty(0, dtype=object)
+    ring_index = np.repeat(np.arange(len(ring_lengths)), ring_lengths)
+    rings_array = shapely.linearrings(np.asarray(coords, dtype=np.float64), indices=ring_index)
+    polygon_index = np.repeat(np.arange(len(values)), rings_per_polygon)
+    polygons = shapely.polygons(rings_array, indices=polygon_index)
+    return np.asarray(values, dtype=np.int64), polygons
+
+
+def iter_regions(
+    values_by_strip: Iterable[tuple[int, np.ndarray]],
+    threshold: float,
+    nodata: float | None = PROBABILITY_NODATA,
+) -> Iterator[tuple[shapely.Geometry, float, int]]:
+    """Polygonize strips of a probability raster; yield ``(polygon, mean_score, pixel_count)``.
+
+    Args:
+        values_by_strip: ``(first_row, values)`` for consecutive strips of rows, top to bottom, each
+            ``values`` a ``(rows, width)`` array of probabilities.
+        threshold: pixels with probability >= threshold are changed.
+        nodata: the probability raster's nodata value (never polygonized).
+
+    Yields:
+        One tuple per 4-connected region, the polygon in pixel coordinates ``(column, row)`` of the
+        whole raster (holes kept).
+
+    """
+    open_regions: dict[int, _Region] = {}  # regions with a piece on the last row read, by key
+    previous_last_row: np.ndarray | None = None  # region keys along the last row read (0: none)
+    next_key = 1
+    for row_offset, values in values_by_strip:
+        mask = changed_mask(values, threshold, nodata)
+        labels, count = ndimage.label(mask, structure=_FOUR_CONNECTED)
+        # Graph nodes: this strip's labels 1..count -> 0..count-1, then the open regions.
+        open_keys = np.sort(np.fromiter(open_regions, dtype=np.int64, count=len(open_regions)))
+        nodes = count + open_keys.size
+        above_nodes = np.empty(0, dtype=np.int64)
+        below_nodes = np.empty(0, dtype=np.int64)
+        if previous_last_row is not None and count and open_keys.size:
+            first_row = labels[0]
+            joined = (previous_last_row > 0) & (first_row > 0)
+            pairs = np.unique(
+                np.stack([previous_last_row[joined], first_row[joined]], axis=1), axis=0
+            )
+            above_nodes = count + np.searchsorted(open_keys, pairs[:, 0])
+            below_nodes = pairs[:, 1].astype(np.int64) - 1
+        graph = coo_matrix(
+            (np.ones(above_nodes.size, dtype=np.int8), (above_nodes, below_nodes)),
+            shape=(nodes, nodes),
+        )
+        components, component = connected_components(graph, directed=False)
+        # A region stays open while one of its pieces lies on this strip's last row.
+        last_row = labels[-1]
+        on_last_row = last_row > 0
+        still_open = np.zeros(components, dtype=bool)
+        still_open[component[last_row[on_last_row] - 1]] = True
+        merged: dict[int, _Region] = {}
+        if count:
+            changed_labels = labels[mask]
+            weights = values[mask].astype(np.float64)
+            sums = np.bincount(changed_labels, weights=weights, minlength=count + 1)[1:]
+            pixels = np.bincount(changed_labels, minlength=count + 1)[1:]
+            piece_labels, polygons = _piece_polygons(labels, mask, row_offset)
+            piece_nodes = component[piece_labels - 1]
+            # Most regions are one finished piece: emit those without any bookkeeping.
+            alone = np.bincount(component, minlength=components)[piece_nodes] == 1
+            done = alone & ~still_open[piece_nodes]
+            for label, polygon in zip(piece_labels[done], polygons[done], strict=True):
+                yield polygon, float(sums[label - 1] / pixels[label - 1]), int(pixels[label - 1])
+            for label, node, polygon in zip(
+                piece_labels[~done], piece_nodes[~done], polygons[~done], strict=True
+            ):
+                region = merged.setdefault(int(node), _Region())
+                region.pieces.append(polygon)
+                region.score_sum += float(sums[label - 1])
+                region.pixel_count += int(pixels[label - 1])
+        for position, key in enumerate(open_keys):
+            region = open_regions.pop(int(key))
+            merged.setdefault(int(component[count + position]), _Region()).absorb(region)
+        for node, region in merged.items():
+            if still_open[node]:
+                open_regions[next_key + node] = region
+            else:
+                yield region.polygon(), region.score_sum / region.pixel_count, region.pixel_count
+        previous_last_row = np.zeros(last_row.shape, dtype=np.int64)
+        previous_last_row[on_last_row] = next_key + component[last_row[on_last_row] - 1]
+        next_key += nodes
+    for region in open_regions.values():
+        yield region.polygon(), region.score_sum / region.pixel_count, region.pixel_count
+
+
+def _strips(
+    dataset: rasterio.io.DatasetReader, block_rows: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Read band 1 of ``dataset`` in strips of ``block_rows`` whole rows.
+
+    Reads are whole rows of the file's blocks, so each compressed block is decoded once whatever
+    the size of GDAL's block cache; the strips are views into them.
+    """
+    block_height = max(1, dataset.block_shapes[0][0])
+    chunk = -(-block_rows // block_height) * block_height
+    for row in range(0, dataset.height, chunk):
+        height = min(chunk, dataset.height - row)
+        values = dataset.read(1, window=Window(0, row, dataset.width, height))
+        for start in range(0, height, block_rows):
+            yield row + start, values[start : start + block_rows]
+
+
+def to_map_coordinates(geometry: np.ndarray, transform: Affine) -> np.ndarray:
+    """Map geometries from pixel ``(column, row)`` coordinates to the raster's CRS."""
+    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
+
+    def apply(xy: np.ndarray) -> np.ndarray:
+        col, row = xy[:, 0], xy[:, 1]
+        return np.column_stack([a * col + b * row + c, d * col + e * row + f])
+
+    return shapely.transform(geometry, apply)
+
+
+def polygons_from_probability(
+    prob_path: Path, threshold: float, block_rows: int | None = None
+) -> gpd.GeoDataFrame:
+    """Polygonize the changed regions of a single-band probability raster, strip by strip.
+
+    Args:
+        prob_path: probability GeoTIFF (float32 in [0, 1], nodata -1).
+        threshold: probability at or above which a pixel is changed.
+        block_rows: rows read at a time; ``None`` picks about 2 Mpx per strip.
+
+    Returns:
+        A GeoDataFrame in the raster's CRS with columns ``mean_score`` (mean probability of the
+        region's pixels), ``pixel_count`` and ``geometry`` (one polygon per 4-connected region,
+        holes kept), ordered top to bottom by where each region ends.
+
+    """
+    with rasterio.open(prob_path) as dataset:
+        rows = block_rows or default_block_rows(dataset.width)
+        nodata = dataset.nodata if dataset.nodata is not None else PROBABILITY_NODATA
+        polygons: list[shapely.Geometry] = []
+        scores: list[float] = []
+        counts: list[int] = []
+        for polygon, score, count in iter_regions(_strips(dataset, rows), threshold, nodata):
+            polygons.append(polygon)
+            scores.append(score)
+            counts.append(count)
+        transform, crs = dataset.transform, dataset.crs
+    geometry = to_map_coordinates(np.asarray(polygons, dtype=object), transform)
+    return gpd.GeoDataFrame(
+        {
+            "mean_score": np.asarray(scores, dtype=np.float64),
+            "pixel_count": np.asarray(counts, dtype=np.int64),
+        },
+        geometry=gpd.GeoSeries(geometry, crs=crs),
+        crs=crs,
+    )

@@ -1,0 +1,110 @@
+"""``mtrs batch``: one output per row, relative paths, goes on past failing rows, exit 1 if any."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import pytest
+from cli_run import files_in, run_mtrs
+from scenes import ImageSpec, make_pair
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder with two pairs: ``a/`` (UTM) and ``b/`` (after image in EPSG:4326)."""
+    root = tmp_path_factory.mktemp("batch")
+    make_pair(root / "a")
+    make_pair(root / "b", after=ImageSpec(crs="EPSG:4326"), seed=3)
+    return root
+
+
+def write_csv(path: Path, rows: list[str]) -> Path:
+    path.write_text("\n".join(["before,after,query,output", *rows]) + "\n")
+    return path
+
+
+def test_batch_goes_on_past_a_failing_row_and_exits_1(folder: Path, tmp_path: Path) -> None:
+    out = folder / "out1"
+    out.mkdir()
+    csv_path = write_csv(
+        folder / "pairs1.csv",
+        [
+            "a/before.tif,a/after.tif,new buildings,out1/a.geojson",
+            "a/before.tif,missing.tif,new roads,out1/broken.gpkg",
+            "b/before.tif,b/after.tif,,out1/b.gpkg",
+            "a/before.tif,a/after.tif,x,out1/a.txt",
+        ],
+    )
+
+    result = run_mtrs("batch", csv_path)
+
+    assert result.code == 1
+    assert files_in(out) == ["a.geojson", "b.gpkg"]
+    assert "row 1: ok" in result.out and "row 3: ok" in result.out
+    assert "row 2: FAILED" in result.err and "missing.tif does not exist" in result.err
+    assert "row 4: FAILED" in result.err and "unknown vector output extension" in result.err
+    assert "2 of 4 rows done, 2 failed" in result.out
+    assert set(gpd.read_file(out / "a.geojson")["query"]) == {"new buildings"}
+    assert len(gpd.read_file(out / "b.gpkg")) > 0
+
+
+def test_batch_json_reports_each_row(folder: Path) -> None:
+    csv_path = write_csv(
+        folder / "pairs2.csv",
+        [
+            f"{folder / 'a' / 'before.tif'},{folder / 'a' / 'after.tif'},q,out2.fgb",
+            "a/before.tif,a/after.tif,q,no_folder/out2.fgb",
+        ],
+    )
+    result = run_mtrs("batch", csv_path, "--json", "--min-area", "1000")
+    records = [json.loads(line) for line in result.out.splitlines()]
+    assert result.code == 1
+    assert [r.get("status") for r in records[:2]] == ["ok", "failed"]
+    assert records[0]["outputs"] == [str(folder / "out2.fgb")]
+    assert (gpd.read_file(folder / "out2.fgb")["area_m2"] >= 1000).all()
+    assert records[1]["exit_code"] == 2
+    assert records[1]["message"].startswith("output folder does not exist")
+    assert records[2] == {"rows": 2, "ok": 1, "failed": 1}
+
+
+def test_batch_all_rows_ok_exits_0_with_mask_column(folder: Path) -> None:
+    (folder / "pairs3.csv").write_text(
+        "query,output,after,before,mask_out\ntrees,out3.gpkg,a/after.tif,a/before.tif,out3.tif\n"
+    )
+    result = run_mtrs("batch", folder / "pairs3.csv", "--quiet")
+    assert (result.code, result.out, result.err) == (0, "", "")
+    assert (folder / "out3.gpkg").is_file() and (folder / "out3.tif").is_file()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("before,after,output\nx.tif,y.tif,o.geojson\n", "lacks the column(s) query"),
+        ("before,after,query,output\n", "has no rows"),
+    ],
+)
+def test_bad_csv_exits_2(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "pairs.csv"
+    path.write_text(content)
+    result = run_mtrs("batch", path)
+    assert result.code == 2 and message in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+
+def test_missing_csv_exits_2(tmp_path: Path) -> None:
+    result = run_mtrs("batch", tmp_path / "nope.csv")
+    assert result.code == 2 and "cannot read" in result.err
+
+
+def test_batch_mask_out_dir(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path / "data")
+    (tmp_path / "pairs.csv").write_text(
+        f"before,after,query,output\n{pair.before},{pair.after},q,one.geojson\n"
+    )
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    result = run_mtrs("batch", tmp_path / "pairs.csv", "--mask-out-dir", masks, "--quiet")
+    assert result.code == 0, result.err
+    assert files_in(masks) == ["one.tif"] and (tmp_path / "one.geojson").is_file()

@@ -1,0 +1,159 @@
+"""Block-wise polygonization: pieces cut by strip edges merge, holes stay, nodata never counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+from rasterio.features import shapes
+
+from mtrs_geo.vectorize import default_block_rows, iter_regions, polygons_from_probability
+
+PIXEL = 10.0
+ORIGIN = (500_000.0, 5_000_000.0)
+
+
+def write_probability(path: Path, values: np.ndarray, nodata: float = -1.0) -> Path:
+    height, width = values.shape
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=1,
+        dtype="float32",
+        crs="EPSG:32633",
+        transform=Affine(PIXEL, 0.0, ORIGIN[0], 0.0, -PIXEL, ORIGIN[1]),
+        nodata=nodata,
+        tiled=True,
+        blockxsize=16,
+        blockysize=16,
+    ) as dst:
+        dst.write(values.astype(np.float32), 1)
+    return path
+
+
+def ring_with_tail(height: int = 40, width: int = 30) -> np.ndarray:
+    """A square ring (one hole) on rows 4..27 with a tail down to row 36; scores vary by row."""
+    values = np.zeros((height, width), dtype=np.float32)
+    rows = np.arange(height, dtype=np.float32)[:, None] / height
+    values[4:28, 5:25] = 0.6 + 0.3 * rows[4:28]
+    values[10:22, 11:19] = 0.1  # the hole: below the threshold
+    values[28:37, 14:17] = 0.8
+    return values
+
+
+def test_shape_cut_by_strip_edges_comes_back_as_one_polygon(tmp_path: Path) -> None:
+    values = ring_with_tail()
+    path = write_probability(tmp_path / "prob.tif", values)
+    changed = values >= 0.5
+
+    result = polygons_from_probability(path, threshold=0.5, block_rows=7)
+
+    assert len(result) == 1
+    polygon = result.geometry.iloc[0]
+    assert polygon.geom_type == "Polygon" and polygon.is_valid
+    assert polygon.area == pytest.approx(changed.sum() * PIXEL * PIXEL)
+    assert result["mean_score"].iloc[0] == pytest.approx(values[changed].mean(), rel=1e-6)
+    assert result["pixel_count"].iloc[0] == changed.sum()
+    assert len(polygon.interiors) == 1  # the hole crosses two strip edges and is kept
+    assert shapely.Polygon(polygon.interiors[0]).area == pytest.approx(12 * 8 * PIXEL * PIXEL)
+
+
+def test_polygon_lands_on_its_pixels_in_map_coordinates(tmp_path: Path) -> None:
+    values = np.zeros((30, 20), dtype=np.float32)
+    values[3:9, 4:7] = 0.9
+    path = write_probability(tmp_path / "prob.tif", values)
+
+    result = polygons_from_probability(path, threshold=0.5, block_rows=4)
+
+    x0, y0 = ORIGIN
+    assert result.crs.to_epsg() == 32633
+    assert result.geometry.iloc[0].bounds == pytest.approx(
+        (x0 + 4 * PIXEL, y0 - 9 * PIXEL, x0 + 7 * PIXEL, y0 - 3 * PIXEL)
+    )
+
+
+def test_two_arms_joining_below_and_one_region_splitting_are_single_polygons() -> None:
+    u_shape = np.zeros((20, 12), dtype=np.float32)
+    u_shape[0:18, 1:3] = 0.9  # left arm
+    u_shape[0:18, 8:10] = 0.7  # right arm
+    u_shape[16:18, 1:10] = 0.8  # the arms join only in the last strip
+    n_shape = u_shape[::-1].copy()  # the region splits into two arms going down
+
+    for values in (u_shape, n_shape):
+        strips = [(row, values[row : row + 3]) for row in range(0, values.shape[0], 3)]
+        regions = list(iter_regions(strips, threshold=0.5))
+        assert len(regions) == 1
+        polygon, score, count = regions[0]
+        changed = values >= 0.5
+        assert count == changed.sum()
+        assert polygon.area == pytest.approx(changed.sum())
+        assert score == pytest.approx(values[changed].mean(), rel=1e-6)
+        assert len(polygon.interiors) == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_strip_by_strip_equals_whole_raster_polygonization(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    height, width = rng.integers(20, 50, size=2)
+    values = rng.random((height, width)).astype(np.float32)
+    values[rng.random((height, width)) < 0.05] = -1.0
+    block_rows = int(rng.integers(1, 9))
+    strips = [(row, values[row : row + block_rows]) for row in range(0, height, block_rows)]
+
+    regions = list(iter_regions(strips, threshold=0.45))
+
+    binary = (values >= 0.45).astype(np.uint8)
+    reference = [shapely.geometry.shape(g) for g, _ in shapes(binary, mask=binary > 0)]
+    assert len(regions) == len(reference)
+    assert sorted(p.area for p, _, _ in regions) == pytest.approx(sorted(r.area for r in reference))
+    union = shapely.union_all([p for p, _, _ in regions])
+    assert union.symmetric_difference(shapely.union_all(reference)).area == pytest.approx(0.0)
+    assert sum(count for _, _, count in regions) == binary.sum()
+    assert all(p.geom_type == "Polygon" and p.is_valid for p, _, _ in regions)
+
+
+def test_nodata_pixels_are_never_polygonized(tmp_path: Path) -> None:
+    # nodata 1.0 is above the threshold: only the nodata mask keeps these pixels out.
+    values = np.zeros((24, 24), dtype=np.float32)
+    values[2:10, 2:10] = 1.0
+    values[12:20, 12:20] = 0.75
+    values[12:20, 20:22] = np.nan
+    path = write_probability(tmp_path / "prob.tif", values, nodata=1.0)
+
+    result = polygons_from_probability(path, threshold=0.5, block_rows=5)
+
+    assert len(result) == 1
+    assert result["pixel_count"].iloc[0] == 64
+    assert result["mean_score"].iloc[0] == pytest.approx(0.75)
+
+
+def test_default_nodata_border_of_the_probability_raster_is_ignored(tmp_path: Path) -> None:
+    values = np.full((32, 32), -1.0, dtype=np.float32)
+    values[4:28, 4:28] = 0.2
+    values[10:14, 10:20] = 0.95
+    path = write_probability(tmp_path / "prob.tif", values)
+
+    result = polygons_from_probability(path, threshold=0.5)
+
+    assert list(result["pixel_count"]) == [40]
+
+
+def test_raster_without_change_gives_an_empty_frame_with_the_crs(tmp_path: Path) -> None:
+    path = write_probability(tmp_path / "prob.tif", np.zeros((10, 10), dtype=np.float32))
+    result = polygons_from_probability(path, threshold=0.5)
+    assert len(result) == 0
+    assert result.crs.to_epsg() == 32633
+    assert list(result.columns) == ["mean_score", "pixel_count", "geometry"]
+
+
+def test_default_block_rows_bounds_strip_size() -> None:
+    assert default_block_rows(16384) == 128
+    assert default_block_rows(100) % 64 == 0
+    assert default_block_rows(10**7) == 64
