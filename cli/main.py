@@ -1,7 +1,7 @@
 """Entry point of the ``mtrs`` command: a click group whose commands load lazily.
 
-Commands live in their own modules (``detect``, ``train``, ``craft``); importing one only when it runs
-keeps ``mtrs --help`` fast and keeps torch out of commands that do not need it.
+Commands live in their own modules (``detect``, ``train``, ``craft``); importing one only when it
+runs keeps ``mtrs --help`` fast and keeps torch out of commands that do not need it.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "batch": ("detect", "batch", "Run detect for every row of a CSV of pairs."),
     "models": ("detect", "models", "List the registered models and what each needs."),
     "sample": ("detect", "sample", "Copy the bundled sample pair into a folder."),
-    "train": ("train", "train", "Train MTRefSeg-R1 (stage 1 change perception, stage 2 referring)."),
-    "evaluate": ("train", "evaluate", "Score a model or a folder of predictions (mIoU, oIoU, Pr@t)."),
+    "train": ("train", "train", "Train MTRefSeg-R1 (stage 1: any change, stage 2: referring)."),
+    "evaluate": ("train", "evaluate", "Score a model or a folder of predictions (mIoU, oIoU)."),
     "benchmark": ("train", "benchmark", "Run several models over the same splits into one table."),
     "craft": ("craft", "craft", "Build and audit MTRS benchmarks from change data (CRAFT)."),
 }
@@ -33,9 +33,11 @@ class LazyGroup(click.Group):
     """A group that imports a command's module only when that command is used."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        """All command names, in the order of the help page."""
         return list(_COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """Import the command's module and return the command (None if unknown)."""
         if cmd_name not in _COMMANDS:
             return None
         module_name, attr, _ = _COMMANDS[cmd_name]
@@ -49,6 +51,7 @@ class LazyGroup(click.Group):
         return command if isinstance(command, click.Command) else None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List the commands from the table, without importing their modules."""
         rows = [(name, help_) for name, (_, _, help_) in _COMMANDS.items()]
         with formatter.section("Commands"):
             formatter.write_dl(rows)

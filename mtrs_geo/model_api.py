@@ -1,7 +1,7 @@
 """The one interface between the engine and every change model, and the model registry.
 
-A model takes a batch of before tiles, a batch of after tiles (both already aligned on the same grid and
-normalized with :func:`mtrs_geo.normalize.percentile_stretch`, values mostly in [0, 1], float32,
+A model takes a batch of before tiles, a batch of after tiles (both already aligned on the same grid
+and normalized with :func:`mtrs_geo.normalize.percentile_stretch`, values mostly in [0, 1], float32,
 shape ``(B, C, H, W)``) and returns a per-pixel change probability ``(B, H, W)`` in [0, 1].
 The query is encoded once per run by :meth:`ChangeModel.prepare`, not per tile.
 """
@@ -59,8 +59,8 @@ class ChangeModel(abc.ABC):
         """Return the change probability ``(B, H, W)`` for normalized tiles ``(B, C, H, W)``."""
 
 
-# name -> module. Each module exports ``MODEL_INFO: ModelInfo`` and ``build_model() -> ChangeModel``;
-# they are imported lazily so the CLI starts fast and torch-free commands stay torch-free.
+# name -> module. Each module exports ``MODEL_INFO: ModelInfo`` and
+# ``build_model() -> ChangeModel``; they are imported lazily so the CLI starts fast and torch-free commands stay torch-free.
 _REGISTRY: dict[str, str] = {
     "cva": "mtrs_geo.baselines.cva",
     "mtrefseg-r1": "mtrs_geo.models.inference",

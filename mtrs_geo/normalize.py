@@ -1,7 +1,7 @@
 """Radiometric normalization shared by the engine and training: a per-band percentile stretch.
 
-Statistics come from a sample of the scene (overviews or sampled windows), never from a full read; the
-same stretch is applied to every tile, so predictions do not depend on how the scene is tiled.
+Statistics come from a sample of the scene (overviews or sampled windows), never from a full read;
+the same stretch is applied to every tile, so predictions do not depend on how the scene is tiled.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def band_stats(sample: np.ndarray, valid: np.ndarray | None = None) -> BandStats
 
 
 def percentile_stretch(tile: np.ndarray, stats: BandStats) -> np.ndarray:
-    """Map each band of a ``(..., C, H, W)`` array linearly so low -> 0 and high -> 1, clipped to [0, 1]."""
+    """Map each band of a ``(..., C, H, W)`` array linearly: low -> 0, high -> 1, clipped to [0, 1]."""
     low = np.asarray(stats.low, dtype=np.float32)[:, None, None]
     high = np.asarray(stats.high, dtype=np.float32)[:, None, None]
     out = (np.asarray(tile, dtype=np.float32) - low) / (high - low)
