@@ -60,7 +60,7 @@ class ChangeModel(abc.ABC):
 
 
 # name -> module. Each module exports ``MODEL_INFO: ModelInfo`` and
-# ``build_model() -> ChangeModel``; they are imported lazily so the CLI starts fast and torch-free commands stay torch-free.
+# ``build_model() -> ChangeModel``; they are imported lazily so the CLI starts fast.
 _REGISTRY: dict[str, str] = {
     "cva": "mtrs_geo.baselines.cva",
     "mtrefseg-r1": "mtrs_geo.models.inference",
