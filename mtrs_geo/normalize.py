@@ -58,7 +58,7 @@ def band_stats(sample: np.ndarray, valid: np.ndarray | None = None) -> BandStats
 
 
 def percentile_stretch(tile: np.ndarray, stats: BandStats) -> np.ndarray:
-    """Map each band of a ``(..., C, H, W)`` array linearly (low -> 0, high -> 1), clip to [0, 1]."""
+    """Map each band of a ``(..., C, H, W)`` array linearly (low -> 0, high -> 1), clipped."""
     low = np.asarray(stats.low, dtype=np.float32)[:, None, None]
     high = np.asarray(stats.high, dtype=np.float32)[:, None, None]
     out = (np.asarray(tile, dtype=np.float32) - low) / (high - low)
