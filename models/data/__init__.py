@@ -1,0 +1,1 @@
+"""Datasets for training and evaluation: MTRefSeg-21K triplets, change folders, geo scenes."""
