@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
 from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
 

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mtrs_geo.models.data.sample import Sample
 from torch.utils.data import Dataset
+
+from mtrs_geo.models.data.sample import Sample
 
 # Each word and its time-reversed partner; the mapping is applied in both directions.
 DIRECTION_PAIRS: tuple[tuple[str, str], ...] = (

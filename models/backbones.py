@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
 from torch import nn
+
+from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
 
 STRIDES = (4, 8, 16, 32)
 

@@ -14,9 +14,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from mtrs_geo.models.backbones import SeparableConv, group_norm
 from torch import nn
 from transformers import initialization as init
+
+from mtrs_geo.models.backbones import SeparableConv, group_norm
 
 
 def sine_position_encoding(height: int, width: int, dim: int, device: torch.device) -> torch.Tensor:

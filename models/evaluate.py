@@ -17,17 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+from mtrs_geo.errors import InputError
+from mtrs_geo.model_api import ChangeModel, load_model
 from mtrs_geo.models.data.change_folders import ChangeFolderDataset, OSCDCityDataset
 from mtrs_geo.models.data.images import read_image, read_mask
 from mtrs_geo.models.data.mtrefseg import EXPRESSION_DIR, MTRefSegDataset
 from mtrs_geo.models.data.sample import Sample
 from mtrs_geo.models.metrics import SampleScore, binarize, markdown_table, score_sample
 from mtrs_geo.models.metrics import split_metrics as aggregate
-from PIL import Image
-from torch.utils.data import Dataset
-
-from mtrs_geo.errors import InputError
-from mtrs_geo.model_api import ChangeModel, load_model
 
 ANY_SUFFIX = "@any"  # model spec suffix: ignore the query (stage-1 any-change mode)
 PAD_MULTIPLE = 32  # inputs at native size are padded to a multiple of this, pixels

@@ -11,9 +11,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from mtrs_geo.models.backbones import SeparableConv, group_norm
 from torch import nn
 from transformers import initialization as init
+
+from mtrs_geo.models.backbones import SeparableConv, group_norm
 
 
 class CrossTemporalAttention(nn.Module):

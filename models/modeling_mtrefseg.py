@@ -20,16 +20,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
 from mtrs_geo.models.backbones import STRIDES, build_backbone
 from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
 from mtrs_geo.models.decoder import MaskDecoder, PixelDecoder
 from mtrs_geo.models.fusion import BiTemporalFusion, CrossTemporalAttention
 from mtrs_geo.models.losses import referring_change_loss
 from mtrs_geo.models.text import PixelWordAttention, TextBranch, TextEmbeds
-from torch import nn
-from transformers import PreTrainedModel
-from transformers import initialization as init
-from transformers.utils import ModelOutput
 
 MIN_SIZE = 32
 PAD_MULTIPLE = STRIDES[-1]

@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
 from torch import nn
 from transformers import initialization as init
+
+from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
 
 
 def minilm_path() -> Path:

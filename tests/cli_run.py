@@ -9,6 +9,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import shapely
+
 from mtrs_geo.cli.main import main
 
 

@@ -111,3 +111,46 @@ def test_float_nan_pixels_are_invalid(tmp_path: Path) -> None:
     data, valid, _ = read_whole(before, before.grid)
     assert not valid[:3].any() and valid[3:-3, 3:-3].all()
     assert np.isfinite(data).all()
+
+
+def _write_uint8(path: Path, data: np.ndarray, **extra: object) -> None:
+    import rasterio
+    from affine import Affine
+
+    profile = {
+        "driver": "GTiff", "width": data.shape[2], "height": data.shape[1], "count": data.shape[0],
+        "dtype": "uint8", "crs": "EPSG:32633", "transform": Affine(1, 0, 500_000, 0, -1, 5_000_000),
+    }  # fmt: skip
+    with rasterio.open(path, "w", **{**profile, **extra}) as dst:
+        dst.write(data)
+
+
+@pytest.mark.parametrize("kind", ["none", "nodata", "dataset_mask"])
+def test_validity_of_plain_reads_equals_gdal_masks(tmp_path: Path, kind: str) -> None:
+    import rasterio
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 4, size=(3, 60, 70)).astype(np.uint8)  # many zeros, some all-band
+    path = tmp_path / f"{kind}.tif"
+    if kind == "nodata":
+        _write_uint8(path, data, nodata=0)
+    else:
+        _write_uint8(path, data)
+    if kind == "dataset_mask":
+        with rasterio.open(path, "r+") as dst:
+            dst.write_mask(np.where(data[0] == 1, 0, 255).astype(np.uint8))
+    info = open_raster(path)
+    with rasterio.open(path) as src:
+        expected = np.all(src.read_masks() > 0, axis=0)
+    for window in (Window(0, 0, 70, 60), Window(10, 5, 40, 30), Window(50, 40, 40, 40)):
+        with AlignedReader(info, info.grid) as reader:
+            got, valid = reader.read_native(window)
+        r0, c0 = int(window.row_off), int(window.col_off)
+        inside = expected[r0 : r0 + int(window.height), c0 : c0 + int(window.width)]
+        h, w = inside.shape
+        np.testing.assert_array_equal(valid[:h, :w], inside)
+        assert not valid[h:, :].any() and not valid[:, w:].any()
+        np.testing.assert_array_equal(
+            got[:, :h, :w][:, inside], data[:, r0 : r0 + h, c0 : c0 + w][:, inside]
+        )
+    assert kind != "nodata" or not expected.all()

@@ -3,8 +3,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 from fixtures_train.builders import make_mtrefseg
-from mtrs_geo.cli.main import cli
 from test_evaluate import HAND_ROW, write_hand_predictions
+
+from mtrs_geo.cli.main import cli
 
 
 def test_evaluate_predictions_prints_and_writes_the_hand_computed_table(tmp_path: Path) -> None:

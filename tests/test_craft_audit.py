@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from fixtures_craft.builders import make_semantic
-from mtrs_geo.cli.craft import craft
 from PIL import Image
 
+from mtrs_geo.cli.craft import craft
 from mtrs_geo.craft.audit_app import create_app, make_audit_server
 from mtrs_geo.craft.audit_store import DecisionStore, load_items
 from mtrs_geo.craft.builder import BuildOptions, build

@@ -16,9 +16,9 @@ from fixtures_craft.builders import (
     make_georeferenced_scene,
     make_semantic,
 )
-from mtrs_geo.cli.craft import craft
 from PIL import Image
 
+from mtrs_geo.cli.craft import craft
 from mtrs_geo.craft.builder import BuildOptions, build
 from mtrs_geo.craft.sources import SourceOptions
 from mtrs_geo.errors import InputError

@@ -1,5 +1,6 @@
 import numpy as np
 import torch
+
 from mtrs_geo.models.augment import (
     AugmentConfig,
     AugmentedDataset,

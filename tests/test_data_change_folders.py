@@ -5,15 +5,15 @@ import pytest
 import rasterio
 import torch
 from fixtures_train.builders import make_change_folder
+from rasterio.transform import from_origin
+
+from mtrs_geo.errors import InputError
 from mtrs_geo.models.data.change_folders import (
     ChangeFolderDataset,
     OSCDCityDataset,
     TorchgeoChangeDataset,
     torchgeo_to_sample,
 )
-from rasterio.transform import from_origin
-
-from mtrs_geo.errors import InputError
 
 
 def test_a_b_label_folder_gives_any_change_items_and_skips_unlabelled_pairs(tmp_path: Path) -> None:

@@ -4,11 +4,11 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-from mtrs_geo.models.data.geo_scenes import GeoScenePairDataset, geo_chip_loader
 from rasterio.transform import from_origin
 from shapely.geometry import box
 
 from mtrs_geo.errors import InputError
+from mtrs_geo.models.data.geo_scenes import GeoScenePairDataset, geo_chip_loader
 
 ORIGIN = (500_000.0, 5_000_640.0)  # upper-left, UTM 33N, 10 m pixels, 64 x 64
 

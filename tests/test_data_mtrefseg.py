@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import torch
 from fixtures_train.builders import make_mtrefseg
-from mtrs_geo.models.data.mtrefseg import MTRefSegDataset, list_splits
 
 from mtrs_geo.errors import InputError
+from mtrs_geo.models.data.mtrefseg import MTRefSegDataset, list_splits
 
 
 def test_one_sample_per_pair_and_expression_with_empty_masks(tmp_path: Path) -> None:

@@ -3,6 +3,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fixtures_train.builders import make_change_folder, make_mtrefseg, square_mask
+from PIL import Image
+
+from mtrs_geo.errors import InputError
 from mtrs_geo.models.evaluate import (
     evaluate_model,
     evaluate_predictions,
@@ -10,9 +13,6 @@ from mtrs_geo.models.evaluate import (
     read_prediction,
     save_prediction,
 )
-from PIL import Image
-
-from mtrs_geo.errors import InputError
 
 
 def write_hand_predictions(folder: Path) -> None:

@@ -2,10 +2,10 @@ from pathlib import Path
 
 import geopandas as gpd
 import pytest
-from mtrs_geo.models.evaluate import evaluate_splits, is_scene_split
 from scenes import BASE_CRS, make_pair
 
 from mtrs_geo.errors import InputError
+from mtrs_geo.models.evaluate import evaluate_splits, is_scene_split
 
 
 def _scene(folder: Path) -> None:

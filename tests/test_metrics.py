@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from mtrs_geo.models.metrics import SampleScore, markdown_table, score_sample, split_metrics
 
 

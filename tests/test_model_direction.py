@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
-from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
-from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
 
 from mtrs_geo.baselines.cva import ChangeVectorAnalysis
+from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
+from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
 
 SIZE = 48
 QUERIES = ("new building", "demolished building")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from mtrs_geo.models import inference
-from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
-from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
 
 from mtrs_geo.errors import ModelError
 from mtrs_geo.model_api import ChangeModel, load_model, model_info
+from mtrs_geo.models import inference
+from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
+from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
 from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1, MTRefSegR1Output, gated_probabilities
 
@@ -209,8 +210,9 @@ def test_llm_mode_with_a_tiny_random_causal_lm(tmp_path: Path) -> None:
 
 
 def test_llm_mode_from_a_local_folder_is_frozen_and_not_saved(tmp_path: Path) -> None:
-    from mtrs_geo.models.text import minilm_path
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from mtrs_geo.models.text import minilm_path
 
     llm_dir = tmp_path / "llm"
     values = dict(TINY_LLAMA)
@@ -255,8 +257,9 @@ def test_named_sizes_and_bad_options() -> None:
 
 
 def test_a_trainable_text_encoder_starts_pretrained_and_is_saved() -> None:
-    from mtrs_geo.models.text import minilm_path
     from safetensors.torch import load_file
+
+    from mtrs_geo.models.text import minilm_path
 
     model = MTRefSegR1(MTRefSegR1Config.from_size("tiny", text_trainable=True))
     assert model.text.encoder is not None

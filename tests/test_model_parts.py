@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+
 from mtrs_geo.models.backbones import (
     ConvNetBackbone,
     EfficientNetLite0Backbone,

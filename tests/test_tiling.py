@@ -118,3 +118,27 @@ def test_normalize_tile_equals_the_percentile_stretch_for_every_dtype(dtype: str
     stats = BandStats(low=(float(low) / 2, 0.0, 3.0), high=(float(high) / 3, 100.0, 4.0))
     expected = percentile_stretch(data.astype(np.float32), stats)
     np.testing.assert_array_equal(normalize_tile(data, stats), expected)
+
+
+def _reference_stretch(tile: np.ndarray, stats: BandStats) -> np.ndarray:
+    """The stretch written out as its definition: float32 (x - low) / (high - low), clipped."""
+    low = np.asarray(stats.low, dtype=np.float32)[:, None, None]
+    high = np.asarray(stats.high, dtype=np.float32)[:, None, None]
+    out = (tile.astype(np.float32) - low) / (high - low)
+    return np.clip(np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+@pytest.mark.parametrize("spread", [1.0, 0.0])
+def test_stretch_of_a_tile_matches_its_definition_and_keeps_the_input(
+    dtype: str, spread: float
+) -> None:
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 250, size=(3, 30, 20)).astype(dtype)
+    if dtype == "float32":
+        data[0, 0, :3] = (np.nan, np.inf, -np.inf)
+    original = data.copy()
+    # spread 0 gives a band with high == low (division by zero, mapped like the definition).
+    stats = BandStats(low=(10.0, 0.0, 5.0), high=(200.0, 255.0, 5.0 + 100.0 * spread))
+    np.testing.assert_array_equal(normalize_tile(data, stats), _reference_stretch(data, stats))
+    np.testing.assert_array_equal(data, original)

@@ -4,12 +4,12 @@ from pathlib import Path
 import yaml
 from click.testing import CliRunner
 from fixtures_train.builders import make_change_folder, make_mtrefseg
+
 from mtrs_geo.cli.main import cli
+from mtrs_geo.model_api import load_model
 from mtrs_geo.models.evaluate import evaluate_model, open_split
 from mtrs_geo.models.training.config import load_config
 from mtrs_geo.models.training.loop import STATE_FILE, latest_checkpoint, train
-
-from mtrs_geo.model_api import load_model
 
 # A one-layer random text encoder (the MiniLM tokenizer): keeps the test fast.
 TINY_TEXT = {

@@ -1,10 +1,10 @@
 from pathlib import Path
 
 import pytest
-from mtrs_geo.models.training.config import config_from_dict, dump_config, load_config
-from mtrs_geo.models.training.loop import StreamSampler, lr_factor
 
 from mtrs_geo.errors import InputError
+from mtrs_geo.models.training.config import config_from_dict, dump_config, load_config
+from mtrs_geo.models.training.loop import StreamSampler, lr_factor
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
+
+from mtrs_geo.errors import InputError
 from mtrs_geo.models.data.images import (
     IMAGE_SUFFIXES,
     binarize_mask,
@@ -26,9 +29,6 @@ from mtrs_geo.models.data.images import (
     read_mask,
 )
 from mtrs_geo.models.data.sample import Sample, Transform, make_sample
-from torch.utils.data import Dataset
-
-from mtrs_geo.errors import InputError
 
 LABEL_DIRS = ("label", "labels", "mask", "masks", "gt", "OUT")
 TORCHGEO_CHANGE_DATASETS = ("LEVIRCD", "LEVIRCDPlus", "OSCD")

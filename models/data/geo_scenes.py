@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import rasterio
 import shapely
-from mtrs_geo.models.data.sample import Sample, Transform, make_sample
 from rasterio.enums import Resampling
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
@@ -29,6 +28,7 @@ from torchgeo.datasets import GeoDataset
 from torchgeo.samplers import GridGeoSampler, RandomGeoSampler
 
 from mtrs_geo.errors import InputError
+from mtrs_geo.models.data.sample import Sample, Transform, make_sample
 from mtrs_geo.normalize import BandStats, band_stats, percentile_stretch
 
 STATS_SIZE = 1024  # longest side of the decimated read used for scene statistics, pixels
@@ -191,6 +191,7 @@ def geo_chip_loader(
     :class:`RandomGeoSampler` of ``length`` chips seeded with ``seed``.
     """
     import torch
+
     from mtrs_geo.models.augment import collate_samples
 
     sampler: GridGeoSampler | RandomGeoSampler

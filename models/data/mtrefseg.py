@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mtrs_geo.models.data.images import read_image, read_mask
-from mtrs_geo.models.data.sample import Sample, Transform, make_sample
 from torch.utils.data import Dataset
 
 from mtrs_geo.errors import InputError
+from mtrs_geo.models.data.images import read_image, read_mask
+from mtrs_geo.models.data.sample import Sample, Transform, make_sample
 
 EXPRESSION_DIR = "referring_expression"
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from mtrs_geo.models.data.images import normalize_image, resize_image
 
 Sample = dict[str, Any]

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mtrs_geo.models.augment import AugmentConfig
 
 from mtrs_geo.errors import InputError
+from mtrs_geo.models.augment import AugmentConfig
 
 SOURCE_TYPES = ("mtrefseg", "change_folder", "oscd", "torchgeo", "geo_scene")
 PRECISIONS = ("auto", "32", "bf16", "16")

@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mtrs_geo.errors import InputError
 from mtrs_geo.models.augment import AugmentedDataset, collate_samples
 from mtrs_geo.models.data.sample import Sample
 from mtrs_geo.models.training.config import TrainConfig, dump_config
 from mtrs_geo.models.training.sources import build_sources
-from torch.utils.data import DataLoader, Dataset, Sampler
-
-from mtrs_geo.errors import InputError
 
 STATE_FILE = "trainer_state.pt"
 MODEL_DIR = "model"
@@ -573,11 +573,10 @@ def _evaluate_into(
     network: torch.nn.Module, config: TrainConfig, out: Path, step: int, writer: Any
 ) -> dict[str, Any]:
     """Score the model on each validation source; append to ``eval.csv`` and return the metrics."""
+    from mtrs_geo.model_api import ModelInfo
     from mtrs_geo.models.evaluate import evaluate_model
     from mtrs_geo.models.inference import MTRefSegChangeModel
     from mtrs_geo.models.training.sources import build_source
-
-    from mtrs_geo.model_api import ModelInfo
 
     info = ModelInfo("mtrefseg-r1@training", "model being trained", True, 3, "-")
     wrapped = MTRefSegChangeModel(network, info)  # type: ignore[arg-type]

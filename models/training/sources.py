@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from mtrs_geo.errors import InputError
 from mtrs_geo.models.data.change_folders import (
     ChangeFolderDataset,
     OSCDCityDataset,
@@ -14,9 +17,6 @@ from mtrs_geo.models.data.change_folders import (
 from mtrs_geo.models.data.geo_scenes import GeoScenePairDataset
 from mtrs_geo.models.data.mtrefseg import MTRefSegDataset
 from mtrs_geo.models.data.sample import Sample
-from torch.utils.data import ConcatDataset, Dataset
-
-from mtrs_geo.errors import InputError
 
 
 class GeoChipDataset(Dataset[Sample]):
