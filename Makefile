@@ -18,10 +18,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# The bundled sample: Landsat 7 over Taizhou, 2000 -> 2003 (6 bands; 3,2,1 = red, green, blue).
 demo: $(STAMP)
 	mkdir -p $(OUT)
-	$(VENV)/bin/mtrs detect --sample -q "any change" -o $(OUT)/demo_changes.geojson --mask-out $(OUT)/demo_probability.tif --json
-	@echo "Wrote $(OUT)/demo_changes.geojson and $(OUT)/demo_probability.tif"
+	$(VENV)/bin/mtrs sample $(OUT)/sample
+	$(VENV)/bin/mtrs detect $(OUT)/sample/before.tif $(OUT)/sample/after.tif -q "any change" \
+		--model cva --min-area 3600 -o $(OUT)/demo_changes.geojson \
+		--mask-out $(OUT)/demo_probability.tif --json
+	$(VENV)/bin/mtrs detect $(OUT)/sample/before.tif $(OUT)/sample/after.tif -q "new buildings" \
+		--model mtrefseg-r1 --bands 3,2,1 --min-area 3600 -o $(OUT)/demo_new_buildings.geojson --json
+	@echo "Wrote $(OUT)/demo_changes.geojson, $(OUT)/demo_probability.tif, $(OUT)/demo_new_buildings.geojson"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mtrs_geo models cli tests benchmarks scripts qgis_plugin
