@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
-from collections.abc import Iterator
 from math import prod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 
 from mtrs_geo.errors import ModelError
 from mtrs_geo.model_api import ChangeModel, ModelInfo
+from mtrs_geo.models.loading import quiet_loading
 
 if TYPE_CHECKING:
     from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
@@ -115,20 +115,6 @@ def _bundled_info() -> ModelInfo:
 MODEL_INFO: ModelInfo = _bundled_info()
 
 
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Hide the ``transformers`` weight-loading progress bars (the engine has its own progress)."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
 def _cuda_autocast_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
@@ -162,7 +148,7 @@ class MTRefSegChangeModel(ChangeModel):
             self._embeds = None
             return
         try:
-            with _quiet_loading(), torch.inference_mode():
+            with quiet_loading(), torch.inference_mode():
                 self._embeds = self.model.encode_text([text])
         except OSError as exc:
             raise ModelError(f"cannot load the text encoder of {self.info.name}: {exc}") from exc
@@ -207,7 +193,7 @@ def load_checkpoint(path: Path) -> ChangeModel:
     from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
 
     try:
-        with _quiet_loading():
+        with quiet_loading():
             model = MTRefSegR1.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable checkpoint folder
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -17,6 +17,7 @@ from mtrs_geo import write
 from mtrs_geo.errors import InputError
 from mtrs_geo.write import (
     ATTRIBUTE_COLUMNS,
+    atomic_directory,
     atomic_output,
     change_table,
     remove_output,
@@ -247,3 +248,19 @@ def test_cog_needs_a_tif_name(tmp_path: Path, probability_tif: Path) -> None:
     with pytest.raises(InputError, match=r"\.tif"):
         write_probability_cog(probability_tif, tmp_path / "mask.png")
     assert not (tmp_path / "mask.png").exists()
+
+
+def test_atomic_directory_replaces_a_folder_only_when_the_block_completes(tmp_path: Path) -> None:
+    target = tmp_path / "dataset"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_directory(target) as staging:
+        (staging / "new.txt").write_text("new")
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+
+    with atomic_directory(target) as staging:
+        (staging / "new.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
+    assert [p.name for p in target.iterdir()] == ["new.txt"]

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mtrs_geo.errors import InputError
 from mtrs_geo.models.augment import AugmentedDataset, collate_samples
 from mtrs_geo.models.data.sample import Sample
+from mtrs_geo.models.loading import quiet_loading
 from mtrs_geo.models.training.config import TrainConfig, dump_config
 from mtrs_geo.models.training.sources import build_sources
 
@@ -161,7 +162,7 @@ def build_network(config: TrainConfig) -> torch.nn.Module:
         folder = Path(config.model.init_from)
         if not (folder / "config.json").is_file():
             raise InputError(f"model.init_from {folder} is not a checkpoint folder (config.json)")
-        with quiet_transformers():
+        with quiet_loading():
             return MTRefSegR1.from_pretrained(folder, local_files_only=True)
     return MTRefSegR1(MTRefSegR1Config.from_size(config.model.size, **config.model.overrides))
 
@@ -219,22 +220,8 @@ def latest_checkpoint(out: Path) -> Path | None:
     return found[-1].parent if found else None
 
 
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Hide ``transformers``' per-file progress bars (the run has its own bar and log)."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
 def _save_model_folder(network: torch.nn.Module, folder: Path, config: TrainConfig) -> None:
-    with quiet_transformers():
+    with quiet_loading():
         network.save_pretrained(folder)  # type: ignore[operator]
     (folder / "config.yaml").write_text(dump_config(config), encoding="utf-8")
 
@@ -349,7 +336,7 @@ def train(
         state = torch.load(resume / STATE_FILE, map_location="cpu", weights_only=False)
         from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
 
-        with quiet_transformers():
+        with quiet_loading():
             network: torch.nn.Module = MTRefSegR1.from_pretrained(
                 resume / MODEL_DIR, local_files_only=True
             )

@@ -8,10 +8,7 @@ beside the output and renamed when complete; the same seed gives byte-identical 
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +31,7 @@ from mtrs_geo.craft.perception import (
 from mtrs_geo.craft.quality import Candidate, Rejection, check_pair
 from mtrs_geo.craft.sources import ChangePair, SourceOptions, read_pairs, scene_names
 from mtrs_geo.errors import InputError
+from mtrs_geo.write import atomic_directory
 
 EXPRESSION_DIR = "referring_expression"
 
@@ -301,20 +299,8 @@ def build(
     if not scenes:
         raise InputError(f"no pairs found in {input_dir} for layout {options.source.layout}")
     split_of = assign_splits(scenes, options.splits, options.seed)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
+    with atomic_directory(output) as staging:
         summary = _build_into(input_dir, staging, options, split_of, paraphraser, progress)
-        if output.exists():
-            old = output.with_name(f".{output.name}.old-{os.getpid()}")
-            output.rename(old)
-            staging.rename(output)
-            shutil.rmtree(old)
-        else:
-            staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     summary.output = output
     return summary
 

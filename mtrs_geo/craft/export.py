@@ -8,9 +8,7 @@ original. Disagreements are listed in the summary, never resolved silently.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from mtrs_geo.craft.audit_store import (
     split_folders,
 )
 from mtrs_geo.errors import InputError
+from mtrs_geo.write import atomic_directory
 
 # JSON keys that hold one value per expression and are filtered along with the expressions.
 PER_EXPRESSION = (
@@ -132,9 +131,7 @@ def export(
             summary.conflicts.append(item.id)
         else:
             summary.undecided += 1
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
+    with atomic_directory(output) as staging:
         _write(dataset, staging, final)
         log = store.log()
         (staging / "audit_log.jsonl").write_text(
@@ -146,16 +143,6 @@ def export(
             + "\n",
             encoding="utf-8",
         )
-        if output.exists():
-            old = output.with_name(f".{output.name}.old-{os.getpid()}")
-            output.rename(old)
-            staging.rename(output)
-            shutil.rmtree(old)
-        else:
-            staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return summary
 
 
