@@ -11,7 +11,7 @@ from types import TracebackType
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -38,6 +38,7 @@ class AlignedReader:
         # Only floating-point bands can hold NaN or infinity.
         self._float_source = np.dtype(info.dtype).kind == "f"
         self._src: DatasetReader = rasterio.open(info.path)
+        self._validity = _validity_source(self._src, self.bands)
         self._data_vrt: WarpedVRT | None = None
         self._mask_vrt: WarpedVRT | None = None
         if not self.on_lattice:
@@ -92,10 +93,25 @@ class AlignedReader:
         r0 = int(inside.row_off - wanted.row_off)
         c0 = int(inside.col_off - wanted.col_off)
         h, w = int(inside.height), int(inside.width)
-        data[:, r0 : r0 + h, c0 : c0 + w] = self._src.read(self.bands, window=inside)
-        masks = self._src.read_masks(self.bands, window=inside)
-        valid[r0 : r0 + h, c0 : c0 + w] = np.all(masks > 0, axis=0)
+        if (r0, c0, h, w) == (0, 0, height, width):
+            # The whole window lies inside the image: read straight into the result.
+            self._src.read(self.bands, window=inside, out=data)
+            valid[...] = self._read_validity(data, inside)
+        else:
+            part = self._src.read(self.bands, window=inside)
+            data[:, r0 : r0 + h, c0 : c0 + w] = part
+            valid[r0 : r0 + h, c0 : c0 + w] = self._read_validity(part, inside)
         return data, valid
+
+    def _read_validity(self, data: np.ndarray, window: Window) -> np.ndarray | bool:
+        """Return the validity of ``data`` read from ``window`` (a bool when all valid)."""
+        if self._validity == "all":
+            return True
+        if self._validity == "nodata":
+            # What GDAL's nodata mask says, from the pixels already read: no band equals nodata.
+            return np.all(data != data.dtype.type(self._src.nodatavals[self.bands[0] - 1]), axis=0)
+        masks = self._src.read_masks(self.bands, window=window)
+        return np.all(masks > 0, axis=0)
 
     def close(self) -> None:
         """Close the VRTs and the dataset."""
@@ -114,3 +130,25 @@ class AlignedReader:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _validity_source(src: DatasetReader, bands: list[int]) -> str:
+    """How to find valid pixels of plain reads: ``all``, ``nodata`` (from the data) or ``masks``.
+
+    ``all``: no band has nodata, a mask or alpha, so GDAL's masks would be all 255. ``nodata``: the
+    only mask is an integer nodata value, which the data itself shows without a second read.
+    Anything else (per-dataset masks, alpha bands, float nodata) reads GDAL's masks.
+    """
+    flags = [src.mask_flag_enums[band - 1] for band in bands]
+    if all(f == [MaskFlags.all_valid] for f in flags):
+        return "all"
+    values = {src.nodatavals[band - 1] for band in bands}
+    dtypes = {np.dtype(src.dtypes[band - 1]) for band in bands}
+    if len(values) != 1 or len(dtypes) != 1 or any(f != [MaskFlags.nodata] for f in flags):
+        return "masks"
+    nodata, dtype = values.pop(), dtypes.pop()
+    if dtype.kind in "ui" and nodata is not None and float(nodata).is_integer():
+        limits = np.iinfo(dtype)
+        if limits.min <= nodata <= limits.max:
+            return "nodata"
+    return "masks"

@@ -57,10 +57,25 @@ def band_stats(sample: np.ndarray, valid: np.ndarray | None = None) -> BandStats
     return BandStats(tuple(lows), tuple(highs))
 
 
-def percentile_stretch(tile: np.ndarray, stats: BandStats) -> np.ndarray:
-    """Map each band of a ``(..., C, H, W)`` array linearly (low -> 0, high -> 1), clipped."""
+def percentile_stretch(
+    tile: np.ndarray, stats: BandStats, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Map each band of a ``(..., C, H, W)`` array linearly (low -> 0, high -> 1), clipped.
+
+    Computed in one float32 copy of ``tile`` (the input is never modified), or in ``out`` (a
+    float32 array of the same shape, for example a slot of a batch) when given.
+    """
     low = np.asarray(stats.low, dtype=np.float32)[:, None, None]
     high = np.asarray(stats.high, dtype=np.float32)[:, None, None]
-    out = (np.asarray(tile, dtype=np.float32) - low) / (high - low)
-    np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+    source = np.asarray(tile)
+    if out is None:
+        out = np.array(source, dtype=np.float32, copy=True)
+    else:
+        np.copyto(out, source, casting="unsafe")
+    out -= low
+    out /= high - low
+    # Integer data over finite limits with a positive spread cannot produce NaN or infinity.
+    limits_ok = bool(np.all(np.isfinite(low) & np.isfinite(high) & (high > low)))
+    if not (source.dtype.kind in "uib" and limits_ok):
+        np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
     return np.clip(out, 0.0, 1.0, out=out)

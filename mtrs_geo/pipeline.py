@@ -289,17 +289,21 @@ def gdal_cache_bytes(config: DetectConfig) -> int:
 
     Tiles are read row by row, so blocks shared by overlapping windows are decompressed once while
     memory stays proportional to the scene's width, like the stitching strip. A cheap estimate from
-    the files' headers: width x (tile + one block) rows x input bytes per pixel, plus one row of
-    output blocks.
+    the files' headers: width x (tile + one input block) rows x input bytes per pixel, plus two
+    rows of output blocks (the stitcher's strips end mid-block, so a partly written block row stays
+    cached beside the one being filled), plus a quarter for GDAL's own overhead. An estimate that
+    is too tight makes GDAL evict input blocks a later window still needs and decode them twice.
     """
     try:
         with rasterio.open(config.before) as b, rasterio.open(config.after) as a:
             width = max(b.width, a.width)
             input_bytes = sum(ds.count * np.dtype(ds.dtypes[0]).itemsize for ds in (b, a))
+            input_block = max(ds.block_shapes[0][0] for ds in (b, a))
     except rasterio.errors.RasterioIOError:
         return MIN_GDAL_CACHE  # the run reports the unreadable file itself
-    block = PROBABILITY_BLOCK
-    wanted = width * ((config.tile_size + block) * input_bytes + block * 4)
+    output_block = PROBABILITY_BLOCK
+    rows = (config.tile_size + input_block) * input_bytes + 2 * output_block * 4
+    wanted = width * rows * 5 // 4
     return int(min(MAX_GDAL_CACHE, max(MIN_GDAL_CACHE, wanted)))
 
 

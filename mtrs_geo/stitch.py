@@ -79,6 +79,7 @@ class StripStitcher:
         self._strip_height = min(grid.height, tile_size)
         self._sum = np.zeros((self._strip_height, grid.width), dtype=np.float32)
         self._weight = np.zeros((self._strip_height, grid.width), dtype=np.float32)
+        self._scratch = np.empty(self.weights.shape, dtype=np.float32)  # one tile's weight x prob
         self._top = 0  # grid row of the strip's first row; rows above it are written
         self._last_row_off = 0
         self._dst: DatasetWriter | None = rasterio.open(self.path, "w", **probability_profile(grid))
@@ -105,7 +106,8 @@ class StripStitcher:
         mask = np.asarray(valid, dtype=bool)[:h, :w]
         weight = self.weights[:h, :w] if mask.all() else self.weights[:h, :w] * mask
         r0 = row_off - self._top
-        self._sum[r0 : r0 + h, col_off : col_off + w] += weight * prob
+        weighted = np.multiply(weight, prob, out=self._scratch[:h, :w])
+        self._sum[r0 : r0 + h, col_off : col_off + w] += weighted
         self._weight[r0 : r0 + h, col_off : col_off + w] += weight
 
     def _flush_until(self, row: int) -> None:

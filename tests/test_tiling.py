@@ -12,7 +12,7 @@ from mtrs_geo.align import AlignedReader
 from mtrs_geo.grid import common_grid, tile_windows
 from mtrs_geo.normalize import BandStats, percentile_stretch
 from mtrs_geo.read import open_raster
-from mtrs_geo.tiling import TileStream, normalize_tile, prepare_tile
+from mtrs_geo.tiling import TileStream, normalize_tile, prepare_tile, prepare_tile_into
 
 STATS = BandStats(low=(30.0, 30.0, 30.0), high=(220.0, 220.0, 220.0))
 
@@ -140,5 +140,45 @@ def test_stretch_of_a_tile_matches_its_definition_and_keeps_the_input(
     original = data.copy()
     # spread 0 gives a band with high == low (division by zero, mapped like the definition).
     stats = BandStats(low=(10.0, 0.0, 5.0), high=(200.0, 255.0, 5.0 + 100.0 * spread))
-    np.testing.assert_array_equal(normalize_tile(data, stats), _reference_stretch(data, stats))
+    with np.errstate(divide="ignore", invalid="ignore"):  # the degenerate band divides by zero
+        got, want = normalize_tile(data, stats), _reference_stretch(data, stats)
+    np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(data, original)
+
+
+def _old_prepare_tile(
+    before: tuple[np.ndarray, np.ndarray],
+    after: tuple[np.ndarray, np.ndarray],
+    tile_size: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """prepare_tile written the plain way: stretch, zero invalid, mirror-pad (the reference)."""
+    valid = before[1] & after[1]
+    norm_b, norm_a = _reference_stretch(before[0], STATS), _reference_stretch(after[0], STATS)
+    norm_b[:, ~valid] = 0.0
+    norm_a[:, ~valid] = 0.0
+    pad = ((0, 0), (0, tile_size - valid.shape[0]), (0, tile_size - valid.shape[1]))
+    return (
+        np.pad(norm_b, pad, mode="symmetric"),
+        np.pad(norm_a, pad, mode="symmetric"),
+        np.pad(valid, pad[1:], mode="constant", constant_values=False),
+    )
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (11, 16), (16, 9), (5, 7)])
+def test_tiles_normalized_into_batch_slots_equal_the_reference(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(2)
+    reads = []
+    for _ in range(2):
+        data = rng.integers(0, 256, size=(3, *shape)).astype(np.uint8)
+        valid = rng.random(shape) > 0.2
+        reads.append((data, valid))
+    expected = _old_prepare_tile(reads[0], reads[1], 16)
+    for got, want in zip(prepare_tile(reads[0], reads[1], STATS, STATS, 16), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    # Into slot 1 of a batch whose memory holds garbage: every pixel of the slot is written.
+    batch_b = np.full((2, 3, 16, 16), np.nan, dtype=np.float32)
+    batch_a, batch_valid = batch_b.copy(), np.ones((2, 16, 16), dtype=bool)
+    prepare_tile_into(reads[0], reads[1], STATS, STATS, batch_b[1], batch_a[1], batch_valid[1])
+    for got, want in zip((batch_b[1], batch_a[1], batch_valid[1]), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert np.isnan(batch_b[0]).all()  # the other slot is untouched

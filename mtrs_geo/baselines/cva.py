@@ -63,7 +63,7 @@ def change_magnitude(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """``(B, H, W)`` length of the change vector of ``(B, C, H, W)`` tiles over sqrt(C)."""
     diff = after.float() - before.float()
     # square-sum-sqrt: several times faster on the CPU than linalg.vector_norm over dim 1.
-    return diff.square_().sum(dim=1).sqrt_() / math.sqrt(before.shape[1])
+    return diff.square_().sum(dim=1).sqrt_().div_(math.sqrt(before.shape[1]))
 
 
 class ChangeVectorAnalysis(ChangeModel):
@@ -90,7 +90,8 @@ class ChangeVectorAnalysis(ChangeModel):
         if self.threshold is None:
             self.calibrate(before, after, torch.ones_like(magnitude, dtype=torch.bool))
         threshold = self.threshold if self.threshold is not None else 0.5
-        return torch.sigmoid((magnitude - threshold) / self.scale)
+        # In place on the magnitude (a fresh tensor): no batch-sized temporaries.
+        return magnitude.sub_(threshold).div_(self.scale).sigmoid_()
 
 
 def build_model() -> ChangeModel:
