@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from mtrs_geo.normalize import BandStats
 from mtrs_geo.read import RasterInfo, check_pair, open_raster, read_overview_sample, sample_stats
 from mtrs_geo.stitch import PROBABILITY_BLOCK, StripStitcher
 from mtrs_geo.tiling import TileStream, prepare_tile
-from mtrs_geo.vectorize import polygons_from_probability
+from mtrs_geo.vectorize import StreamingVectorizer
 from mtrs_geo.write import (
     change_table,
     check_raster_output,
@@ -203,16 +204,33 @@ def _registered_info(name: str) -> ModelInfo | None:
     return model_info(name) if name in registered_names() else None
 
 
-def _scene_samples(
-    before: RasterInfo, after: RasterInfo, grid: Grid, size: int
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]:
-    """Read the seeded sample windows of the common grid from both images."""
+Samples = list[tuple[np.ndarray, np.ndarray]]
+
+
+def _scene_samples(info: RasterInfo, grid: Grid, size: int) -> tuple[Samples, BandStats]:
+    """Read the seeded sample windows of the common grid from one image, and its statistics."""
     windows = sample_windows(grid.width, grid.height, size, SAMPLE_WINDOWS, SAMPLE_SEED)
-    with AlignedReader(before, grid) as reader_b, AlignedReader(after, grid) as reader_a:
-        return [reader_b.read(w) for w in windows], [reader_a.read(w) for w in windows]
+    with AlignedReader(info, grid) as reader:
+        samples = [reader.read(w) for w in windows]
+    return samples, _stats(info, grid, samples)
 
 
-def _stats(info: RasterInfo, grid: Grid, samples: list[tuple[np.ndarray, np.ndarray]]) -> BandStats:
+def _pair_samples(
+    before: RasterInfo, after: RasterInfo, grid: Grid, size: int
+) -> tuple[Samples, BandStats, Samples, BandStats]:
+    """:func:`_scene_samples` of both images, the before image's in a second thread.
+
+    Each thread opens its own dataset handles; GDAL decodes without the GIL, so the two images'
+    sample reads overlap.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtrs-samples") as pool:
+        future = pool.submit(_scene_samples, before, grid, size)
+        samples_a, stats_a = _scene_samples(after, grid, size)
+        samples_b, stats_b = future.result()
+    return samples_b, stats_b, samples_a, stats_a
+
+
+def _stats(info: RasterInfo, grid: Grid, samples: Samples) -> BandStats:
     """Statistics from the image's overviews when it has them, else from the window samples."""
     overview = read_overview_sample(info, grid)
     return sample_stats([overview] if overview is not None else samples)
@@ -221,8 +239,8 @@ def _stats(info: RasterInfo, grid: Grid, samples: list[tuple[np.ndarray, np.ndar
 def _calibrate(
     model: ChangeModel,
     device: torch.device,
-    samples_b: list[tuple[np.ndarray, np.ndarray]],
-    samples_a: list[tuple[np.ndarray, np.ndarray]],
+    samples_b: Samples,
+    samples_a: Samples,
     stats_b: BandStats,
     stats_a: BandStats,
 ) -> None:
@@ -289,9 +307,10 @@ def gdal_cache_bytes(config: DetectConfig) -> int:
 
     Tiles are read row by row, so blocks shared by overlapping windows are decompressed once while
     memory stays proportional to the scene's width, like the stitching strip. A cheap estimate from
-    the files' headers: width x (tile + one input block) rows x input bytes per pixel, plus two
-    rows of output blocks (the stitcher's strips end mid-block, so a partly written block row stays
-    cached beside the one being filled), plus a quarter for GDAL's own overhead. An estimate that
+    the files' headers: width x (tile + one input block) rows x input bytes per pixel, plus, when
+    the probability raster is written (``--mask-out``), two rows of output blocks (the stitcher's
+    strips end mid-block, so a partly written block row stays cached beside the one being filled),
+    plus a quarter for GDAL's own overhead. An estimate that
     is too tight makes GDAL evict input blocks a later window still needs and decode them twice.
     """
     try:
@@ -301,8 +320,9 @@ def gdal_cache_bytes(config: DetectConfig) -> int:
             input_block = max(ds.block_shapes[0][0] for ds in (b, a))
     except rasterio.errors.RasterioIOError:
         return MIN_GDAL_CACHE  # the run reports the unreadable file itself
-    output_block = PROBABILITY_BLOCK
-    rows = (config.tile_size + input_block) * input_bytes + 2 * output_block * 4
+    # The probability raster is only written for --mask-out (polygons come from the rows in memory).
+    output_rows = 2 * PROBABILITY_BLOCK if config.mask_out is not None else 0
+    rows = (config.tile_size + input_block) * input_bytes + output_rows * 4
     wanted = width * rows * 5 // 4
     return int(min(MAX_GDAL_CACHE, max(MIN_GDAL_CACHE, wanted)))
 
@@ -330,8 +350,9 @@ def _detect(
     model = model.to(device)
     query = config.query.strip()
     model.prepare(None if config.any_change or not query else query)
-    samples_b, samples_a = _scene_samples(before, after, grid, min(SAMPLE_SIZE, config.tile_size))
-    stats_b, stats_a = _stats(before, grid, samples_b), _stats(after, grid, samples_a)
+    samples_b, stats_b, samples_a, stats_a = _pair_samples(
+        before, after, grid, min(SAMPLE_SIZE, config.tile_size)
+    )
     _calibrate(model, device, samples_b, samples_a, stats_b, stats_a)
     del samples_b, samples_a  # scene samples are done with; do not hold them through the run
     timings["setup"] = time.perf_counter() - start
@@ -345,10 +366,23 @@ def _detect(
     outputs: list[Path] = []
     scratch = Path(tempfile.mkdtemp(prefix="mtrs-run-"))
     try:
-        prob_path = scratch / "probability.tif"
+        # Polygons are built from the stitched rows as they are finished; the probability raster
+        # is written only when --mask-out asks for it.
+        prob_path = scratch / "probability.tif" if config.mask_out is not None else None
+        vectorizer = StreamingVectorizer(
+            grid.width, grid.height, grid.transform, grid.crs, config.threshold, PROBABILITY_BLOCK
+        )
+
+        def vectorize_rows(first_row: int, rows: np.ndarray) -> None:
+            t = time.perf_counter()
+            vectorizer.add_rows(first_row, rows)
+            timings["vectorize"] += time.perf_counter() - t
+
         with (
             compute_threads(device),
-            StripStitcher(prob_path, grid, config.tile_size, config.overlap) as stitcher,
+            StripStitcher(
+                prob_path, grid, config.tile_size, config.overlap, vectorize_rows
+            ) as stitcher,
         ):
             done = 0
             for batch in stream:
@@ -374,12 +408,13 @@ def _detect(
             _check_cancel(cancel)
             t0 = time.perf_counter()
         timings["stitch"] += time.perf_counter() - t0
+        timings["stitch"] -= timings["vectorize"]  # the rows vectorized while stitching
         timings["read"] = stream.read_seconds
         if progress is not None and done < total:
             progress(total, total)
 
         t0 = time.perf_counter()
-        polygons = polygons_from_probability(prob_path, config.threshold)
+        polygons = vectorizer.result()
         table = change_table(
             polygons,
             query=config.query,
@@ -390,7 +425,7 @@ def _detect(
             simplify_m=config.simplify,
             extra=dict(config.extra_attributes),
         )
-        timings["vectorize"] = time.perf_counter() - t0
+        timings["vectorize"] += time.perf_counter() - t0
         _check_cancel(cancel)
 
         t0 = time.perf_counter()
@@ -399,6 +434,7 @@ def _detect(
                 outputs.append(write_vectors(table, Path(config.output)))
                 _check_cancel(cancel)
             if config.mask_out is not None:
+                assert prob_path is not None
                 outputs.append(
                     write_probability_cog(
                         prob_path, Path(config.mask_out), config.mask_type, config.threshold

@@ -2,7 +2,8 @@
 
 Tiles arrive in row-major order. The stitcher keeps a rolling strip of weighted sums one tile high
 and the scene's width; once no later tile can touch a row, the row is divided by its weight and
-written out. A full-scene array never exists in memory.
+written out (to the raster file, and to a callback such as the streaming vectorizer). A full-scene
+array never exists in memory.
 
 The probability raster is a single-band float32 GeoTIFF on the common grid (tiled 512 x 512, ZSTD),
 values in [0, 1], nodata ``-1.0`` where no valid pixel was predicted.
@@ -10,6 +11,7 @@ values in [0, 1], nodata ``-1.0`` where no valid pixel was predicted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -62,18 +64,28 @@ def probability_profile(grid: Grid) -> dict[str, object]:
 
 
 class StripStitcher:
-    """Accumulates weighted tile predictions row-major and streams finished rows to ``path``.
+    """Accumulates weighted tile predictions row-major and streams finished rows out.
 
     Args:
-        path: the probability GeoTIFF to create.
+        path: the probability GeoTIFF to create; ``None`` writes no file (``on_rows`` only).
         grid: the common grid.
         tile_size: tile size of the window grid (the strip holds at least one tile's height).
         overlap: tile overlap, which sets the blending taper.
+        on_rows: called as ``on_rows(first_row, rows)`` with each run of finished rows, top to
+            bottom, exactly the values written to the file; ``rows`` is only valid during the call.
 
     """
 
-    def __init__(self, path: Path, grid: Grid, tile_size: int, overlap: int) -> None:
-        self.path = Path(path)
+    def __init__(
+        self,
+        path: Path | None,
+        grid: Grid,
+        tile_size: int,
+        overlap: int,
+        on_rows: Callable[[int, np.ndarray], None] | None = None,
+    ) -> None:
+        self.path = Path(path) if path is not None else None
+        self._on_rows = on_rows
         self.grid = grid
         self.weights = blend_weights(tile_size, overlap)
         self._strip_height = min(grid.height, tile_size)
@@ -82,7 +94,10 @@ class StripStitcher:
         self._scratch = np.empty(self.weights.shape, dtype=np.float32)  # one tile's weight x prob
         self._top = 0  # grid row of the strip's first row; rows above it are written
         self._last_row_off = 0
-        self._dst: DatasetWriter | None = rasterio.open(self.path, "w", **probability_profile(grid))
+        self._dst: DatasetWriter | None = None
+        if self.path is not None:
+            self._dst = rasterio.open(self.path, "w", **probability_profile(grid))
+        self._open = True
 
     def add(self, window: Window, probability: np.ndarray, valid: np.ndarray) -> None:
         """Add one tile's prediction.
@@ -122,7 +137,6 @@ class StripStitcher:
 
     def _write_rows(self, count: int) -> None:
         """Write the strip's first ``count`` rows and roll the strip up by as many rows."""
-        assert self._dst is not None
         # Computed in place in the strip (those rows are cleared next): no scene-wide temporaries.
         rows = self._sum[:count]
         covered = self._weight[:count] > 0
@@ -130,7 +144,10 @@ class StripStitcher:
         np.clip(rows, 0.0, 1.0, out=rows)
         np.logical_not(covered, out=covered)
         np.copyto(rows, np.float32(PROBABILITY_NODATA), where=covered)
-        self._dst.write(rows, 1, window=Window(0, self._top, self.grid.width, count))
+        if self._dst is not None:
+            self._dst.write(rows, 1, window=Window(0, self._top, self.grid.width, count))
+        if self._on_rows is not None:
+            self._on_rows(self._top, rows)
         keep = self._strip_height - count
         if keep > 0:
             # numpy copies overlapping slices correctly.
@@ -142,14 +159,17 @@ class StripStitcher:
 
     def close(self) -> None:
         """Write the remaining rows (never-covered rows become nodata) and close the file."""
-        if self._dst is None:
+        if not self._open:
             return
         self._flush_until(self.grid.height)
-        self._dst.close()
-        self._dst = None
+        self._open = False
+        if self._dst is not None:
+            self._dst.close()
+            self._dst = None
 
     def abort(self) -> None:
         """Close without finishing (the caller removes the file)."""
+        self._open = False
         if self._dst is not None:
             self._dst.close()
             self._dst = None

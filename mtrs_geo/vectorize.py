@@ -117,29 +117,36 @@ def _piece_polygons(
     return np.asarray(values, dtype=np.int64), polygons
 
 
-def iter_regions(
-    values_by_strip: Iterable[tuple[int, np.ndarray]],
-    threshold: float,
-    nodata: float | None = PROBABILITY_NODATA,
-) -> Iterator[tuple[shapely.Geometry, float, int]]:
-    """Polygonize strips of a probability raster; yield ``(polygon, mean_score, pixel_count)``.
+class RegionMerger:
+    """Polygonizes consecutive strips of a probability raster and joins regions across strips.
+
+    Feed the strips top to bottom with :meth:`add`; each call yields the regions that the strip
+    finishes. :meth:`finish` yields the regions still open after the last strip.
 
     Args:
-        values_by_strip: ``(first_row, values)`` for consecutive strips of rows, top to bottom, each
-            ``values`` a ``(rows, width)`` array of probabilities.
         threshold: pixels with probability >= threshold are changed.
         nodata: the probability raster's nodata value (never polygonized).
 
-    Yields:
-        One tuple per 4-connected region, the polygon in pixel coordinates ``(column, row)`` of the
-        whole raster (holes kept).
-
     """
-    open_regions: dict[int, _Region] = {}  # regions with a piece on the last row read, by key
-    previous_last_row: np.ndarray | None = None  # region keys along the last row read (0: none)
-    next_key = 1
-    for row_offset, values in values_by_strip:
-        mask = changed_mask(values, threshold, nodata)
+
+    def __init__(self, threshold: float, nodata: float | None = PROBABILITY_NODATA) -> None:
+        self.threshold = threshold
+        self.nodata = nodata
+        self._open: dict[int, _Region] = {}  # regions with a piece on the last row read, by key
+        self._previous_last_row: np.ndarray | None = None  # region keys on the last row (0: none)
+        self._next_key = 1
+
+    def add(
+        self, row_offset: int, values: np.ndarray
+    ) -> Iterator[tuple[shapely.Geometry, float, int]]:
+        """Polygonize the strip starting at grid row ``row_offset``; yield the finished regions.
+
+        ``values`` is not referenced once the generator is exhausted (a buffer may be reused).
+        """
+        open_regions = self._open
+        previous_last_row = self._previous_last_row
+        next_key = self._next_key
+        mask = changed_mask(values, self.threshold, self.nodata)
         labels, count = ndimage.label(mask, structure=_FOUR_CONNECTED)
         # Graph nodes: this strip's labels 1..count -> 0..count-1, then the open regions.
         open_keys = np.sort(np.fromiter(open_regions, dtype=np.int64, count=len(open_regions)))
@@ -165,6 +172,7 @@ def iter_regions(
         still_open = np.zeros(components, dtype=bool)
         still_open[component[last_row[on_last_row] - 1]] = True
         merged: dict[int, _Region] = {}
+        finished: list[tuple[shapely.Geometry, float, int]] = []
         if count:
             changed_labels = labels[mask]
             weights = values[mask].astype(np.float64)
@@ -176,7 +184,9 @@ def iter_regions(
             alone = np.bincount(component, minlength=components)[piece_nodes] == 1
             done = alone & ~still_open[piece_nodes]
             for label, polygon in zip(piece_labels[done], polygons[done], strict=True):
-                yield polygon, float(sums[label - 1] / pixels[label - 1]), int(pixels[label - 1])
+                finished.append(
+                    (polygon, float(sums[label - 1] / pixels[label - 1]), int(pixels[label - 1]))
+                )
             for label, node, polygon in zip(
                 piece_labels[~done], piece_nodes[~done], polygons[~done], strict=True
             ):
@@ -191,12 +201,61 @@ def iter_regions(
             if still_open[node]:
                 open_regions[next_key + node] = region
             else:
-                yield region.polygon(), region.score_sum / region.pixel_count, region.pixel_count
+                finished.append(
+                    (region.polygon(), region.score_sum / region.pixel_count, region.pixel_count)
+                )
         previous_last_row = np.zeros(last_row.shape, dtype=np.int64)
         previous_last_row[on_last_row] = next_key + component[last_row[on_last_row] - 1]
-        next_key += nodes
-    for region in open_regions.values():
-        yield region.polygon(), region.score_sum / region.pixel_count, region.pixel_count
+        self._previous_last_row = previous_last_row
+        self._next_key = next_key + nodes
+        # The state is updated before anything is yielded: a caller may stop early.
+        yield from finished
+
+    def finish(self) -> Iterator[tuple[shapely.Geometry, float, int]]:
+        """Yield the regions still open after the last strip."""
+        regions, self._open = self._open, {}
+        for region in regions.values():
+            yield region.polygon(), region.score_sum / region.pixel_count, region.pixel_count
+
+
+def iter_regions(
+    values_by_strip: Iterable[tuple[int, np.ndarray]],
+    threshold: float,
+    nodata: float | None = PROBABILITY_NODATA,
+) -> Iterator[tuple[shapely.Geometry, float, int]]:
+    """Polygonize strips of a probability raster; yield ``(polygon, mean_score, pixel_count)``.
+
+    Args:
+        values_by_strip: ``(first_row, values)`` for consecutive strips of rows, top to bottom, each
+            ``values`` a ``(rows, width)`` array of probabilities.
+        threshold: pixels with probability >= threshold are changed.
+        nodata: the probability raster's nodata value (never polygonized).
+
+    Yields:
+        One tuple per 4-connected region, the polygon in pixel coordinates ``(column, row)`` of the
+        whole raster (holes kept).
+
+    """
+    merger = RegionMerger(threshold, nodata)
+    for row_offset, values in values_by_strip:
+        yield from merger.add(row_offset, values)
+    yield from merger.finish()
+
+
+def strip_bounds(height: int, block_rows: int, block_height: int) -> list[tuple[int, int]]:
+    """Rows ``[start, stop)`` of the strips a raster is polygonized in.
+
+    Strips are ``block_rows`` high inside chunks of whole file block rows (``block_height``), so a
+    raster read back from disk and the same rows streamed give the same strips, hence the same
+    polygons in the same order.
+    """
+    block_height = max(1, block_height)
+    chunk = -(-block_rows // block_height) * block_height
+    bounds: list[tuple[int, int]] = []
+    for row in range(0, height, chunk):
+        stop = min(row + chunk, height)
+        bounds.extend((s, min(s + block_rows, stop)) for s in range(row, stop, block_rows))
+    return bounds
 
 
 def _strips(
@@ -227,6 +286,28 @@ def to_map_coordinates(geometry: np.ndarray, transform: Affine) -> np.ndarray:
     return shapely.transform(geometry, apply)
 
 
+def region_table(
+    regions: Iterable[tuple[shapely.Geometry, float, int]], transform: Affine, crs: object
+) -> gpd.GeoDataFrame:
+    """Collect ``(polygon, mean_score, pixel_count)`` in pixel coordinates into a GeoDataFrame."""
+    polygons: list[shapely.Geometry] = []
+    scores: list[float] = []
+    counts: list[int] = []
+    for polygon, score, count in regions:
+        polygons.append(polygon)
+        scores.append(score)
+        counts.append(count)
+    geometry = to_map_coordinates(np.asarray(polygons, dtype=object), transform)
+    return gpd.GeoDataFrame(
+        {
+            "mean_score": np.asarray(scores, dtype=np.float64),
+            "pixel_count": np.asarray(counts, dtype=np.int64),
+        },
+        geometry=gpd.GeoSeries(geometry, crs=crs),
+        crs=crs,
+    )
+
+
 def polygons_from_probability(
     prob_path: Path, threshold: float, block_rows: int | None = None
 ) -> gpd.GeoDataFrame:
@@ -246,20 +327,73 @@ def polygons_from_probability(
     with rasterio.open(prob_path) as dataset:
         rows = block_rows or default_block_rows(dataset.width)
         nodata = dataset.nodata if dataset.nodata is not None else PROBABILITY_NODATA
-        polygons: list[shapely.Geometry] = []
-        scores: list[float] = []
-        counts: list[int] = []
-        for polygon, score, count in iter_regions(_strips(dataset, rows), threshold, nodata):
-            polygons.append(polygon)
-            scores.append(score)
-            counts.append(count)
+        regions = list(iter_regions(_strips(dataset, rows), threshold, nodata))
         transform, crs = dataset.transform, dataset.crs
-    geometry = to_map_coordinates(np.asarray(polygons, dtype=object), transform)
-    return gpd.GeoDataFrame(
-        {
-            "mean_score": np.asarray(scores, dtype=np.float64),
-            "pixel_count": np.asarray(counts, dtype=np.int64),
-        },
-        geometry=gpd.GeoSeries(geometry, crs=crs),
-        crs=crs,
-    )
+    return region_table(regions, transform, crs)
+
+
+class StreamingVectorizer:
+    """Polygonizes a probability raster from its rows as they are produced, top to bottom.
+
+    Gives the same table as :func:`polygons_from_probability` on the finished raster (written
+    with blocks ``block_height`` rows high) without reading it back: rows are gathered into the
+    same strips (:func:`strip_bounds`), so memory is one strip.
+
+    Args:
+        width: raster width (pixels).
+        height: raster height (pixels).
+        transform: the raster's affine transform.
+        crs: the raster's CRS.
+        threshold: probability at or above which a pixel is changed.
+        block_height: block height of the raster file the result must match.
+        nodata: the probability nodata value.
+        block_rows: rows per strip; ``None`` picks about 2 Mpx per strip, as
+            :func:`polygons_from_probability` does.
+
+    """
+
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        transform: Affine,
+        crs: object,
+        threshold: float,
+        block_height: int,
+        nodata: float = PROBABILITY_NODATA,
+        block_rows: int | None = None,
+    ) -> None:
+        self.height = height
+        self.transform = transform
+        self.crs = crs
+        self._merger = RegionMerger(threshold, nodata)
+        self._bounds = strip_bounds(height, block_rows or default_block_rows(width), block_height)
+        tallest = max((stop - start for start, stop in self._bounds), default=0)
+        self._buffer = np.empty((tallest, width), dtype=np.float32)
+        self._strip = 0  # index into _bounds of the strip being filled
+        self._row = 0  # next grid row expected
+        self._regions: list[tuple[shapely.Geometry, float, int]] = []
+
+    def add_rows(self, row_offset: int, values: np.ndarray) -> None:
+        """Take the next rows ``[row_offset, row_offset + len(values))`` of the raster."""
+        if row_offset != self._row:
+            raise ValueError(f"rows must come in order: expected row {self._row}, got {row_offset}")
+        taken = 0
+        while taken < len(values):
+            start, stop = self._bounds[self._strip]
+            count = min(stop - self._row, len(values) - taken)
+            at = self._row - start
+            self._buffer[at : at + count] = values[taken : taken + count]
+            taken += count
+            self._row += count
+            if self._row == stop:
+                self._regions.extend(self._merger.add(start, self._buffer[: stop - start]))
+                self._strip += 1
+
+    def result(self) -> gpd.GeoDataFrame:
+        """Return the polygons as :func:`polygons_from_probability` does (all rows must be in)."""
+        if self._row != self.height:
+            raise ValueError(f"only {self._row} of {self.height} rows were added")
+        self._regions.extend(self._merger.finish())
+        self._buffer = np.empty((0, 0), dtype=np.float32)
+        return region_table(self._regions, self.transform, self.crs)

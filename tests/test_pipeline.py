@@ -1,4 +1,5 @@
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,13 @@ import shapely
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 from scenes import ImageSpec, ScenePair, make_pair, reproject_geometry
 
-from mtrs_geo import pipeline
+from mtrs_geo import pipeline, stitch
 from mtrs_geo.baselines.cva import build_model
 from mtrs_geo.config import DetectConfig
 from mtrs_geo.errors import Cancelled, InputError, ModelError
 from mtrs_geo.model_api import ModelInfo
 from mtrs_geo.pipeline import describe_pair, detect
+from mtrs_geo.vectorize import polygons_from_probability
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RGB_BYTE = SHARED / "geotiff" / "RGB.byte.tif"
@@ -335,3 +337,31 @@ def test_sentinel2_band_files_stacked_in_vrts_on_a_lonlat_grid(tmp_path: Path) -
     # Measured: 75 % of the labelled urban changes found, 4.5 % of the rest flagged.
     assert found[changed].mean() > 0.65
     assert found[~changed].mean() < 0.08
+
+
+def test_polygons_streamed_while_stitching_match_the_written_probability_raster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raster_paths: list[Path | None] = []
+
+    def recording_stitcher(path: Path | None, *args: Any) -> pipeline.StripStitcher:
+        raster_paths.append(path)
+        return stitch.StripStitcher(path, *args)
+
+    monkeypatch.setattr(pipeline, "StripStitcher", recording_stitcher)
+    pair = make_pair(tmp_path / "scene", after=ImageSpec(crs="EPSG:4326"))
+    without_mask = DetectConfig(
+        before=pair.before, after=pair.after, output=tmp_path / "b.gpkg",
+        tile_size=128, overlap=16, threshold=0.3,
+    )  # fmt: skip
+    detect(replace(without_mask, output=tmp_path / "a.gpkg", mask_out=tmp_path / "p.tif"))
+    detect(without_mask)
+
+    streamed = gpd.read_file(tmp_path / "a.gpkg")
+    from_raster = polygons_from_probability(tmp_path / "p.tif", 0.3)
+    assert len(streamed) == len(from_raster) >= len(pair.changes)
+    assert streamed.geometry.geom_equals_exact(from_raster.geometry, 0.0).all()
+    np.testing.assert_array_equal(streamed["mean_score"], from_raster["mean_score"])
+    # Without --mask-out no probability raster is written, and the polygons are the same.
+    assert raster_paths[0] is not None and raster_paths[1] is None
+    assert gpd.read_file(tmp_path / "b.gpkg").equals(streamed)

@@ -128,3 +128,31 @@ def test_tile_size_256_and_2048_give_the_same_mask(tmp_path: Path) -> None:
     iou = (small & large).sum() / (small | large).sum()
     assert small.sum() > 10_000
     assert iou >= 0.99
+
+
+def test_rows_handed_on_are_the_rows_written_and_no_path_writes_nothing(tmp_path: Path) -> None:
+    grid = make_grid(300, 700)  # strips of 100 rows, tiles every 80 rows: runs cross blocks
+    rng = np.random.default_rng(3)
+
+    def noisy(window: Window) -> tuple[np.ndarray, np.ndarray]:
+        shape = (int(window.height), int(window.width))
+        return rng.random(shape, dtype=np.float32), rng.random(shape) > 0.05
+
+    tiles = [(w, *noisy(w)) for w in tile_windows(grid.width, grid.height, 100, 20)]
+    handed: list[tuple[int, np.ndarray]] = []
+    path = tmp_path / "p.tif"
+    with StripStitcher(
+        path, grid, 100, 20, lambda row, rows: handed.append((row, rows.copy()))
+    ) as s:
+        for window, prob, valid in tiles:
+            s.add(window, prob, valid)
+    assert [row for row, _ in handed] == np.cumsum([0] + [len(r) for _, r in handed[:-1]]).tolist()
+    with rasterio.open(path) as ds:
+        np.testing.assert_array_equal(np.concatenate([r for _, r in handed]), ds.read(1))
+
+    again: list[np.ndarray] = []
+    with StripStitcher(None, grid, 100, 20, lambda row, rows: again.append(rows.copy())) as s:
+        for window, prob, valid in tiles:
+            s.add(window, prob, valid)
+    np.testing.assert_array_equal(np.concatenate(again), np.concatenate([r for _, r in handed]))
+    assert [p.name for p in tmp_path.iterdir()] == ["p.tif"]

@@ -10,8 +10,15 @@ import rasterio
 import shapely
 from affine import Affine
 from rasterio.features import shapes
+from scipy import ndimage
 
-from mtrs_geo.vectorize import default_block_rows, iter_regions, polygons_from_probability
+from mtrs_geo.vectorize import (
+    StreamingVectorizer,
+    default_block_rows,
+    iter_regions,
+    polygons_from_probability,
+    strip_bounds,
+)
 
 PIXEL = 10.0
 ORIGIN = (500_000.0, 5_000_000.0)
@@ -157,3 +164,57 @@ def test_default_block_rows_bounds_strip_size() -> None:
     assert default_block_rows(16384) == 128
     assert default_block_rows(100) % 64 == 0
     assert default_block_rows(10**7) == 64
+
+
+def noisy_field(height: int, width: int, seed: int) -> np.ndarray:
+    """Blobs of many sizes (some crossing every strip edge), holes, and a nodata band."""
+    rng = np.random.default_rng(seed)
+    values = ndimage.uniform_filter(rng.random((height, width)), size=5).astype(np.float32)
+    values = (values - values.min()) / (values.max() - values.min())
+    values[:, width // 3 : width // 3 + 2] = -1.0
+    return values
+
+
+@pytest.mark.parametrize("block_rows", [7, 16, 20, 64])
+def test_streamed_rows_give_the_same_table_as_the_finished_raster(
+    tmp_path: Path, block_rows: int
+) -> None:
+    values = noisy_field(101, 57, seed=block_rows)
+    path = write_probability(tmp_path / "prob.tif", values)
+    with rasterio.open(path) as ds:
+        transform, crs = ds.transform, ds.crs
+    expected = polygons_from_probability(path, threshold=0.55, block_rows=block_rows)
+    streamer = StreamingVectorizer(
+        57, 101, transform, crs, 0.55, block_height=16, block_rows=block_rows
+    )
+    row = 0
+    for count in [3, 30, 1, 44, 23]:  # runs of rows unrelated to the strips
+        streamer.add_rows(row, values[row : row + count].copy())
+        row += count
+    result = streamer.result()
+
+    assert len(expected) > 10
+    np.testing.assert_array_equal(result["mean_score"], expected["mean_score"])
+    np.testing.assert_array_equal(result["pixel_count"], expected["pixel_count"])
+    assert (
+        shapely.to_wkb(result.geometry.to_numpy()).tolist()
+        == shapely.to_wkb(expected.geometry.to_numpy()).tolist()
+    )
+    assert result.crs == expected.crs
+
+
+def test_strip_bounds_tile_the_rows_within_whole_block_rows() -> None:
+    assert strip_bounds(10, 4, 3) == [(0, 4), (4, 6), (6, 10)]
+    bounds = strip_bounds(1300, 128, 512)
+    assert bounds[0] == (0, 128) and bounds[-1] == (1280, 1300)
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+    assert strip_bounds(1000, 640, 512) == [(0, 640), (640, 1000)]
+
+
+def test_streamed_rows_must_come_in_order_and_all_arrive() -> None:
+    streamer = StreamingVectorizer(8, 8, Affine.identity(), None, 0.5, block_height=8)
+    with pytest.raises(ValueError, match="in order"):
+        streamer.add_rows(2, np.zeros((2, 8), dtype=np.float32))
+    streamer.add_rows(0, np.zeros((4, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match="4 of 8"):
+        streamer.result()
