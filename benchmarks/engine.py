@@ -185,7 +185,6 @@ def run_naive(before: Path, after: Path, out: Path) -> dict[str, Any]:
     import geopandas as gpd
     import rasterio
     import shapely
-    import torch
     from rasterio.features import shapes
 
     from mtrs_geo.model_api import load_model
@@ -203,11 +202,9 @@ def run_naive(before: Path, after: Path, out: Path) -> dict[str, Any]:
     norm_a = percentile_stretch(image_a, band_stats(image_a, valid))
     del image_b, image_a
     model = load_model("cva")
-    tensor_b, tensor_a = torch.from_numpy(norm_b)[None], torch.from_numpy(norm_a)[None]
-    with torch.inference_mode():
-        model.calibrate(tensor_b, tensor_a, torch.from_numpy(valid)[None])
-        probability = model.predict(tensor_b, tensor_a)[0].numpy()
-    del norm_b, norm_a, tensor_b, tensor_a
+    model.calibrate(norm_b[None], norm_a[None], valid[None])
+    probability = model.predict(norm_b[None], norm_a[None])[0]
+    del norm_b, norm_a
     timings["model"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     changed = ((probability >= 0.5) & valid).astype(np.uint8)

@@ -94,8 +94,8 @@ def predict_sample(model: ChangeModel, sample: Sample, input_size: int | None = 
     ``input_size``: the pair is resized to this square side for the model (``None``: native size,
     zero-padded to a multiple of 32). The model must already be prepared with the query.
     """
-    before = sample["image_a"][None].to(model.device)
-    after = sample["image_b"][None].to(model.device)
+    before = sample["image_a"][None].float()
+    after = sample["image_b"][None].float()
     height, width = sample["mask"].shape[-2:]
     if input_size is not None:
         size = (input_size, input_size)
@@ -106,10 +106,9 @@ def predict_sample(model: ChangeModel, sample: Sample, input_size: int | None = 
         pad_w = (-before.shape[-1]) % PAD_MULTIPLE
         before = F.pad(before, (0, pad_w, 0, pad_h))
         after = F.pad(after, (0, pad_w, 0, pad_h))
-    valid = torch.ones(before.shape[0], *before.shape[-2:], dtype=torch.bool, device=before.device)
-    with torch.inference_mode():
-        model.calibrate(before, after, valid)
-        probability = model.predict(before, after)[0].float().cpu().numpy()
+    before_np, after_np = before.numpy(), after.numpy()
+    model.calibrate(before_np, after_np, np.ones((1, *before_np.shape[-2:]), dtype=bool))
+    probability = model.predict(before_np, after_np)[0]
     if input_size is None:
         probability = probability[: sample["image_a"].shape[-2], : sample["image_a"].shape[-1]]
     return resize_probability(probability, (int(height), int(width)))
@@ -119,12 +118,7 @@ def load_model_spec(spec: str, device: str = "cpu") -> tuple[ChangeModel, bool]:
     """Load ``name``, ``checkpoint folder`` or either with ``@any`` (query ignored)."""
     ignore_query = spec.endswith(ANY_SUFFIX)
     name = spec[: -len(ANY_SUFFIX)] if ignore_query else spec
-    model = load_model(name)
-    if device != "cpu":
-        from mtrs_geo.device import select_device
-
-        model = model.to(select_device(device))
-    return model, ignore_query
+    return load_model(name).to(device), ignore_query
 
 
 def evaluate_model(

@@ -9,7 +9,6 @@ Describing a checkpoint (``mtrs models``) reads only its small JSON/markdown fil
 
 from __future__ import annotations
 
-import contextlib
 import json
 import struct
 from math import prod
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from mtrs_geo.errors import ModelError
 from mtrs_geo.model_api import ChangeModel, ModelInfo
 from mtrs_geo.models.loading import quiet_loading
+from mtrs_geo.torch_model import TorchChangeModel
 
 if TYPE_CHECKING:
     from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
@@ -115,31 +115,24 @@ def _bundled_info() -> ModelInfo:
 MODEL_INFO: ModelInfo = _bundled_info()
 
 
-def _cuda_autocast_dtype() -> torch.dtype:
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-class MTRefSegChangeModel(ChangeModel):
+class MTRefSegChangeModel(TorchChangeModel):
     """Batched MTRefSeg-R1 inference: query encoded once, presence-gated probabilities per tile.
 
     It runs channels-last with the backbone's BatchNorms folded; on CUDA under autocast (bf16
-    where supported, else fp16), on CPU in fp32.
+    where supported, else fp16), on CPU in fp32 (the autocast comes from the base class).
     """
 
     def __init__(self, model: MTRefSegR1, info: ModelInfo) -> None:
         # Channels-last convs are faster on CPU too (oneDNN): about 40 % on the base size.
         self.model = model.fuse_for_inference().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.info = info
-        self.device = torch.device("cpu")
         self._embeds: TextEmbeds | None = None
 
-    def to(self, device: torch.device) -> MTRefSegChangeModel:
+    def move_to(self, device: torch.device) -> None:
         """Move the network (and the encoded query) to ``device``."""
-        self.device = torch.device(device)
-        self.model.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self._embeds is not None:
-            self._embeds = self._embeds.to(self.device)
-        return self
+            self._embeds = self._embeds.to(device)
 
     def prepare(self, query: str | None) -> None:
         """Encode ``query`` once per run; ``None``/empty selects the stage-1 "any change" mode."""
@@ -153,7 +146,7 @@ class MTRefSegChangeModel(ChangeModel):
         except OSError as exc:
             raise ModelError(f"cannot load the text encoder of {self.info.name}: {exc}") from exc
 
-    def predict(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    def predict_tensors(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         """Return the presence-gated probability ``(B, H, W)`` of the referred change."""
         bands = self.model.config.in_channels
         if before.ndim != 4 or before.shape[1] != bands or after.shape != before.shape:
@@ -163,21 +156,13 @@ class MTRefSegChangeModel(ChangeModel):
             )
         height, width = before.shape[-2:]
         pad_h, pad_w = max(MIN_TILE - height, 0), max(MIN_TILE - width, 0)
-        pair = torch.cat([before, after], 0).to(self.device, torch.float32)
+        pair = torch.cat([before, after], 0).to(self.torch_device, torch.float32)
         if pad_h or pad_w:
             pair = F.pad(pair, (0, pad_w, 0, pad_h), mode="replicate")
         pair = pair.contiguous(memory_format=torch.channels_last)
-        autocast = (
-            torch.autocast("cuda", dtype=_cuda_autocast_dtype())
-            if self.device.type == "cuda"
-            else contextlib.nullcontext()
-        )
         count = before.shape[0]
-        with torch.inference_mode(), autocast:
-            output = self.model(pair[:count], pair[count:], text_embeds=self._embeds)
-            probs = output.probabilities()[:, :height, :width]
-        # Out of inference mode: a regular tensor the engine may modify in place.
-        return probs.float().clamp(0.0, 1.0)
+        output = self.model(pair[:count], pair[count:], text_embeds=self._embeds)
+        return output.probabilities()[:, :height, :width].float().clamp(0.0, 1.0)
 
 
 def load_checkpoint(path: Path) -> ChangeModel:

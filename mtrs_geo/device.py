@@ -1,4 +1,8 @@
-"""Compute device selection and mixed precision."""
+"""Compute device names, selection and mixed precision.
+
+:func:`parse_device` is plain Python; the rest imports torch when called, so that the engine can
+check a ``--device`` name for a numpy model without loading torch.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,32 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator
-
-import torch
+from typing import TYPE_CHECKING
 
 from mtrs_geo.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 _CUDA_INDEX = re.compile(r"^cuda:(\d+)$")
 
 
+def parse_device(name: str) -> str:
+    """Normalize a device name (``auto | cpu | cuda | cuda:N | mps``, any case).
+
+    Raises:
+        InputError: an unknown name.
+
+    """
+    name = name.strip().lower()
+    if name in ("auto", "cpu", "cuda", "mps") or _CUDA_INDEX.match(name):
+        return name
+    raise InputError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+
+
 def _mps_available() -> bool:
+    import torch
+
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
 
@@ -28,7 +49,9 @@ def select_device(name: str = "auto") -> torch.device:
         InputError: an unknown name, or a device that is not available on this machine.
 
     """
-    name = name.strip().lower()
+    import torch
+
+    name = parse_device(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
@@ -52,11 +75,13 @@ def select_device(name: str = "auto") -> torch.device:
                 f"device {name!r} does not exist: this machine has {count} CUDA GPU(s)"
             )
         return torch.device("cuda", index)
-    raise InputError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    raise AssertionError(f"parse_device let {name!r} through")  # pragma: no cover
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """Return the autocast dtype: bf16 on CUDA if supported, else fp16; None on the CPU."""
+    import torch
+
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
@@ -67,6 +92,8 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 @contextlib.contextmanager
 def autocast_context(device: torch.device) -> Iterator[None]:
     """Mixed precision for inference on accelerators; a no-op on the CPU."""
+    import torch
+
     dtype = autocast_dtype(device)
     if dtype is None:
         yield
@@ -77,6 +104,8 @@ def autocast_context(device: torch.device) -> Iterator[None]:
 
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Move a ``(B, C, H, W)`` batch to ``device`` (channels-last memory on CUDA, non-blocking)."""
+    import torch
+
     if device.type == "cuda":
         return (
             batch.pin_memory()
@@ -96,6 +125,8 @@ def compute_threads(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(max(1, min(previous, (os.cpu_count() or 1) - 1)))
     try:

@@ -1,21 +1,28 @@
 """The one interface between the engine and every change model, and the model registry.
 
 A model takes a batch of before tiles, a batch of after tiles (both already aligned on the same grid
-and normalized with :func:`mtrs_geo.normalize.percentile_stretch`, values mostly in [0, 1], float32,
-shape ``(B, C, H, W)``) and returns a per-pixel change probability ``(B, H, W)`` in [0, 1].
-The query is encoded once per run by :meth:`ChangeModel.prepare`, not per tile.
+and normalized with :func:`mtrs_geo.normalize.percentile_stretch`, values mostly in [0, 1], numpy
+float32, shape ``(B, C, H, W)``) and returns a per-pixel change probability ``(B, H, W)`` float32
+in [0, 1]. The query is encoded once per run by :meth:`ChangeModel.prepare`, not per tile.
+
+The interface speaks numpy so that the engine never imports a deep-learning framework itself: a
+numpy model (``cva``) runs without torch in the process. Torch models derive from
+:class:`mtrs_geo.torch_model.TorchChangeModel`, which moves batches to their device and back.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from mtrs_geo.errors import ModelError
+from mtrs_geo.device import parse_device
+from mtrs_geo.errors import InputError, ModelError
 
 
 @dataclass(frozen=True)
@@ -32,21 +39,35 @@ class ModelInfo:
 
 
 class ChangeModel(abc.ABC):
-    """Base class of every model the engine can run."""
+    """Base class of every model the engine can run; this base runs on the CPU only."""
 
     info: ModelInfo
-    device: torch.device = torch.device("cpu")
+    device: str = "cpu"  # where the model runs, as torch names it ("cpu", "cuda:0", ...)
 
-    def to(self, device: torch.device) -> ChangeModel:
-        """Move the model to ``device`` and return it."""
-        self.device = device
+    def to(self, device: str) -> ChangeModel:
+        """Run on ``device`` (``auto | cpu | cuda[:N] | mps``) and return the model.
+
+        Raises:
+            InputError: an unknown device name, or one this model cannot run on.
+
+        """
+        if parse_device(device) not in ("auto", "cpu"):
+            raise InputError(
+                f"model {self.info.name!r} runs on the CPU only: use --device auto or cpu"
+            )
+        self.device = "cpu"
         return self
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Hold what a run's predictions need (threads, inference mode); entered once per run."""
+        yield
 
     def prepare(self, query: str | None) -> None:  # noqa: B027 - optional hook
         """Encode the query once per run; ``None`` or empty means "any change" (stage-1 mode)."""
 
     def calibrate(  # noqa: B027 - optional hook
-        self, before: torch.Tensor, after: torch.Tensor, valid: torch.Tensor
+        self, before: np.ndarray, after: np.ndarray, valid: np.ndarray
     ) -> None:
         """See scene-wide samples before tiling (``valid`` is ``(B, H, W)`` bool).
 
@@ -55,8 +76,11 @@ class ChangeModel(abc.ABC):
         """
 
     @abc.abstractmethod
-    def predict(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        """Return the change probability ``(B, H, W)`` for normalized tiles ``(B, C, H, W)``."""
+    def predict(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Return the float32 change probability ``(B, H, W)`` of normalized ``(B, C, H, W)`` tiles.
+
+        The engine may modify the returned array in place.
+        """
 
 
 # name -> module. Each module exports ``MODEL_INFO: ModelInfo`` and

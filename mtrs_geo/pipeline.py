@@ -21,12 +21,11 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 import shapely
-import torch
 
 from mtrs_geo.align import AlignedReader
 from mtrs_geo.areas import ground_areas
 from mtrs_geo.config import DetectConfig
-from mtrs_geo.device import autocast_context, compute_threads, select_device, to_device
+from mtrs_geo.device import parse_device
 from mtrs_geo.errors import Cancelled, InputError
 from mtrs_geo.grid import Grid, common_grid, same_lattice, sample_windows, tile_windows
 from mtrs_geo.model_api import ChangeModel, ModelInfo, load_model, model_info, registered_names
@@ -141,6 +140,7 @@ def _validate_options(config: DetectConfig) -> None:
         raise InputError(f"minimum area must be >= 0 m^2, got {config.min_area}")
     if config.simplify < 0:
         raise InputError(f"simplify tolerance must be >= 0 m, got {config.simplify}")
+    parse_device(config.device)
     if config.mask_type not in ("probability", "binary"):
         raise InputError(f"unknown mask type {config.mask_type!r}: use probability or binary")
     outputs = [p for p in (config.output, config.mask_out) if p is not None]
@@ -238,7 +238,6 @@ def _stats(info: RasterInfo, grid: Grid, samples: Samples) -> BandStats:
 
 def _calibrate(
     model: ChangeModel,
-    device: torch.device,
     samples_b: Samples,
     samples_a: Samples,
     stats_b: BandStats,
@@ -251,11 +250,8 @@ def _calibrate(
             tiles.append(prepare_tile(read_b, read_a, stats_b, stats_a, max(read_b[1].shape)))
     if not tiles:
         return
-    before = torch.from_numpy(np.stack([t[0] for t in tiles]))
-    after = torch.from_numpy(np.stack([t[1] for t in tiles]))
-    valid = torch.from_numpy(np.stack([t[2] for t in tiles]))
-    with torch.inference_mode(), autocast_context(device):
-        model.calibrate(to_device(before, device), to_device(after, device), valid.to(device))
+    before, after, valid = (np.stack(parts) for parts in zip(*tiles, strict=True))
+    model.calibrate(before, after, valid)
 
 
 @contextlib.contextmanager
@@ -342,18 +338,17 @@ def _detect(
     grid = _pair_grid(before, after, config)
     windows = tile_windows(grid.width, grid.height, config.tile_size, config.overlap)
     pair = _pair_info(before, after, grid, config)
-    device = select_device(config.device)
     model = load_model(config.model)
     check_pair(before, after, model.info)
+    model = model.to(config.device)
     _check_cancel(cancel)
 
-    model = model.to(device)
     query = config.query.strip()
     model.prepare(None if config.any_change or not query else query)
     samples_b, stats_b, samples_a, stats_a = _pair_samples(
         before, after, grid, min(SAMPLE_SIZE, config.tile_size)
     )
-    _calibrate(model, device, samples_b, samples_a, stats_b, stats_a)
+    _calibrate(model, samples_b, samples_a, stats_b, stats_a)
     del samples_b, samples_a  # scene samples are done with; do not hold them through the run
     timings["setup"] = time.perf_counter() - start
 
@@ -379,7 +374,7 @@ def _detect(
             timings["vectorize"] += time.perf_counter() - t
 
         with (
-            compute_threads(device),
+            model.session(),
             StripStitcher(
                 prob_path, grid, config.tile_size, config.overlap, vectorize_rows
             ) as stitcher,
@@ -388,15 +383,10 @@ def _detect(
             for batch in stream:
                 _check_cancel(cancel)
                 t0 = time.perf_counter()
-                with torch.inference_mode(), autocast_context(device):
-                    prob = model.predict(
-                        to_device(batch.before, device), to_device(batch.after, device)
-                    )
-                probabilities = prob.float().cpu().numpy()
+                probabilities = model.predict(batch.before, batch.after)
                 t1 = time.perf_counter()
-                valid = batch.valid.numpy()
                 for window, tile_prob, tile_valid in zip(
-                    batch.windows, probabilities, valid, strict=True
+                    batch.windows, probabilities, batch.valid, strict=True
                 ):
                     stitcher.add(window, tile_prob, tile_valid)
                 timings["model"] += t1 - t0
@@ -455,5 +445,5 @@ def _detect(
         timings=timings,
         grid=pair,
         model=model.info.name,
-        device=str(device),
+        device=model.device,
     )

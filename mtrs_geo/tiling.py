@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from rasterio.windows import Window
 
 from mtrs_geo.align import AlignedReader
@@ -42,9 +41,9 @@ class TileBatch:
     """A batch for the model; ``tiles_done`` counts windows consumed so far, skipped included."""
 
     windows: list[Window]
-    before: torch.Tensor  # (B, C, T, T) float32
-    after: torch.Tensor  # (B, C, T, T) float32
-    valid: torch.Tensor  # (B, T, T) bool
+    before: np.ndarray  # (B, C, T, T) float32
+    after: np.ndarray  # (B, C, T, T) float32
+    valid: np.ndarray  # (B, T, T) bool
     tiles_done: int
 
 
@@ -231,9 +230,9 @@ class TileStream:
             )  # fmt: skip
         batch = TileBatch(
             windows=[t.window for t in tiles],
-            before=torch.from_numpy(before),
-            after=torch.from_numpy(after),
-            valid=torch.from_numpy(valid),
+            before=before,
+            after=after,
+            valid=valid,
             tiles_done=done,
         )
         self._batch_seconds += time.perf_counter() - start

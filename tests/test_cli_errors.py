@@ -190,6 +190,17 @@ def test_signal_cancels_cleanly_with_exit_130_and_no_output(tmp_path: Path, sign
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_unavailable_device_exits_2(tmp_path: Path, pairs: dict[str, tuple[Path, Path]]) -> None:
-    result = run_mtrs("detect", *pairs["good"], "-o", tmp_path / "c.geojson", "--device", "cuda:1")
+    result = run_mtrs(
+        "detect", *pairs["good"], "-o", tmp_path / "c.geojson", "--device", "cuda:1",
+        "--model", "mtrefseg-r1",
+    )  # fmt: skip
     assert result.code == 2 and "no CUDA GPU is available" in result.err
+    assert files_in(tmp_path) == []
+
+
+def test_an_accelerator_for_a_cpu_model_exits_2(
+    tmp_path: Path, pairs: dict[str, tuple[Path, Path]]
+) -> None:
+    result = run_mtrs("detect", *pairs["good"], "-o", tmp_path / "c.geojson", "--device", "cuda")
+    assert result.code == 2 and "'cva' runs on the CPU only" in result.err
     assert files_in(tmp_path) == []

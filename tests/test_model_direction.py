@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -102,8 +103,8 @@ def test_tiny_model_learns_appeared_versus_disappeared_and_beats_cva() -> None:
     before, after, appeared, disappeared = generated_pairs(24, held_out)
     model.eval()
     cva = ChangeVectorAnalysis()
-    cva.calibrate(before, after, torch.ones(appeared.shape, dtype=torch.bool))
-    cva_probs = cva.predict(before, after)
+    cva.calibrate(before.numpy(), after.numpy(), np.ones(appeared.shape, dtype=bool))
+    cva_probs = torch.from_numpy(cva.predict(before.numpy(), after.numpy()))
     with torch.no_grad():
         for row, labels in ((0, appeared), (1, disappeared)):
             probs = model(before, after, text_embeds=embeds.select([row] * 24)).probabilities()

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,17 +105,19 @@ def test_predict_returns_gated_probabilities_matching_the_network(
     gen = torch.Generator().manual_seed(0)
     before, after = torch.rand(3, 3, 64, 80, generator=gen), torch.rand(3, 3, 64, 80, generator=gen)
     wrapped.prepare("new buildings")
-    probs = wrapped.predict(before, after)
-    assert probs.shape == (3, 64, 80) and probs.dtype == torch.float32
-    assert probs.min() >= 0 and probs.max() <= 1
+    array = wrapped.predict(before.numpy(), after.numpy())
+    assert isinstance(array, np.ndarray) and array.shape == (3, 64, 80)
+    assert array.dtype == np.float32 and array.min() >= 0 and array.max() <= 1
+    probs = torch.from_numpy(array)
     with torch.no_grad():
         expected = network(before, after, texts=["new buildings"] * 3).probabilities()
     torch.testing.assert_close(probs, expected, rtol=0, atol=1e-5)
     # Empty query and None both select the stage-1 "any change" mode.
     wrapped.prepare("")
-    any_change = wrapped.predict(before, after)
+    any_change = torch.from_numpy(wrapped.predict(before.numpy(), after.numpy()))
     wrapped.prepare(None)
-    torch.testing.assert_close(wrapped.predict(before, after), any_change, rtol=0, atol=0)
+    again = torch.from_numpy(wrapped.predict(before.numpy(), after.numpy()))
+    torch.testing.assert_close(again, any_change, rtol=0, atol=0)
     with torch.no_grad():
         torch.testing.assert_close(
             any_change, network(before, after).probabilities(), rtol=0, atol=1e-5
@@ -124,10 +127,19 @@ def test_predict_returns_gated_probabilities_matching_the_network(
 
 def test_small_tiles_and_band_mismatch(wrapped: ChangeModel) -> None:
     wrapped.prepare("new roads")
-    small = wrapped.predict(torch.rand(2, 3, 20, 24), torch.rand(2, 3, 20, 24))
+    rng = np.random.default_rng(0)
+    tiles = rng.random((2, 2, 3, 20, 24), dtype=np.float32)
+    small = wrapped.predict(tiles[0], tiles[1])
     assert small.shape == (2, 20, 24)
+    four_bands = rng.random((1, 4, 64, 64), dtype=np.float32)
     with pytest.raises(ModelError, match="takes two"):
-        wrapped.predict(torch.rand(1, 4, 64, 64), torch.rand(1, 4, 64, 64))
+        wrapped.predict(four_bands, four_bands)
+
+
+def test_the_device_is_resolved_by_name_and_reported(wrapped: ChangeModel) -> None:
+    assert wrapped.to("cpu").device == "cpu"
+    assert wrapped.to("auto").device == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    wrapped.to("cpu")
 
 
 def test_engine_runs_a_tiny_checkpoint_end_to_end(tiny_checkpoint: Path, tmp_path: Path) -> None:

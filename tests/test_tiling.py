@@ -3,7 +3,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from rasterio.windows import Window
 from scenes import ImageSpec, make_pair
 
@@ -27,7 +26,7 @@ def stream_for(
     return TileStream(before, after, grid, windows, STATS, STATS, tile, batch, prefetch=2)
 
 
-def test_batches_are_normalized_tensors_and_every_window_is_counted(tmp_path: Path) -> None:
+def test_batches_are_normalized_float32_arrays_and_every_window_is_counted(tmp_path: Path) -> None:
     stream = stream_for(tmp_path, tile=64, overlap=8, batch=3)
     batches = list(stream)
     total = len(stream.windows)
@@ -36,8 +35,8 @@ def test_batches_are_normalized_tensors_and_every_window_is_counted(tmp_path: Pa
     assert batches[-1].tiles_done == total
     assert [b.tiles_done for b in batches] == sorted(b.tiles_done for b in batches)
     first = batches[0]
-    assert first.before.shape == (3, 3, 64, 64) and first.before.dtype == torch.float32
-    assert first.valid.shape == (3, 64, 64) and first.valid.dtype == torch.bool
+    assert first.before.shape == (3, 3, 64, 64) and first.before.dtype == np.float32
+    assert first.valid.shape == (3, 64, 64) and first.valid.dtype == np.bool_
     assert 0.0 <= float(first.after.min()) and float(first.after.max()) <= 1.0
     # Row-major windows, in the order they were given.
     assert [w for b in batches for w in b.windows] == stream.windows

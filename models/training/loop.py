@@ -567,7 +567,7 @@ def _evaluate_into(
 
     info = ModelInfo("mtrefseg-r1@training", "model being trained", True, 3, "-")
     wrapped = MTRefSegChangeModel(network, info)  # type: ignore[arg-type]
-    wrapped.device = next(network.parameters()).device
+    wrapped.to(next(network.parameters()).device)
     metrics: dict[str, Any] = {}
     for number, source in enumerate(config.data.val):
         name = source.get("name") or f"{source['type']}:{Path(str(source.get('root', ''))).name}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
+from scipy.special import expit
 
 from mtrs_geo.model_api import ChangeModel, ModelInfo
 
@@ -24,7 +24,7 @@ MODEL_INFO = ModelInfo(
     ),
     query_aware=False,
     in_channels=None,
-    needs="any band count (the same in both images); CPU is enough; no checkpoint",
+    needs="any band count (the same in both images); CPU only (numpy); no checkpoint",
     trained_on="- (unsupervised)",
     size="0 parameters",
 )
@@ -59,15 +59,23 @@ def otsu_threshold(values: np.ndarray, bins: int = OTSU_BINS) -> float:
     return float((edges[best[0] + 1] + edges[best[-1] + 1]) / 2)
 
 
-def change_magnitude(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-    """``(B, H, W)`` length of the change vector of ``(B, C, H, W)`` tiles over sqrt(C)."""
-    diff = after.float() - before.float()
-    # square-sum-sqrt: several times faster on the CPU than linalg.vector_norm over dim 1.
-    return diff.square_().sum(dim=1).sqrt_().div_(math.sqrt(before.shape[1]))
+def change_magnitude(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """``(B, H, W)`` float32 length of the change vector of ``(B, C, H, W)`` tiles over sqrt(C)."""
+    bands = before.shape[1]
+    diff = np.subtract(after[:, 0], before[:, 0], dtype=np.float32)
+    magnitude = np.square(diff)
+    # Band by band into one (B, H, W) buffer: no (B, C, H, W) temporaries.
+    for band in range(1, bands):
+        np.subtract(after[:, band], before[:, band], out=diff)
+        np.square(diff, out=diff)
+        magnitude += diff
+    np.sqrt(magnitude, out=magnitude)
+    magnitude *= np.float32(1.0 / math.sqrt(bands))
+    return magnitude
 
 
 class ChangeVectorAnalysis(ChangeModel):
-    """CVA + Otsu; ``threshold`` and ``scale`` are fixed by :meth:`calibrate`."""
+    """CVA + Otsu; ``threshold`` and ``scale`` are fixed by :meth:`calibrate`. Plain numpy."""
 
     info = MODEL_INFO
 
@@ -75,23 +83,25 @@ class ChangeVectorAnalysis(ChangeModel):
         self.threshold: float | None = None
         self.scale: float = 0.02
 
-    def calibrate(self, before: torch.Tensor, after: torch.Tensor, valid: torch.Tensor) -> None:
+    def calibrate(self, before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> None:
         """Fix Otsu's threshold and the logistic scale from scene-wide samples."""
-        magnitude = change_magnitude(before, after)[valid.bool()].cpu().numpy()
+        magnitude = change_magnitude(before, after)[np.asarray(valid, dtype=bool)]
         if magnitude.size == 0:
             return
         self.threshold = otsu_threshold(magnitude)
         low, high = np.percentile(magnitude, [1.0, 99.0])
         self.scale = max(float(high - low) * SOFTNESS, 1e-4)
 
-    def predict(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    def predict(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         """Return the change probability ``(B, H, W)`` (uncalibrated: the batch sets the cut)."""
         magnitude = change_magnitude(before, after)
         if self.threshold is None:
-            self.calibrate(before, after, torch.ones_like(magnitude, dtype=torch.bool))
+            self.calibrate(before, after, np.ones(magnitude.shape, dtype=bool))
         threshold = self.threshold if self.threshold is not None else 0.5
-        # In place on the magnitude (a fresh tensor): no batch-sized temporaries.
-        return magnitude.sub_(threshold).div_(self.scale).sigmoid_()
+        # In place on the magnitude (a fresh array): no batch-sized temporaries.
+        magnitude -= np.float32(threshold)
+        magnitude *= np.float32(1.0 / self.scale)
+        return expit(magnitude, out=magnitude)
 
 
 def build_model() -> ChangeModel:

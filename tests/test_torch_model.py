@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import torch
+
+from mtrs_geo.model_api import ModelInfo
+from mtrs_geo.torch_model import TorchChangeModel
+
+
+class Doubling(TorchChangeModel):
+    """Probability = 2 x the first band of the change, clamped; remembers what it was handed."""
+
+    info = ModelInfo("doubling", "test model", False, None, "-")
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[torch.device, torch.dtype, bool]] = []
+        self.moved_to: torch.device | None = None
+
+    def move_to(self, device: torch.device) -> None:
+        self.moved_to = device
+
+    def calibrate_tensors(
+        self, before: torch.Tensor, after: torch.Tensor, valid: torch.Tensor
+    ) -> None:
+        self.seen.append((valid.device, valid.dtype, torch.is_inference_mode_enabled()))
+
+    def predict_tensors(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        self.seen.append((before.device, before.dtype, torch.is_inference_mode_enabled()))
+        return ((after - before)[:, 0] * 2).clamp(0, 1)
+
+
+def test_numpy_batches_go_in_and_come_out_around_tensor_maths() -> None:
+    model = Doubling()
+    model.to("cpu")
+    assert model.device == "cpu" and model.moved_to == torch.device("cpu")
+    before = np.zeros((2, 3, 4, 5), dtype=np.float32)
+    after = np.full((2, 3, 4, 5), 0.25, dtype=np.float32)
+    model.calibrate(before, after, np.ones((2, 4, 5), dtype=bool))
+    probability = model.predict(before, after)
+    assert isinstance(probability, np.ndarray) and probability.dtype == np.float32
+    assert probability.shape == (2, 4, 5) and np.allclose(probability, 0.5)
+    assert model.seen == [
+        (torch.device("cpu"), torch.bool, True),
+        (torch.device("cpu"), torch.float32, True),
+    ]
+
+
+def test_the_session_leaves_a_core_to_the_reader_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mtrs_geo import device as device_module
+
+    monkeypatch.setattr(device_module.os, "cpu_count", lambda: 4)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        model = Doubling().to("cpu")
+        with model.session():
+            assert torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(previous)
