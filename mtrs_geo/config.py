@@ -36,4 +36,7 @@ class DetectConfig:
     simplify: float = 0.0  # m
     any_change: bool = False  # ignore the query: stage-1 "any change" mode
     prefetch: int = 4  # tiles read ahead of the model
+    # Tile columns are processed in panels about this wide (pixels), one after the other: memory
+    # follows the panel's width, not the scene's.
+    panel_width: int = 4096
     extra_attributes: dict[str, str] = field(default_factory=dict)

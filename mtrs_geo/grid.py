@@ -219,15 +219,94 @@ def tile_windows(width: int, height: int, tile_size: int, overlap: int) -> list[
     ]
 
 
-def sample_windows(width: int, height: int, size: int, count: int, seed: int = 0) -> list[Window]:
+def sample_windows(
+    width: int,
+    height: int,
+    size: int,
+    count: int,
+    seed: int = 0,
+    block: tuple[int, int] = (1, 1),
+    origin: tuple[int, int] = (0, 0),
+) -> list[Window]:
     """Up to ``count`` seeded pseudo-random windows of ``size`` pixels (clipped to the scene).
 
     Used for normalization statistics and model calibration without reading the whole scene. A
     position drawn twice gives one window (a scene no larger than a window gives exactly one).
+    With ``block`` ``(rows, columns)`` and ``origin`` ``(row, column)``, a grid position where
+    blocks of the file meet, a window at most half a block is drawn inside one block: it decodes
+    one block instead of up to four.
     """
     rng = np.random.default_rng(seed)
     w, h = min(size, width), min(size, height)
-    cols = rng.integers(0, width - w + 1, size=count)
-    rows = rng.integers(0, height - h + 1, size=count)
+    cols = _offsets_in_blocks(rng, width, w, block[1], origin[1], count)
+    rows = _offsets_in_blocks(rng, height, h, block[0], origin[0], count)
     offsets = dict.fromkeys(zip(cols.tolist(), rows.tolist(), strict=True))
     return [Window(c, r, w, h) for c, r in offsets]
+
+
+def _offsets_in_blocks(
+    rng: np.random.Generator, extent: int, size: int, step: int, origin: int, count: int
+) -> np.ndarray:
+    """``count`` random offsets of a ``size`` window along an axis ``extent`` pixels long.
+
+    When blocks ``step`` pixels long (meeting at ``origin``) are at least twice the window and
+    there are several, each window lies inside one block: a random block that fits it, a random
+    place in it. Otherwise (strips, blocks not much larger than the window) the offsets are
+    uniform over the axis.
+    """
+    starts = np.arange(origin % step - step, extent, step) if step > 1 else np.empty(0)
+    lows = np.maximum(starts, 0)
+    highs = np.minimum(starts + step, extent) - size  # last offset keeping the window inside
+    fits = highs >= lows
+    # Blocks at least twice the window leave it room to move; smaller ones would pin it down.
+    if step < 2 * size or step >= extent or not fits.any():
+        return rng.integers(0, extent - size + 1, size=count)
+    lows, highs = lows[fits], highs[fits]
+    chosen = rng.integers(0, lows.size, size=count)
+    return lows[chosen] + rng.integers(0, highs[chosen] - lows[chosen] + 1)
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A run of whole tile columns, processed top to bottom before the next panel starts.
+
+    Its tiles cover columns ``[col_off, col_off + width)``; it finishes (stitches for good) the
+    columns ``[col_off, col_off + own_width)``, up to the next panel's first tile column. The
+    columns between are shared with the next panel, which finishes them.
+    """
+
+    col_off: int
+    width: int
+    own_width: int
+    windows: tuple[Window, ...]
+
+
+def panel_layout(windows: list[Window], scene_width: int, panel_width: int) -> list[Panel]:
+    """Group row-major tile ``windows`` into panels at most ``panel_width`` columns wide.
+
+    Each panel gets whole tile columns (at least one); its windows stay row-major. Processing the
+    scene panel by panel keeps every buffer that follows the scene's width (the stitching strip,
+    GDAL's block cache) at the panel's width, whatever the scene's.
+    """
+    columns = sorted({int(w.col_off) for w in windows})
+    right = {int(w.col_off): int(w.col_off + w.width) for w in windows}
+    groups: list[list[int]] = []
+    for col in columns:
+        if groups and right[col] - groups[-1][0] <= panel_width:
+            groups[-1].append(col)
+        else:
+            groups.append([col])
+    panels = []
+    for number, group in enumerate(groups):
+        first, end = group[0], right[group[-1]]
+        own_end = groups[number + 1][0] if number + 1 < len(groups) else scene_width
+        members = set(group)
+        panels.append(
+            Panel(
+                col_off=first,
+                width=end - first,
+                own_width=own_end - first,
+                windows=tuple(w for w in windows if int(w.col_off) in members),
+            )
+        )
+    return panels

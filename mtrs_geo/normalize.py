@@ -33,7 +33,9 @@ def band_stats(sample: np.ndarray, valid: np.ndarray | None = None) -> BandStats
     ``valid`` (same shape without the band axis) marks the pixels to use; nodata is left out.
     A band with no valid pixel or no spread gets limits that map it to zero.
     """
-    data = np.asarray(sample, dtype=np.float64)
+    data = np.asarray(sample)
+    if data.dtype.kind not in "ui":
+        data = data.astype(np.float64, copy=False)
     if data.ndim == 3:
         data = data[None]
     if valid is None:
@@ -44,17 +46,40 @@ def band_stats(sample: np.ndarray, valid: np.ndarray | None = None) -> BandStats
     highs: list[float] = []
     for band in range(data.shape[1]):
         values = data[:, band][mask]
-        values = values[np.isfinite(values)]
+        if values.dtype.kind == "f":
+            values = values[np.isfinite(values)]
         if values.size == 0:
             lows.append(0.0)
             highs.append(1.0)
             continue
-        low, high = np.percentile(values, [LOW_PERCENTILE, HIGH_PERCENTILE])
+        low, high = percentiles(values, [LOW_PERCENTILE, HIGH_PERCENTILE])
         if high <= low:
             high = low + 1.0
         lows.append(float(low))
         highs.append(float(high))
     return BandStats(tuple(lows), tuple(highs))
+
+
+def percentiles(values: np.ndarray, q: list[float]) -> np.ndarray:
+    """``np.percentile(values, q)`` (linear interpolation) of a 1-D sample, as float64.
+
+    Integer samples go through a histogram: the same order statistics, without sorting (several
+    times faster on the millions of pixels the statistics are drawn from).
+    """
+    if values.dtype.kind in "ui" and values.size:
+        low = int(values.min())
+        span = int(values.max()) - low
+        if span < 1 << 20:
+            counts = np.bincount(values.astype(np.int64) - low, minlength=span + 1)
+            cumulative = np.cumsum(counts)
+            position = np.asarray(q, dtype=np.float64) / 100.0 * (values.size - 1)
+            below = np.floor(position).astype(np.int64)
+            above = np.minimum(below + 1, values.size - 1)
+            # The k-th smallest value (from 0) is the first whose cumulative count exceeds k.
+            value_below = np.searchsorted(cumulative, below, side="right") + low
+            value_above = np.searchsorted(cumulative, above, side="right") + low
+            return value_below + (position - below) * (value_above - value_below)
+    return np.asarray(np.percentile(values.astype(np.float64, copy=False), q), dtype=np.float64)
 
 
 def percentile_stretch(

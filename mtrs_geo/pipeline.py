@@ -21,13 +21,22 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 import shapely
+from rasterio.windows import Window
 
 from mtrs_geo.align import AlignedReader
 from mtrs_geo.areas import ground_areas
 from mtrs_geo.config import DetectConfig
 from mtrs_geo.device import parse_device
 from mtrs_geo.errors import Cancelled, InputError
-from mtrs_geo.grid import Grid, common_grid, same_lattice, sample_windows, tile_windows
+from mtrs_geo.grid import (
+    Grid,
+    common_grid,
+    grid_offset,
+    panel_layout,
+    same_lattice,
+    sample_windows,
+    tile_windows,
+)
 from mtrs_geo.model_api import ChangeModel, ModelInfo, load_model, model_info, registered_names
 from mtrs_geo.normalize import BandStats
 from mtrs_geo.read import RasterInfo, check_pair, open_raster, read_overview_sample, sample_stats
@@ -132,6 +141,8 @@ def _validate_options(config: DetectConfig) -> None:
     """Check option values and output names before any heavy work."""
     if config.batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {config.batch_size}")
+    if config.panel_width < 1:
+        raise InputError(f"panel width must be at least 1 pixel, got {config.panel_width}")
     if config.prefetch < 1:
         raise InputError(f"prefetch must be at least 1, got {config.prefetch}")
     if not 0.0 <= config.threshold <= 1.0:
@@ -207,11 +218,12 @@ def _registered_info(name: str) -> ModelInfo | None:
 Samples = list[tuple[np.ndarray, np.ndarray]]
 
 
-def _scene_samples(info: RasterInfo, grid: Grid, size: int) -> tuple[Samples, BandStats]:
-    """Read the seeded sample windows of the common grid from one image, and its statistics."""
-    windows = sample_windows(grid.width, grid.height, size, SAMPLE_WINDOWS, SAMPLE_SEED)
+def _scene_samples(
+    info: RasterInfo, grid: Grid, windows: list[Window]
+) -> tuple[Samples, BandStats]:
+    """Read the sample windows of the common grid from one image (own dtype), and its statistics."""
     with AlignedReader(info, grid) as reader:
-        samples = [reader.read(w) for w in windows]
+        samples = [reader.read_native(w) for w in windows]
     return samples, _stats(info, grid, samples)
 
 
@@ -220,12 +232,21 @@ def _pair_samples(
 ) -> tuple[Samples, BandStats, Samples, BandStats]:
     """:func:`_scene_samples` of both images, the before image's in a second thread.
 
-    Each thread opens its own dataset handles; GDAL decodes without the GIL, so the two images'
-    sample reads overlap.
+    The seeded windows start on the before image's block corners when it is read on the grid's
+    lattice (each decodes one block). Each thread opens its own dataset handles; GDAL decodes
+    without the GIL, so the two images' sample reads overlap.
     """
+    block, origin = (1, 1), (0, 0)
+    if same_lattice(before.grid, grid):
+        col, row = grid_offset(before.grid, grid)  # the grid's first pixel in the image
+        block = before.block_shape
+        origin = (-row % block[0], -col % block[1])
+    windows = sample_windows(
+        grid.width, grid.height, size, SAMPLE_WINDOWS, SAMPLE_SEED, block, origin
+    )
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtrs-samples") as pool:
-        future = pool.submit(_scene_samples, before, grid, size)
-        samples_a, stats_a = _scene_samples(after, grid, size)
+        future = pool.submit(_scene_samples, before, grid, windows)
+        samples_a, stats_a = _scene_samples(after, grid, windows)
         samples_b, stats_b = future.result()
     return samples_b, stats_b, samples_a, stats_a
 
@@ -299,26 +320,28 @@ def detect(
 
 
 def gdal_cache_bytes(config: DetectConfig) -> int:
-    """GDAL block cache for a run: about one row of tiles of both inputs and the output raster.
+    """GDAL block cache for a run: about one row of tiles of a panel, inputs and output raster.
 
-    Tiles are read row by row, so blocks shared by overlapping windows are decompressed once while
-    memory stays proportional to the scene's width, like the stitching strip. A cheap estimate from
-    the files' headers: width x (tile + one input block) rows x input bytes per pixel, plus, when
-    the probability raster is written (``--mask-out``), two rows of output blocks (the stitcher's
-    strips end mid-block, so a partly written block row stays cached beside the one being filled),
-    plus a quarter for GDAL's own overhead. An estimate that
-    is too tight makes GDAL evict input blocks a later window still needs and decode them twice.
+    Tiles are read row by row within a panel (a run of tile columns about ``panel_width`` wide),
+    so blocks shared by overlapping windows are decompressed once while memory follows the panel's
+    width, like the stitching strip. A cheap estimate from the files' headers: (panel width + two
+    input blocks, for the blocks cut by the panel's edges) x (tile + one input block) rows x input
+    bytes per pixel, plus, when the probability raster is written (``--mask-out``), two rows of
+    output blocks (the stitcher's strips end mid-block, so a partly written block row stays cached
+    beside the one being filled), plus a quarter for GDAL's own overhead. An estimate that is too
+    tight makes GDAL evict input blocks a later window still needs and decode them twice.
     """
     try:
         with rasterio.open(config.before) as b, rasterio.open(config.after) as a:
-            width = max(b.width, a.width)
+            block_height = max(ds.block_shapes[0][0] for ds in (b, a))
+            block_width = max(ds.block_shapes[0][1] for ds in (b, a))
+            width = min(max(b.width, a.width), config.panel_width + 2 * block_width)
             input_bytes = sum(ds.count * np.dtype(ds.dtypes[0]).itemsize for ds in (b, a))
-            input_block = max(ds.block_shapes[0][0] for ds in (b, a))
     except rasterio.errors.RasterioIOError:
         return MIN_GDAL_CACHE  # the run reports the unreadable file itself
     # The probability raster is only written for --mask-out (polygons come from the rows in memory).
     output_rows = 2 * PROBABILITY_BLOCK if config.mask_out is not None else 0
-    rows = (config.tile_size + input_block) * input_bytes + output_rows * 4
+    rows = (config.tile_size + block_height) * input_bytes + output_rows * 4
     wanted = width * rows * 5 // 4
     return int(min(MAX_GDAL_CACHE, max(MIN_GDAL_CACHE, wanted)))
 
@@ -336,51 +359,59 @@ def _detect(
     before, after = _open_pair(config)
     check_pair(before, after, _registered_info(config.model))
     grid = _pair_grid(before, after, config)
-    windows = tile_windows(grid.width, grid.height, config.tile_size, config.overlap)
+    panels = panel_layout(
+        tile_windows(grid.width, grid.height, config.tile_size, config.overlap),
+        grid.width,
+        config.panel_width,
+    )
+    windows = [window for panel in panels for window in panel.windows]
     pair = _pair_info(before, after, grid, config)
     model = load_model(config.model)
     check_pair(before, after, model.info)
     model = model.to(config.device)
     _check_cancel(cancel)
 
-    query = config.query.strip()
-    model.prepare(None if config.any_change or not query else query)
-    samples_b, stats_b, samples_a, stats_a = _pair_samples(
-        before, after, grid, min(SAMPLE_SIZE, config.tile_size)
-    )
-    _calibrate(model, samples_b, samples_a, stats_b, stats_a)
-    del samples_b, samples_a  # scene samples are done with; do not hold them through the run
-    timings["setup"] = time.perf_counter() - start
-
     total = len(windows)
     stream = TileStream(
-        before, after, grid, windows, stats_b, stats_a,
-        config.tile_size, config.batch_size, config.prefetch,
-    )  # fmt: skip
+        before, after, grid, windows, config.tile_size, config.batch_size, config.prefetch
+    )
     tiles_run = 0
     outputs: list[Path] = []
     scratch = Path(tempfile.mkdtemp(prefix="mtrs-run-"))
     try:
+        samples_b, stats_b, samples_a, stats_a = _pair_samples(
+            before, after, grid, min(SAMPLE_SIZE, config.tile_size)
+        )
+        # The first tiles are read while the model takes the query and the samples (not during
+        # the sample reads: three readers on two cores and a shared block cache slow all down).
+        stream.start()
+        query = config.query.strip()
+        model.prepare(None if config.any_change or not query else query)
+        _calibrate(model, samples_b, samples_a, stats_b, stats_a)
+        del samples_b, samples_a  # scene samples are done with; do not hold them through the run
+        timings["setup"] = time.perf_counter() - start
+
         # Polygons are built from the stitched rows as they are finished; the probability raster
         # is written only when --mask-out asks for it.
         prob_path = scratch / "probability.tif" if config.mask_out is not None else None
         vectorizer = StreamingVectorizer(
-            grid.width, grid.height, grid.transform, grid.crs, config.threshold, PROBABILITY_BLOCK
-        )
+            grid.width, grid.height, grid.transform, grid.crs, config.threshold,
+            PROBABILITY_BLOCK, panels=panels,
+        )  # fmt: skip
 
-        def vectorize_rows(first_row: int, rows: np.ndarray) -> None:
+        def vectorize_rows(first_row: int, first_col: int, rows: np.ndarray) -> None:
             t = time.perf_counter()
-            vectorizer.add_rows(first_row, rows)
+            vectorizer.add_rows(first_row, rows, first_col)
             timings["vectorize"] += time.perf_counter() - t
 
         with (
             model.session(),
             StripStitcher(
-                prob_path, grid, config.tile_size, config.overlap, vectorize_rows
+                prob_path, grid, config.tile_size, config.overlap, vectorize_rows, panels
             ) as stitcher,
         ):
             done = 0
-            for batch in stream:
+            for batch in stream.batches(stats_b, stats_a):
                 _check_cancel(cancel)
                 t0 = time.perf_counter()
                 probabilities = model.predict(batch.before, batch.after)

@@ -37,6 +37,7 @@ class RasterInfo:
     dtype: str
     nodata: float | None
     has_overviews: bool
+    block_shape: tuple[int, int] = (1, 1)  # (rows, columns) of the file's blocks (band 1)
 
     @property
     def name(self) -> str:
@@ -73,6 +74,7 @@ def open_raster(
                 dtypes = ds.dtypes
                 nodata = ds.nodata
                 has_overviews = count > 0 and bool(ds.overviews(1))
+                block_shape = tuple(ds.block_shapes[0]) if count > 0 else (1, 1)
     except RasterioIOError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "not a raster GDAL can open"
         raise InputError(f"cannot read {role} image {path}: {reason}") from exc
@@ -105,6 +107,7 @@ def open_raster(
         dtype=dtypes[selected[0] - 1],
         nodata=nodata,
         has_overviews=has_overviews,
+        block_shape=(int(block_shape[0]), int(block_shape[1])),
     )
 
 

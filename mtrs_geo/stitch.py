@@ -1,9 +1,12 @@
 """Blend overlapping tile predictions into the on-disk probability raster.
 
-Tiles arrive in row-major order. The stitcher keeps a rolling strip of weighted sums one tile high
-and the scene's width; once no later tile can touch a row, the row is divided by its weight and
-written out (to the raster file, and to a callback such as the streaming vectorizer). A full-scene
-array never exists in memory.
+Tiles arrive panel by panel (runs of whole tile columns, :func:`mtrs_geo.grid.panel_layout`), in
+row-major order within a panel. The stitcher keeps a rolling strip of weighted sums one tile high
+and one panel wide; once no later tile can touch a row, the row is divided by its weight and written
+out (to the raster file, and to a callback such as the streaming vectorizer). The columns a panel
+shares with the next (the tile overlap) keep their weighted sums, for every row, until the next
+panel adds its tiles there: blending across panels is the same as within one. A full-scene array
+never exists in memory, and the strip's size does not grow with the scene's width.
 
 The probability raster is a single-band float32 GeoTIFF on the common grid (tiled 512 x 512, ZSTD),
 values in [0, 1], nodata ``-1.0`` where no valid pixel was predicted.
@@ -11,7 +14,8 @@ values in [0, 1], nodata ``-1.0`` where no valid pixel was predicted.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -20,7 +24,7 @@ import rasterio
 from rasterio.io import DatasetWriter
 from rasterio.windows import Window
 
-from mtrs_geo.grid import Grid
+from mtrs_geo.grid import Grid, Panel
 
 PROBABILITY_NODATA = -1.0
 PROBABILITY_BLOCK = 512
@@ -64,15 +68,18 @@ def probability_profile(grid: Grid) -> dict[str, object]:
 
 
 class StripStitcher:
-    """Accumulates weighted tile predictions row-major and streams finished rows out.
+    """Accumulates weighted tile predictions panel by panel, row-major, and streams rows out.
 
     Args:
         path: the probability GeoTIFF to create; ``None`` writes no file (``on_rows`` only).
         grid: the common grid.
         tile_size: tile size of the window grid (the strip holds at least one tile's height).
         overlap: tile overlap, which sets the blending taper.
-        on_rows: called as ``on_rows(first_row, rows)`` with each run of finished rows, top to
-            bottom, exactly the values written to the file; ``rows`` is only valid during the call.
+        on_rows: called as ``on_rows(first_row, first_col, rows)`` with each run of finished rows
+            of a panel's own columns, panel after panel and top to bottom within one; ``rows`` is
+            exactly what is written to the file and only valid during the call.
+        panels: the panels tiles come in (:func:`mtrs_geo.grid.panel_layout`); ``None``: one
+            panel as wide as the scene.
 
     """
 
@@ -82,36 +89,50 @@ class StripStitcher:
         grid: Grid,
         tile_size: int,
         overlap: int,
-        on_rows: Callable[[int, np.ndarray], None] | None = None,
+        on_rows: Callable[[int, int, np.ndarray], None] | None = None,
+        panels: Sequence[Panel] | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else None
         self._on_rows = on_rows
         self.grid = grid
+        self.panels = list(panels) if panels else [Panel(0, grid.width, grid.width, ())]
         self.weights = blend_weights(tile_size, overlap)
         self._strip_height = min(grid.height, tile_size)
-        self._sum = np.zeros((self._strip_height, grid.width), dtype=np.float32)
-        self._weight = np.zeros((self._strip_height, grid.width), dtype=np.float32)
+        widest = max(panel.width for panel in self.panels)
+        self._sum_buffer = np.zeros((self._strip_height, widest), dtype=np.float32)
+        self._weight_buffer = np.zeros((self._strip_height, widest), dtype=np.float32)
         self._scratch = np.empty(self.weights.shape, dtype=np.float32)  # one tile's weight x prob
+        # Weighted sums of the columns a panel shares with the next one, kept for all rows.
+        self._carry_sum: np.ndarray | None = None
+        self._carry_weight: np.ndarray | None = None
+        self._panel = -1
         self._top = 0  # grid row of the strip's first row; rows above it are written
         self._last_row_off = 0
         self._dst: DatasetWriter | None = None
         if self.path is not None:
             self._dst = rasterio.open(self.path, "w", **probability_profile(grid))
         self._open = True
+        self._begin_panel(0)
 
     def add(self, window: Window, probability: np.ndarray, valid: np.ndarray) -> None:
         """Add one tile's prediction.
 
         Args:
-            window: the tile's window of the common grid (row-major order across calls).
+            window: the tile's window of the common grid (panel by panel, row-major in each).
             probability: ``(h, w)`` or padded ``(H, W)`` probabilities; cropped to the window.
             valid: boolean mask of the same shape; invalid pixels get no weight.
 
         """
         row_off, col_off = int(window.row_off), int(window.col_off)
         h, w = int(window.height), int(window.width)
+        index = self._panel_of(col_off)
+        if index < self._panel:
+            raise ValueError("tiles must be added panel by panel")
+        while self._panel < index:  # panels without a single tile are finished empty
+            self._finish_panel()
+            self._begin_panel(self._panel + 1)
         if row_off < self._last_row_off:
-            raise ValueError("tiles must be added in row-major order")
+            raise ValueError("tiles must be added in row-major order within a panel")
         self._last_row_off = row_off
         # Rows above this tile's top are final: every later tile starts at this row or below.
         self._flush_until(row_off)
@@ -120,10 +141,50 @@ class StripStitcher:
         prob = np.asarray(probability, dtype=np.float32)[:h, :w]
         mask = np.asarray(valid, dtype=bool)[:h, :w]
         weight = self.weights[:h, :w] if mask.all() else self.weights[:h, :w] * mask
-        r0 = row_off - self._top
+        r0, c0 = row_off - self._top, col_off - self.panels[self._panel].col_off
         weighted = np.multiply(weight, prob, out=self._scratch[:h, :w])
-        self._sum[r0 : r0 + h, col_off : col_off + w] += weighted
-        self._weight[r0 : r0 + h, col_off : col_off + w] += weight
+        self._sum[r0 : r0 + h, c0 : c0 + w] += weighted
+        self._weight[r0 : r0 + h, c0 : c0 + w] += weight
+
+    def _panel_of(self, col_off: int) -> int:
+        """Index of the panel whose tile columns start at or before ``col_off`` (the last such)."""
+        starts = [panel.col_off for panel in self.panels]
+        return max(0, bisect.bisect_right(starts, col_off) - 1)
+
+    def _begin_panel(self, index: int) -> None:
+        """Start panel ``index``: an empty strip, its first columns seeded from the carry."""
+        self._panel = index
+        width = self.panels[index].width
+        self._sum = self._sum_buffer[:, :width]
+        self._weight = self._weight_buffer[:, :width]
+        self._sum[...] = 0.0
+        self._weight[...] = 0.0
+        self._top = 0
+        self._last_row_off = 0
+        self._seed_rows(0, self._strip_height)
+        # Columns shared with the next panel: their sums are finished there, with its tiles.
+        shared = width - self.panels[index].own_width
+        self._out_sum: np.ndarray | None = None
+        self._out_weight: np.ndarray | None = None
+        if shared > 0:
+            self._out_sum = np.zeros((self.grid.height, shared), np.float32)
+            self._out_weight = np.zeros((self.grid.height, shared), np.float32)
+
+    def _seed_rows(self, first: int, stop: int) -> None:
+        """Copy the carried sums of strip rows ``[first, stop)`` into the panel's first columns."""
+        if self._carry_sum is None:
+            return
+        band = self._carry_sum.shape[1]
+        rows = slice(self._top + first, min(self._top + stop, self.grid.height))
+        count = rows.stop - rows.start
+        if count > 0:
+            self._sum[first : first + count, :band] = self._carry_sum[rows]
+            self._weight[first : first + count, :band] = self._carry_weight[rows]  # type: ignore[index]
+
+    def _finish_panel(self) -> None:
+        """Write the panel's remaining rows; the carry now holds what it shares with the next."""
+        self._flush_until(self.grid.height)
+        self._carry_sum, self._carry_weight = self._out_sum, self._out_weight
 
     def _flush_until(self, row: int) -> None:
         """Write rows ``[top, row)``.
@@ -137,17 +198,23 @@ class StripStitcher:
 
     def _write_rows(self, count: int) -> None:
         """Write the strip's first ``count`` rows and roll the strip up by as many rows."""
+        panel = self.panels[self._panel]
+        own = panel.own_width
+        if self._out_sum is not None and self._out_weight is not None:
+            self._out_sum[self._top : self._top + count] = self._sum[:count, own:]
+            self._out_weight[self._top : self._top + count] = self._weight[:count, own:]
         # Computed in place in the strip (those rows are cleared next): no scene-wide temporaries.
-        rows = self._sum[:count]
-        covered = self._weight[:count] > 0
-        np.divide(rows, self._weight[:count], out=rows, where=covered)
+        rows = self._sum[:count, :own]
+        weight = self._weight[:count, :own]
+        covered = weight > 0
+        np.divide(rows, weight, out=rows, where=covered)
         np.clip(rows, 0.0, 1.0, out=rows)
         np.logical_not(covered, out=covered)
         np.copyto(rows, np.float32(PROBABILITY_NODATA), where=covered)
         if self._dst is not None:
-            self._dst.write(rows, 1, window=Window(0, self._top, self.grid.width, count))
+            self._dst.write(rows, 1, window=Window(panel.col_off, self._top, own, count))
         if self._on_rows is not None:
-            self._on_rows(self._top, rows)
+            self._on_rows(self._top, panel.col_off, rows)
         keep = self._strip_height - count
         if keep > 0:
             # numpy copies overlapping slices correctly.
@@ -156,12 +223,17 @@ class StripStitcher:
         self._sum[keep:] = 0.0
         self._weight[keep:] = 0.0
         self._top += count
+        self._seed_rows(keep, self._strip_height)
 
     def close(self) -> None:
         """Write the remaining rows (never-covered rows become nodata) and close the file."""
         if not self._open:
             return
-        self._flush_until(self.grid.height)
+        while True:
+            self._finish_panel()
+            if self._panel + 1 == len(self.panels):
+                break
+            self._begin_panel(self._panel + 1)
         self._open = False
         if self._dst is not None:
             self._dst.close()

@@ -108,13 +108,14 @@ def prepare_tile_into(
 class TileStream:
     """Iterate batches of normalized tiles over ``windows`` of the common grid.
 
+    Reading needs no statistics: :meth:`start` may begin it while the run is still sampling the
+    scene, and :meth:`batches` then normalizes with the statistics found.
+
     Args:
         before: the before image.
         after: the after image.
         grid: the common grid.
-        windows: row-major windows (from :func:`mtrs_geo.grid.tile_windows`).
-        stats_before: normalization statistics of the before image.
-        stats_after: normalization statistics of the after image.
+        windows: the windows, in the order to read them.
         tile_size: size tiles are padded to.
         batch_size: tiles per batch.
         prefetch: tiles the reader may read ahead of the consumer.
@@ -127,15 +128,12 @@ class TileStream:
         after: RasterInfo,
         grid: Grid,
         windows: Sequence[Window],
-        stats_before: BandStats,
-        stats_after: BandStats,
         tile_size: int,
         batch_size: int,
         prefetch: int = 4,
     ) -> None:
         self.before, self.after, self.grid = before, after, grid
         self.windows = list(windows)
-        self.stats_before, self.stats_after = stats_before, stats_after
         self.tile_size = tile_size
         self.batch_size = max(1, batch_size)
         self._queue: queue.Queue[Tile | Window | BaseException | None] = queue.Queue(
@@ -190,10 +188,17 @@ class TileStream:
         except BaseException as exc:  # handed to the consumer, which re-raises it
             self._put(exc)
 
-    def __iter__(self) -> Iterator[TileBatch]:
-        """Start the reader thread and yield batches until every window is consumed."""
-        self._thread = threading.Thread(target=self._read_all, name="mtrs-tile-reader", daemon=True)
-        self._thread.start()
+    def start(self) -> None:
+        """Start the reader thread (once); it reads up to ``prefetch`` tiles ahead."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._read_all, name="mtrs-tile-reader", daemon=True
+            )
+            self._thread.start()
+
+    def batches(self, stats_before: BandStats, stats_after: BandStats) -> Iterator[TileBatch]:
+        """Yield batches normalized with these statistics until every window is consumed."""
+        self.start()
         pending: list[Tile] = []
         done = 0
         try:
@@ -209,14 +214,16 @@ class TileStream:
                     continue
                 pending.append(item)
                 if len(pending) == self.batch_size:
-                    yield self._batch(pending, done)
+                    yield self._batch(pending, done, stats_before, stats_after)
                     pending = []
             if pending:
-                yield self._batch(pending, done)
+                yield self._batch(pending, done, stats_before, stats_after)
         finally:
             self.close()
 
-    def _batch(self, tiles: list[Tile], done: int) -> TileBatch:
+    def _batch(
+        self, tiles: list[Tile], done: int, stats_before: BandStats, stats_after: BandStats
+    ) -> TileBatch:
         """Normalize ``tiles`` into the float32 arrays of one batch."""
         start = time.perf_counter()
         count, size = len(tiles), self.tile_size
@@ -225,7 +232,7 @@ class TileStream:
         valid = np.empty((count, size, size), dtype=bool)
         for i, tile in enumerate(tiles):
             prepare_tile_into(
-                tile.before, tile.after, self.stats_before, self.stats_after,
+                tile.before, tile.after, stats_before, stats_after,
                 before[i], after[i], valid[i],
             )  # fmt: skip
         batch = TileBatch(

@@ -12,7 +12,7 @@ probability of its pixels (sums and counts add up across pieces).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,8 @@ from rasterio.windows import Window
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+
+from mtrs_geo.grid import Panel
 
 # 4-connectivity, the same rule as ``rasterio.features.shapes(connectivity=4)``.
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
@@ -87,7 +89,7 @@ def _column_runs(mask: np.ndarray, min_gap: int = _MIN_COLUMN_GAP) -> list[tuple
 
 
 def _piece_polygons(
-    labels: np.ndarray, mask: np.ndarray, row_offset: int
+    labels: np.ndarray, mask: np.ndarray, row_offset: int, col_offset: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Polygonize a label image: ``(labels, polygons)``, in whole-raster pixel coordinates.
 
@@ -99,8 +101,11 @@ def _piece_polygons(
     ring_lengths: list[int] = []
     rings_per_polygon: list[int] = []
     for start, stop in _column_runs(mask):
-        block = np.ascontiguousarray(labels[:, start:stop])
-        to_raster = Affine.translation(start, row_offset)
+        # Only the rows holding changes of this column range: polygonizing costs per pixel.
+        rows = np.flatnonzero(mask[:, start:stop].any(axis=1))
+        top, bottom = int(rows[0]), int(rows[-1]) + 1
+        block = np.ascontiguousarray(labels[top:bottom, start:stop])
+        to_raster = Affine.translation(col_offset + start, row_offset + top)
         for geom, value in shapes(block, mask=block > 0, connectivity=4, transform=to_raster):
             values.append(int(value))
             rings = geom["coordinates"]
@@ -126,12 +131,16 @@ class RegionMerger:
     Args:
         threshold: pixels with probability >= threshold are changed.
         nodata: the probability raster's nodata value (never polygonized).
+        col_offset: grid column of the strips' first column.
 
     """
 
-    def __init__(self, threshold: float, nodata: float | None = PROBABILITY_NODATA) -> None:
+    def __init__(
+        self, threshold: float, nodata: float | None = PROBABILITY_NODATA, col_offset: int = 0
+    ) -> None:
         self.threshold = threshold
         self.nodata = nodata
+        self.col_offset = col_offset
         self._open: dict[int, _Region] = {}  # regions with a piece on the last row read, by key
         self._previous_last_row: np.ndarray | None = None  # region keys on the last row (0: none)
         self._next_key = 1
@@ -178,7 +187,7 @@ class RegionMerger:
             weights = values[mask].astype(np.float64)
             sums = np.bincount(changed_labels, weights=weights, minlength=count + 1)[1:]
             pixels = np.bincount(changed_labels, minlength=count + 1)[1:]
-            piece_labels, polygons = _piece_polygons(labels, mask, row_offset)
+            piece_labels, polygons = _piece_polygons(labels, mask, row_offset, self.col_offset)
             piece_nodes = component[piece_labels - 1]
             # Most regions are one finished piece: emit those without any bookkeeping.
             alone = np.bincount(component, minlength=components)[piece_nodes] == 1
@@ -332,12 +341,61 @@ def polygons_from_probability(
     return region_table(regions, transform, crs)
 
 
+Region = tuple[shapely.Geometry, float, int]  # (polygon in pixel coordinates, mean score, pixels)
+
+
+def join_at_seam(left: list[Region], right: list[Region], seam: int) -> list[Region]:
+    """Join the regions on both sides of the pixel column boundary ``x = seam``.
+
+    ``left`` regions end at the seam, ``right`` ones start there (pixel coordinates). Two are one
+    4-connected region when their polygons share an edge of positive length on the seam (a
+    shared corner is only 8-connected). Returns every region, joined ones as one (their pieces
+    unioned, mean scores weighted by pixel counts); transitive joins are followed.
+    """
+    if not left or not right:
+        return [*left, *right]
+    regions = [*left, *right]
+    geometries = np.asarray([region[0] for region in regions], dtype=object)
+    tree = shapely.STRtree(geometries[: len(left)])
+    right_index, left_index = tree.query(geometries[len(left) :], predicate="touches")
+    shared = shapely.intersection(geometries[len(left) + right_index], geometries[left_index])
+    edge = shapely.length(shared) > 0
+    nodes = len(regions)
+    graph = coo_matrix(
+        (np.ones(int(edge.sum()), np.int8), (left_index[edge], len(left) + right_index[edge])),
+        shape=(nodes, nodes),
+    )
+    count, component = connected_components(graph, directed=False)
+    groups: list[list[int]] = [[] for _ in range(count)]
+    for index, group in enumerate(component):
+        groups[group].append(index)
+    joined: list[Region] = []
+    for members in groups:
+        if len(members) == 1:
+            joined.append(regions[members[0]])
+            continue
+        pixels = sum(regions[i][2] for i in members)
+        score = sum(regions[i][1] * regions[i][2] for i in members) / pixels
+        joined.append((shapely.union_all(geometries[members]), score, pixels))
+    return joined
+
+
+def _left_edge(region: Region) -> float:
+    return float(shapely.bounds(region[0])[0])
+
+
+def _right_edge(region: Region) -> float:
+    return float(shapely.bounds(region[0])[2])
+
+
 class StreamingVectorizer:
     """Polygonizes a probability raster from its rows as they are produced, top to bottom.
 
     Gives the same table as :func:`polygons_from_probability` on the finished raster (written
     with blocks ``block_height`` rows high) without reading it back: rows are gathered into the
-    same strips (:func:`strip_bounds`), so memory is one strip.
+    same strips (:func:`strip_bounds`), so memory is one strip. With ``panels`` the rows come panel
+    by panel (each panel's own columns, top to bottom); regions cut by a panel seam are joined
+    when the panel right of it is done (:func:`join_at_seam`): the same regions, in another order.
 
     Args:
         width: raster width (pixels).
@@ -349,6 +407,8 @@ class StreamingVectorizer:
         nodata: the probability nodata value.
         block_rows: rows per strip; ``None`` picks about 2 Mpx per strip, as
             :func:`polygons_from_probability` does.
+        panels: the column panels rows come in (:func:`mtrs_geo.grid.panel_layout`); ``None``:
+            one panel as wide as the raster.
 
     """
 
@@ -362,38 +422,78 @@ class StreamingVectorizer:
         block_height: int,
         nodata: float = PROBABILITY_NODATA,
         block_rows: int | None = None,
+        panels: Sequence[Panel] | None = None,
     ) -> None:
         self.height = height
         self.transform = transform
         self.crs = crs
-        self._merger = RegionMerger(threshold, nodata)
-        self._bounds = strip_bounds(height, block_rows or default_block_rows(width), block_height)
+        self.threshold, self.nodata = threshold, nodata
+        self.panels = list(panels) if panels else [Panel(0, width, width, ())]
+        widest = max(panel.own_width for panel in self.panels)
+        self._bounds = strip_bounds(height, block_rows or default_block_rows(widest), block_height)
         tallest = max((stop - start for start, stop in self._bounds), default=0)
-        self._buffer = np.empty((tallest, width), dtype=np.float32)
+        self._buffer = np.empty((tallest, widest), dtype=np.float32)
+        self._regions: list[Region] = []  # finished for good
+        self._pending: list[Region] = []  # ending on the seam right of the last closed panel
+        self._panel = -1
+        self._begin_panel(0)
+
+    def _begin_panel(self, index: int) -> None:
+        self._panel = index
+        self._merger = RegionMerger(self.threshold, self.nodata, self.panels[index].col_off)
+        self._panel_regions: list[Region] = []
         self._strip = 0  # index into _bounds of the strip being filled
         self._row = 0  # next grid row expected
-        self._regions: list[tuple[shapely.Geometry, float, int]] = []
 
-    def add_rows(self, row_offset: int, values: np.ndarray) -> None:
-        """Take the next rows ``[row_offset, row_offset + len(values))`` of the raster."""
+    def _close_panel(self) -> None:
+        """Finish the panel's regions and join them with those ending on its left seam."""
+        panel = self.panels[self._panel]
+        self._panel_regions.extend(self._merger.finish())
+        left_seam, right_seam = panel.col_off, panel.col_off + panel.own_width
+        regions = self._panel_regions
+        if self._pending:
+            at_left = [r for r in regions if _left_edge(r) == left_seam]
+            inside = [r for r in regions if _left_edge(r) != left_seam]
+            regions = join_at_seam(self._pending, at_left, left_seam) + inside
+        last = self._panel + 1 == len(self.panels)
+        self._pending = [] if last else [r for r in regions if _right_edge(r) == right_seam]
+        self._regions.extend(r for r in regions if last or _right_edge(r) != right_seam)
+        self._panel_regions = []
+
+    def add_rows(self, row_offset: int, values: np.ndarray, col_offset: int = 0) -> None:
+        """Take the next rows ``[row_offset, row_offset + len(values))`` of a panel's own columns.
+
+        ``col_offset`` is the grid column of the panel's first column.
+        """
+        if col_offset != self.panels[self._panel].col_off:
+            following = [p.col_off for p in self.panels[self._panel + 1 :]]
+            if self._row != self.height or col_offset not in following:
+                raise ValueError(
+                    f"rows must come panel by panel: got column {col_offset} at row {self._row}"
+                )
+            while self.panels[self._panel].col_off != col_offset:
+                self._close_panel()
+                self._begin_panel(self._panel + 1)
         if row_offset != self._row:
             raise ValueError(f"rows must come in order: expected row {self._row}, got {row_offset}")
+        width = self.panels[self._panel].own_width
         taken = 0
         while taken < len(values):
             start, stop = self._bounds[self._strip]
             count = min(stop - self._row, len(values) - taken)
             at = self._row - start
-            self._buffer[at : at + count] = values[taken : taken + count]
+            self._buffer[at : at + count, :width] = values[taken : taken + count]
             taken += count
             self._row += count
             if self._row == stop:
-                self._regions.extend(self._merger.add(start, self._buffer[: stop - start]))
+                strip = self._buffer[: stop - start, :width]
+                self._panel_regions.extend(self._merger.add(start, strip))
                 self._strip += 1
 
     def result(self) -> gpd.GeoDataFrame:
         """Return the polygons as :func:`polygons_from_probability` does (all rows must be in)."""
-        if self._row != self.height:
-            raise ValueError(f"only {self._row} of {self.height} rows were added")
-        self._regions.extend(self._merger.finish())
+        if self._panel + 1 != len(self.panels) or self._row != self.height:
+            raise ValueError(f"only {self._row} of {self.height} rows of the last panel were added")
+        self._close_panel()
         self._buffer = np.empty((0, 0), dtype=np.float32)
         return region_table(self._regions, self.transform, self.crs)

@@ -11,6 +11,7 @@ from mtrs_geo.grid import (
     Grid,
     common_grid,
     grid_offset,
+    panel_layout,
     same_lattice,
     sample_windows,
     tile_windows,
@@ -168,3 +169,50 @@ def test_a_rotated_before_image_gets_a_north_up_grid_over_its_footprint() -> Non
     r_left, r_bottom, r_right, r_top = rotated.bounds
     assert left <= r_left and right >= r_right and bottom <= r_bottom and top >= r_top
     assert grid.res[0] == pytest.approx(10.0, rel=1e-6)
+
+
+def test_panels_hold_whole_tile_columns_and_own_the_columns_up_to_the_next_panel() -> None:
+    windows = tile_windows(1000, 300, 100, 20)  # columns every 80 px, the last snapped to 900
+    panels = panel_layout(windows, 1000, 400)
+    assert len(panels) == 3 and all(panel.width <= 400 for panel in panels)
+    assert sorted(w for p in panels for w in p.windows) == sorted(windows)
+    for panel in panels:
+        rows = [(int(w.row_off), int(w.col_off)) for w in panel.windows]
+        assert rows == sorted(rows)  # row-major inside a panel
+        assert panel.col_off == min(int(w.col_off) for w in panel.windows)
+        assert panel.col_off + panel.width == max(int(w.col_off + w.width) for w in panel.windows)
+    owned = [(p.col_off, p.col_off + p.own_width) for p in panels]
+    assert owned[0][0] == 0 and owned[-1][1] == 1000
+    assert all(a[1] == b[0] for a, b in zip(owned, owned[1:], strict=False))
+    # Each panel shares at least the overlap with the next one, which finishes those columns.
+    assert all(p.width - p.own_width >= 20 for p in panels[:-1])
+    assert panels[-1].width == panels[-1].own_width
+
+
+def test_a_wide_panel_is_the_whole_scene_and_a_narrow_one_a_single_tile_column() -> None:
+    windows = tile_windows(1000, 300, 100, 20)
+    (whole,) = panel_layout(windows, 1000, 10_000)
+    assert list(whole.windows) == windows and (whole.width, whole.own_width) == (1000, 1000)
+    narrow = panel_layout(windows, 1000, 1)
+    assert len(narrow) == len({int(w.col_off) for w in windows})
+    assert all(p.width == 100 for p in narrow)
+
+
+def test_sample_windows_fit_inside_one_block_when_blocks_can_hold_them() -> None:
+    windows = sample_windows(1000, 900, 256, 24, seed=3, block=(512, 512), origin=(100, 37))
+    assert len(windows) == 24
+
+    def block_of(offset: int, origin: int) -> int:
+        return (offset - origin) // 512
+
+    for w in windows:
+        assert 0 <= w.col_off and w.col_off + 256 <= 1000 and w.row_off + 256 <= 900
+        assert block_of(w.col_off, 37) == block_of(w.col_off + 255, 37)
+        assert block_of(w.row_off, 100) == block_of(w.row_off + 255, 100)
+    # Spread over the scene, not stuck on block corners.
+    assert len({int(w.col_off) % 512 for w in windows}) > 12
+    # Strips (a block as wide as the scene), or blocks that would pin the window down, change
+    # nothing.
+    free = sample_windows(1000, 900, 256, 24, 3)
+    assert sample_windows(1000, 900, 256, 24, 3, block=(8, 1000)) == free
+    assert sample_windows(1000, 900, 256, 24, 3, block=(256, 256)) == free

@@ -9,7 +9,7 @@ from rasterio.windows import Window
 from scenes import ImageSpec, make_pair
 
 from mtrs_geo.config import DetectConfig
-from mtrs_geo.grid import Grid, tile_windows
+from mtrs_geo.grid import Grid, panel_layout, tile_windows
 from mtrs_geo.pipeline import detect
 from mtrs_geo.stitch import PROBABILITY_NODATA, StripStitcher, blend_weights
 
@@ -142,7 +142,7 @@ def test_rows_handed_on_are_the_rows_written_and_no_path_writes_nothing(tmp_path
     handed: list[tuple[int, np.ndarray]] = []
     path = tmp_path / "p.tif"
     with StripStitcher(
-        path, grid, 100, 20, lambda row, rows: handed.append((row, rows.copy()))
+        path, grid, 100, 20, lambda row, col, rows: handed.append((row, rows.copy()))
     ) as s:
         for window, prob, valid in tiles:
             s.add(window, prob, valid)
@@ -151,8 +151,60 @@ def test_rows_handed_on_are_the_rows_written_and_no_path_writes_nothing(tmp_path
         np.testing.assert_array_equal(np.concatenate([r for _, r in handed]), ds.read(1))
 
     again: list[np.ndarray] = []
-    with StripStitcher(None, grid, 100, 20, lambda row, rows: again.append(rows.copy())) as s:
+    with StripStitcher(None, grid, 100, 20, lambda row, col, rows: again.append(rows.copy())) as s:
         for window, prob, valid in tiles:
             s.add(window, prob, valid)
     np.testing.assert_array_equal(np.concatenate(again), np.concatenate([r for _, r in handed]))
     assert [p.name for p in tmp_path.iterdir()] == ["p.tif"]
+
+
+@pytest.mark.parametrize("panel_width", [1, 250, 420])
+def test_panels_stitch_the_same_raster_as_one_pass(tmp_path: Path, panel_width: int) -> None:
+    grid = make_grid(700, 300)
+    windows = tile_windows(grid.width, grid.height, 100, 20)
+    rng = np.random.default_rng(5)
+    predictions = {
+        (int(w.row_off), int(w.col_off)): (
+            rng.random((100, 100), dtype=np.float32),
+            rng.random((100, 100)) > 0.05,
+        )
+        for w in windows
+    }
+    # Tiles whose windows were all nodata never reach the stitcher: a whole tile column here.
+    kept = [w for w in windows if int(w.col_off) != 320]
+    one_pass = tmp_path / "one.tif"
+    with StripStitcher(one_pass, grid, 100, 20) as stitcher:
+        for w in kept:
+            stitcher.add(w, *predictions[(int(w.row_off), int(w.col_off))])
+
+    panels = panel_layout(windows, grid.width, panel_width)
+    assert len(panels) > 1
+    handed = np.full((grid.height, grid.width), np.nan, dtype=np.float32)
+
+    def take(row: int, col: int, rows: np.ndarray) -> None:
+        assert np.isnan(handed[row : row + len(rows), col : col + rows.shape[1]]).all()
+        handed[row : row + len(rows), col : col + rows.shape[1]] = rows
+
+    by_panel = tmp_path / "panels.tif"
+    with StripStitcher(by_panel, grid, 100, 20, take, panels) as stitcher:
+        for panel in panels:
+            for w in panel.windows:
+                if w in kept:
+                    stitcher.add(w, *predictions[(int(w.row_off), int(w.col_off))])
+    with rasterio.open(one_pass) as a, rasterio.open(by_panel) as b:
+        expected, result = a.read(1), b.read(1)
+    np.testing.assert_array_equal(result == PROBABILITY_NODATA, expected == PROBABILITY_NODATA)
+    assert (expected == PROBABILITY_NODATA).any()  # the missing column left a nodata gap
+    np.testing.assert_allclose(result, expected, atol=1e-6)
+    np.testing.assert_array_equal(handed, result)  # every pixel handed on once, as written
+
+
+def test_tiles_of_an_earlier_panel_are_refused(tmp_path: Path) -> None:
+    grid = make_grid(400, 200)
+    windows = tile_windows(grid.width, grid.height, 100, 20)
+    panels = panel_layout(windows, grid.width, 200)
+    tile = np.zeros((100, 100), np.float32), np.ones((100, 100), bool)
+    with StripStitcher(None, grid, 100, 20, panels=panels) as stitcher:
+        stitcher.add(panels[1].windows[0], *tile)
+        with pytest.raises(ValueError, match="panel by panel"):
+            stitcher.add(panels[0].windows[0], *tile)

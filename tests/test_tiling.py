@@ -23,12 +23,12 @@ def stream_for(
     before, after = open_raster(pair.before), open_raster(pair.after)
     grid = common_grid(before.grid, after.grid)
     windows = tile_windows(grid.width, grid.height, tile, overlap)
-    return TileStream(before, after, grid, windows, STATS, STATS, tile, batch, prefetch=2)
+    return TileStream(before, after, grid, windows, tile, batch, prefetch=2)
 
 
 def test_batches_are_normalized_float32_arrays_and_every_window_is_counted(tmp_path: Path) -> None:
     stream = stream_for(tmp_path, tile=64, overlap=8, batch=3)
-    batches = list(stream)
+    batches = list(stream.batches(STATS, STATS))
     total = len(stream.windows)
     assert sum(len(b.windows) for b in batches) == total and stream.skipped == 0
     assert [len(b.windows) for b in batches[:-1]] == [3] * (len(batches) - 1)
@@ -54,7 +54,7 @@ def test_all_nodata_windows_are_skipped_and_counted(tmp_path: Path) -> None:
     )
     stream.grid = stream.before.grid  # tile the whole before image, not only the overlap
     stream.windows = tile_windows(256, 256, 64, 0)
-    batches = list(stream)
+    batches = list(stream.batches(STATS, STATS))
     run = [w for b in batches for w in b.windows]
     assert stream.skipped == 8 and len(run) == 8  # the northern two tile rows are skipped
     assert all(w.row_off >= 128 for w in run)
@@ -63,7 +63,7 @@ def test_all_nodata_windows_are_skipped_and_counted(tmp_path: Path) -> None:
 
 def test_a_scene_smaller_than_the_tile_is_padded_and_the_padding_is_invalid(tmp_path: Path) -> None:
     stream = stream_for(tmp_path, tile=300, overlap=20, batch=4)
-    (batch,) = list(stream)
+    (batch,) = list(stream.batches(STATS, STATS))
     assert batch.windows == [Window(0, 0, 256, 256)]
     assert batch.before.shape == (1, 3, 300, 300)
     assert batch.valid[0, :256, :256].all() and not batch.valid[0, 256:].any()
@@ -83,7 +83,7 @@ def test_prepare_tile_zeroes_pixels_invalid_in_either_image() -> None:
 
 def test_closing_early_stops_the_reader_thread(tmp_path: Path) -> None:
     stream = stream_for(tmp_path, tile=32, overlap=0, batch=1)
-    iterator = iter(stream)
+    iterator = stream.batches(STATS, STATS)
     next(iterator)
     stream.close()
     assert not any(t.name == "mtrs-tile-reader" for t in threading.enumerate())
@@ -100,7 +100,7 @@ def test_a_reader_error_reaches_the_consumer(
 
     monkeypatch.setattr(tiling, "AlignedReader", FailingReader)
     stream = stream_for(tmp_path, tile=128, overlap=0, batch=1)
-    iterator = iter(stream)
+    iterator = stream.batches(STATS, STATS)
     next(iterator)
     next(iterator)  # the second tile of the first row
     with pytest.raises(RuntimeError, match="disk gone"):

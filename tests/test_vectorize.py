@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
@@ -12,10 +14,12 @@ from affine import Affine
 from rasterio.features import shapes
 from scipy import ndimage
 
+from mtrs_geo.grid import Panel
 from mtrs_geo.vectorize import (
     StreamingVectorizer,
     default_block_rows,
     iter_regions,
+    join_at_seam,
     polygons_from_probability,
     strip_bounds,
 )
@@ -218,3 +222,62 @@ def test_streamed_rows_must_come_in_order_and_all_arrive() -> None:
     streamer.add_rows(0, np.zeros((4, 8), dtype=np.float32))
     with pytest.raises(ValueError, match="4 of 8"):
         streamer.result()
+
+
+def test_regions_on_both_sides_of_a_seam_join_along_an_edge_not_at_a_corner() -> None:
+    left = [(shapely.box(0, 0, 5, 5), 0.6, 25), (shapely.box(2, 7, 5, 9), 0.8, 6)]
+    right = [(shapely.box(5, 2, 8, 4), 1.0, 6), (shapely.box(5, 9, 7, 10), 0.5, 2)]
+    joined = join_at_seam(left, right, seam=5)
+    assert len(joined) == 3
+    (big,) = [r for r in joined if r[2] == 31]
+    assert big[0].equals(shapely.union(left[0][0], right[0][0]))
+    assert big[1] == pytest.approx((0.6 * 25 + 1.0 * 6) / 31)
+    # The corner contact at (5, 9) is not 4-connected: both regions stay apart.
+    assert left[1] in joined and right[1] in joined
+
+
+def test_one_region_left_of_a_seam_bridges_two_pieces_right_of_it() -> None:
+    u_bend = shapely.box(0, 0, 4, 10).difference(shapely.box(0, 3, 2, 7))
+    right = [(shapely.box(4, 0, 6, 2), 0.5, 4), (shapely.box(4, 8, 6, 10), 0.5, 4)]
+    (joined,) = join_at_seam([(u_bend, 0.9, 32)], right, seam=4)
+    assert joined[2] == 40 and joined[0].area == 40
+
+
+@pytest.mark.parametrize("block_rows", [7, 64])
+def test_panels_give_the_same_regions_as_one_pass(block_rows: int) -> None:
+    values = noisy_field(101, 57, seed=11)
+    one_pass = StreamingVectorizer(
+        57, 101, Affine.identity(), None, 0.55, 16, block_rows=block_rows
+    )
+    one_pass.add_rows(0, values)
+    # Tile columns at 0, 16, 32, 36 (16 px tiles, 4 px overlap, last snapped); panels of one or two.
+    panels = [Panel(0, 36, 32, ()), Panel(32, 20, 4, ()), Panel(36, 21, 21, ())]
+    streamer = StreamingVectorizer(
+        57, 101, Affine.identity(), None, 0.55, 16, block_rows=block_rows, panels=panels
+    )
+    for panel in panels:
+        own = values[:, panel.col_off : panel.col_off + panel.own_width]
+        for row in range(0, 101, 30):  # runs of rows unrelated to the strips
+            streamer.add_rows(row, own[row : row + 30].copy(), panel.col_off)
+
+    def canonical(table: gpd.GeoDataFrame) -> list[tuple[tuple[float, ...], int, float, Any]]:
+        return sorted(
+            (tuple(g.bounds), int(n), round(float(s), 6), g)
+            for g, n, s in zip(
+                table.geometry, table["pixel_count"], table["mean_score"], strict=True
+            )
+        )
+
+    expected, result = canonical(one_pass.result()), canonical(streamer.result())
+    assert len(expected) > 10
+    assert [r[:3] for r in result] == [e[:3] for e in expected]
+    # The same regions; a polygon joined across a seam may keep a vertex on it.
+    assert all(r[3].equals(e[3]) for r, e in zip(result, expected, strict=True))
+
+
+def test_rows_of_the_next_panel_wait_until_the_panel_is_complete() -> None:
+    panels = [Panel(0, 6, 4, ()), Panel(4, 4, 4, ())]
+    streamer = StreamingVectorizer(8, 8, Affine.identity(), None, 0.5, 8, panels=panels)
+    streamer.add_rows(0, np.zeros((4, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="panel by panel"):
+        streamer.add_rows(0, np.zeros((4, 4), dtype=np.float32), 4)
