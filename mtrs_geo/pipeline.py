@@ -41,7 +41,7 @@ from mtrs_geo.model_api import ChangeModel, ModelInfo, load_model, model_info, r
 from mtrs_geo.normalize import BandStats
 from mtrs_geo.read import RasterInfo, check_pair, open_raster, read_overview_sample, sample_stats
 from mtrs_geo.stitch import PROBABILITY_BLOCK, StripStitcher
-from mtrs_geo.tiling import TileStream, prepare_tile
+from mtrs_geo.tiling import TileStream, prepare_tile_into
 from mtrs_geo.vectorize import StreamingVectorizer
 from mtrs_geo.write import (
     change_table,
@@ -265,13 +265,17 @@ def _calibrate(
     stats_a: BandStats,
 ) -> None:
     """Show the model the normalized scene-wide samples that hold valid pixels."""
-    tiles = []
-    for read_b, read_a in zip(samples_b, samples_a, strict=True):
-        if (read_b[1] & read_a[1]).any():
-            tiles.append(prepare_tile(read_b, read_a, stats_b, stats_a, max(read_b[1].shape)))
-    if not tiles:
+    pairs = [(b, a) for b, a in zip(samples_b, samples_a, strict=True) if (b[1] & a[1]).any()]
+    if not pairs:
         return
-    before, after, valid = (np.stack(parts) for parts in zip(*tiles, strict=True))
+    # Sample windows all have one shape; they are normalized (and padded square) in place.
+    size = max(pairs[0][0][1].shape)
+    count = len(pairs)
+    before = np.empty((count, pairs[0][0][0].shape[0], size, size), dtype=np.float32)
+    after = np.empty((count, pairs[0][1][0].shape[0], size, size), dtype=np.float32)
+    valid = np.empty((count, size, size), dtype=bool)
+    for i, (read_b, read_a) in enumerate(pairs):
+        prepare_tile_into(read_b, read_a, stats_b, stats_a, before[i], after[i], valid[i])
     model.calibrate(before, after, valid)
 
 
