@@ -62,33 +62,53 @@ class AlignedReader:
         data, valid = self.read_native(window)
         return data.astype(np.float32, copy=False), valid
 
-    def read_native(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    def read_native(
+        self, window: Window, out: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Read ``window`` in the image's own dtype; invalid pixels (nodata, outside) are 0.
 
-        Integer data stays integer so the tile stream can normalize it through a lookup table.
+        Integer data stays integer (a quarter of float32's bytes through the tile queue).
+        ``out``: ``(data (C, h, w), valid (h, w))`` arrays to read into (a recycled buffer);
+        ignored when their shape or dtype does not fit.
         """
+        shape = (len(self.bands), int(window.height), int(window.width))
+        if out is not None and (
+            out[0].shape != shape or out[0].dtype != np.dtype(self.info.dtype)
+            or out[1].shape != shape[1:]
+        ):  # fmt: skip
+            out = None
         if self._data_vrt is None or self._mask_vrt is None:
-            data, valid = self._read_plain(window)
+            data, valid = self._read_plain(window, out)
         else:
-            data = self._data_vrt.read(self.bands, window=window)
-            valid = self._mask_vrt.read(self._mask_vrt.count, window=window) > 0
+            data = self._data_vrt.read(
+                self.bands, window=window, out=out[0] if out is not None else None
+            )
+            mask = self._mask_vrt.read(self._mask_vrt.count, window=window)
+            valid = np.greater(mask, 0, out=out[1] if out is not None else None)
         if self._float_source:
             valid &= np.all(np.isfinite(data), axis=0)
         if not valid.all():
             data[:, ~valid] = 0
         return data, valid
 
-    def _read_plain(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    def _read_plain(
+        self, window: Window, out: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Read a window of an image on the grid's lattice (the part outside it stays invalid)."""
         col0, row0 = grid_offset(self.info.grid, self.grid)
         height, width = int(window.height), int(window.width)
-        data = np.zeros((len(self.bands), height, width), dtype=self.info.dtype)
-        valid = np.zeros((height, width), dtype=bool)
+        if out is None:
+            data = np.empty((len(self.bands), height, width), dtype=self.info.dtype)
+            valid = np.empty((height, width), dtype=bool)
+        else:
+            data, valid = out
         wanted = Window(window.col_off + col0, window.row_off + row0, width, height)
         image = Window(0, 0, self.info.grid.width, self.info.grid.height)
         try:
             inside = wanted.intersection(image)
         except rasterio.errors.WindowError:
+            data.fill(0)
+            valid.fill(False)
             return data, valid  # the window lies wholly outside the image
         r0 = int(inside.row_off - wanted.row_off)
         c0 = int(inside.col_off - wanted.col_off)
@@ -98,6 +118,8 @@ class AlignedReader:
             self._src.read(self.bands, window=inside, out=data)
             valid[...] = self._read_validity(data, inside)
         else:
+            data.fill(0)
+            valid.fill(False)
             part = self._src.read(self.bands, window=inside)
             data[:, r0 : r0 + h, c0 : c0 + w] = part
             valid[r0 : r0 + h, c0 : c0 + w] = self._read_validity(part, inside)

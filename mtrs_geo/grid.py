@@ -282,17 +282,23 @@ class Panel:
 
 
 def panel_layout(windows: list[Window], scene_width: int, panel_width: int) -> list[Panel]:
-    """Group row-major tile ``windows`` into panels at most ``panel_width`` columns wide.
+    """Group row-major tile ``windows`` into panels about ``panel_width`` columns wide.
 
-    Each panel gets whole tile columns (at least one); its windows stay row-major. Processing the
+    Each panel gets whole tile columns (at least one; the last panel may be one tile wider, to
+    keep the column snapped to the scene's edge); its windows stay row-major. Processing the
     scene panel by panel keeps every buffer that follows the scene's width (the stitching strip,
     GDAL's block cache) at the panel's width, whatever the scene's.
     """
     columns = sorted({int(w.col_off) for w in windows})
     right = {int(w.col_off): int(w.col_off + w.width) for w in windows}
+    step = columns[1] - columns[0] if len(columns) > 1 else 0
     groups: list[list[int]] = []
     for col in columns:
-        if groups and right[col] - groups[-1][0] <= panel_width:
+        fits = bool(groups) and right[col] - groups[-1][0] <= panel_width
+        # The last column, snapped to the scene's edge, overlaps its neighbour by more than the
+        # others do: it stays with it, so that panels only ever share the regular overlap.
+        snapped = bool(groups) and col - groups[-1][-1] < step
+        if fits or snapped:
             groups[-1].append(col)
         else:
             groups.append([col])

@@ -9,6 +9,7 @@ reader thread, which already spends most of its time in GDAL, stays as short as 
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -38,7 +39,10 @@ class Tile:
 
 @dataclass(frozen=True)
 class TileBatch:
-    """A batch for the model; ``tiles_done`` counts windows consumed so far, skipped included."""
+    """A batch for the model; ``tiles_done`` counts windows consumed so far, skipped included.
+
+    Its arrays are reused for the next batch: they are valid until the next one is asked for.
+    """
 
     windows: list[Window]
     before: np.ndarray  # (B, C, T, T) float32
@@ -105,6 +109,16 @@ def prepare_tile_into(
         out_valid[:h, w:] = False
 
 
+def _recycled(
+    free: collections.deque[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Return a read buffer handed back by the consumer, if there is one."""
+    try:
+        return free.popleft()
+    except IndexError:
+        return None
+
+
 class TileStream:
     """Iterate batches of normalized tiles over ``windows`` of the common grid.
 
@@ -141,6 +155,11 @@ class TileStream:
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Read buffers of tiles already normalized, handed back to the reader (no page faults
+        # for every tile), and the batch arrays, reused from batch to batch.
+        self._free_before: collections.deque[tuple[np.ndarray, np.ndarray]] = collections.deque()
+        self._free_after: collections.deque[tuple[np.ndarray, np.ndarray]] = collections.deque()
+        self._batch_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.skipped = 0
         self._read_seconds = 0.0  # reader thread: reading and aligning
         self._batch_seconds = 0.0  # main thread: normalizing into batches
@@ -171,14 +190,17 @@ class TileStream:
                     if self._stop.is_set():
                         return
                     start = time.perf_counter()
-                    read_b = reader_b.read_native(window)
+                    read_b = reader_b.read_native(window, _recycled(self._free_before))
                     # Skip the after read when the before image has nothing there.
                     if not read_b[1].any():
                         item: Tile | Window = window
+                        self._free_before.append(read_b)
                     else:
-                        read_a = reader_a.read_native(window)
+                        read_a = reader_a.read_native(window, _recycled(self._free_after))
                         if not (read_b[1] & read_a[1]).any():
                             item = window
+                            self._free_before.append(read_b)
+                            self._free_after.append(read_a)
                         else:
                             item = Tile(window, read_b, read_a)
                     self._read_seconds += time.perf_counter() - start
@@ -224,17 +246,29 @@ class TileStream:
     def _batch(
         self, tiles: list[Tile], done: int, stats_before: BandStats, stats_after: BandStats
     ) -> TileBatch:
-        """Normalize ``tiles`` into the float32 arrays of one batch."""
+        """Normalize ``tiles`` into the float32 arrays of one batch (valid until the next one)."""
         start = time.perf_counter()
         count, size = len(tiles), self.tile_size
-        before = np.empty((count, tiles[0].before[0].shape[0], size, size), dtype=np.float32)
-        after = np.empty((count, tiles[0].after[0].shape[0], size, size), dtype=np.float32)
-        valid = np.empty((count, size, size), dtype=bool)
+        shapes = (
+            (self.batch_size, tiles[0].before[0].shape[0], size, size),
+            (self.batch_size, tiles[0].after[0].shape[0], size, size),
+        )
+        arrays = self._batch_arrays
+        if arrays is None or (arrays[0].shape, arrays[1].shape) != shapes:
+            arrays = (
+                np.empty(shapes[0], dtype=np.float32),
+                np.empty(shapes[1], dtype=np.float32),
+                np.empty((self.batch_size, size, size), dtype=bool),
+            )
+            self._batch_arrays = arrays
+        before, after, valid = (a[:count] for a in arrays)
         for i, tile in enumerate(tiles):
             prepare_tile_into(
                 tile.before, tile.after, stats_before, stats_after,
                 before[i], after[i], valid[i],
             )  # fmt: skip
+            self._free_before.append(tile.before)
+            self._free_after.append(tile.after)
         batch = TileBatch(
             windows=[t.window for t in tiles],
             before=before,

@@ -174,7 +174,9 @@ def test_a_rotated_before_image_gets_a_north_up_grid_over_its_footprint() -> Non
 def test_panels_hold_whole_tile_columns_and_own_the_columns_up_to_the_next_panel() -> None:
     windows = tile_windows(1000, 300, 100, 20)  # columns every 80 px, the last snapped to 900
     panels = panel_layout(windows, 1000, 400)
-    assert len(panels) == 3 and all(panel.width <= 400 for panel in panels)
+    assert len(panels) == 3 and all(panel.width <= 400 for panel in panels[:-1])
+    # The snapped column stays with its neighbour: the last panel is at most a tile wider.
+    assert panels[-1].width <= 400 + 100 and int(panels[-1].windows[-1].col_off) == 900
     assert sorted(w for p in panels for w in p.windows) == sorted(windows)
     for panel in panels:
         rows = [(int(w.row_off), int(w.col_off)) for w in panel.windows]
@@ -184,8 +186,8 @@ def test_panels_hold_whole_tile_columns_and_own_the_columns_up_to_the_next_panel
     owned = [(p.col_off, p.col_off + p.own_width) for p in panels]
     assert owned[0][0] == 0 and owned[-1][1] == 1000
     assert all(a[1] == b[0] for a, b in zip(owned, owned[1:], strict=False))
-    # Each panel shares at least the overlap with the next one, which finishes those columns.
-    assert all(p.width - p.own_width >= 20 for p in panels[:-1])
+    # Each panel shares exactly the overlap with the next one, which finishes those columns.
+    assert all(p.width - p.own_width == 20 for p in panels[:-1])
     assert panels[-1].width == panels[-1].own_width
 
 
@@ -194,8 +196,9 @@ def test_a_wide_panel_is_the_whole_scene_and_a_narrow_one_a_single_tile_column()
     (whole,) = panel_layout(windows, 1000, 10_000)
     assert list(whole.windows) == windows and (whole.width, whole.own_width) == (1000, 1000)
     narrow = panel_layout(windows, 1000, 1)
-    assert len(narrow) == len({int(w.col_off) for w in windows})
-    assert all(p.width == 100 for p in narrow)
+    assert len(narrow) == len({int(w.col_off) for w in windows}) - 1
+    assert all(p.width == 100 for p in narrow[:-1])
+    assert [int(w.col_off) for w in narrow[-1].windows[:2]] == [880, 900]  # snapped: kept together
 
 
 def test_sample_windows_fit_inside_one_block_when_blocks_can_hold_them() -> None:

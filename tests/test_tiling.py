@@ -93,10 +93,12 @@ def test_a_reader_error_reaches_the_consumer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     class FailingReader(AlignedReader):
-        def read_native(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        def read_native(
+            self, window: Window, out: tuple[np.ndarray, np.ndarray] | None = None
+        ) -> tuple[np.ndarray, np.ndarray]:
             if window.row_off > 0:
                 raise RuntimeError("disk gone")
-            return super().read_native(window)
+            return super().read_native(window, out)
 
     monkeypatch.setattr(tiling, "AlignedReader", FailingReader)
     stream = stream_for(tmp_path, tile=128, overlap=0, batch=1)
@@ -181,3 +183,23 @@ def test_tiles_normalized_into_batch_slots_equal_the_reference(shape: tuple[int,
     for got, want in zip((batch_b[1], batch_a[1], batch_valid[1]), expected, strict=True):
         np.testing.assert_array_equal(got, want)
     assert np.isnan(batch_b[0]).all()  # the other slot is untouched
+
+
+def test_batches_reuse_their_arrays_and_each_holds_its_own_tiles(tmp_path: Path) -> None:
+    stream = stream_for(tmp_path, tile=64, overlap=8, batch=2)
+    seen = []
+    with (
+        AlignedReader(stream.before, stream.grid) as reader_b,
+        AlignedReader(stream.after, stream.grid) as reader_a,
+    ):
+        for batch in stream.batches(STATS, STATS):
+            seen.append(batch)
+            for i, window in enumerate(batch.windows):  # checked before the next batch
+                expected = prepare_tile(
+                    reader_b.read_native(window), reader_a.read_native(window), STATS, STATS, 64
+                )
+                np.testing.assert_array_equal(batch.before[i], expected[0])
+                np.testing.assert_array_equal(batch.after[i], expected[1])
+                np.testing.assert_array_equal(batch.valid[i], expected[2])
+    assert len(seen) > 2
+    assert np.shares_memory(seen[0].before, seen[-1].before)  # no new arrays per batch
