@@ -311,7 +311,7 @@ def report(results: list[dict[str, Any]], naive_max_side: int) -> tuple[str, boo
         ],
     ]
     working = [p - r["engine"]["import_rss_bytes"] for p, r in zip(peaks, results, strict=True)]
-    note = "note: RSS above the imports (importing torch alone is most of the rest): " + ", ".join(
+    note = "note: RSS above the imports: " + ", ".join(
         f"{r['side']}^2 {_mib(w)} MiB" for r, w in zip(results, working, strict=True)
     )
     if len(results) > 1:
