@@ -30,30 +30,15 @@ from typing import Any
 
 import torch
 
-from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
+from mtrs_geo.models.configuration_mtrefseg import (
+    TINY_DECODER,
+    TINY_LLM_CONFIG,
+    TINY_SWIN_CONFIG,
+    MTRefSegR1Config,
+)
 from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
 
 QUERY = "new buildings"
-TINY_SWIN: dict[str, Any] = {
-    "model_type": "swin",
-    "image_size": 64,
-    "patch_size": 4,
-    "embed_dim": 16,
-    "depths": [1, 1, 1, 1],
-    "num_heads": [1, 2, 2, 4],
-    "window_size": 2,
-    "out_features": ["stage1", "stage2", "stage3", "stage4"],
-}
-TINY_LLAMA: dict[str, Any] = {
-    "model_type": "llama",
-    "vocab_size": 30522,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-}
 
 
 @dataclass
@@ -107,22 +92,15 @@ def build(size: str, args: argparse.Namespace) -> tuple[MTRefSegR1, str]:
     if args.large_backbone:
         overrides["backbone_path"] = args.large_backbone
     else:
-        overrides["backbone_config"] = TINY_SWIN
+        overrides["backbone_config"] = TINY_SWIN_CONFIG
     if args.large_llm:
         overrides["text_model_path"] = args.large_llm
     else:
-        overrides["text_model_config"] = TINY_LLAMA
+        overrides["text_model_config"] = TINY_LLM_CONFIG
     label = "large"
     if not (args.large_backbone and args.large_llm):
         label = "large (tiny wiring)"
-        overrides.update(
-            hidden_size=32,
-            fusion_dims=[16, 16, 32, 32],
-            num_decoder_layers=2,
-            num_attention_heads=2,
-            num_latent_queries=2,
-            decoder_ffn_dim=64,
-        )
+        overrides.update(TINY_DECODER)
     return MTRefSegR1(MTRefSegR1Config.from_size("large", **overrides)), label
 
 

@@ -9,7 +9,6 @@ the sign of the change gets both right.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -60,17 +59,8 @@ def iou(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return float((predicted & truth).sum() / (predicted | truth).sum().clamp(min=1))
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Train on one thread: tiny ops gain nothing from two, and lose a lot on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
+@pytest.mark.usefixtures("torch_one_thread")
 def test_tiny_model_learns_appeared_versus_disappeared_and_beats_cva() -> None:
     torch.manual_seed(0)
     model = MTRefSegR1(MTRefSegR1Config.from_size("tiny"))

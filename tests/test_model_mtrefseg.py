@@ -3,53 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
-from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
+from mtrs_geo.models.configuration_mtrefseg import (
+    TINY_DECODER,
+    TINY_LLM_CONFIG,
+    TINY_SWIN_CONFIG,
+    MTRefSegR1Config,
+)
 from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1, MTRefSegR1Output, gated_probabilities
 
-TINY_LLAMA: dict[str, Any] = {
-    "model_type": "llama",
-    "vocab_size": 30522,  # the MiniLM tokenizer's vocabulary (the default tokenizer)
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-}
-TINY_SWIN: dict[str, Any] = {
-    "model_type": "swin",
-    "image_size": 64,
-    "patch_size": 4,
-    "embed_dim": 16,
-    "depths": [1, 1, 1, 1],
-    "num_heads": [1, 2, 2, 4],
-    "window_size": 2,
-    "out_features": ["stage1", "stage2", "stage3", "stage4"],
-}
-SMALL_DECODER: dict[str, Any] = {
-    "hidden_size": 32,
-    "fusion_dims": [16, 16, 32, 32],
-    "num_decoder_layers": 2,
-    "num_attention_heads": 2,
-    "num_latent_queries": 2,
-    "decoder_ffn_dim": 64,
-}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Run on one thread: small tensors gain nothing from two, and lose a lot on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _pair(batch: int, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,7 +154,7 @@ def test_base_size_starts_from_imagenet_and_stays_small(tmp_path: Path) -> None:
 def test_llm_mode_with_a_tiny_random_causal_lm(tmp_path: Path) -> None:
     torch.manual_seed(0)
     config = MTRefSegR1Config.from_size(
-        "tiny", text_mode="llm", text_model_config=TINY_LLAMA, llm_image_grid=2
+        "tiny", text_mode="llm", text_model_config=TINY_LLM_CONFIG, llm_image_grid=2
     )
     model = MTRefSegR1(config).train()
     assert model.text.encoder is not None and not model.text.encoder.training  # frozen: no dropout
@@ -215,7 +182,7 @@ def test_llm_mode_from_a_local_folder_is_frozen_and_not_saved(tmp_path: Path) ->
     from mtrs_geo.models.text import minilm_path
 
     llm_dir = tmp_path / "llm"
-    values = dict(TINY_LLAMA)
+    values = dict(TINY_LLM_CONFIG)
     llm_config = AutoConfig.for_model(values.pop("model_type"), **values)
     AutoModelForCausalLM.from_config(llm_config).save_pretrained(llm_dir)
     AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True).save_pretrained(llm_dir)
@@ -230,7 +197,7 @@ def test_llm_mode_from_a_local_folder_is_frozen_and_not_saved(tmp_path: Path) ->
 
 def test_large_size_wiring_with_tiny_configs_of_the_same_classes() -> None:
     config = MTRefSegR1Config.from_size(
-        "large", backbone_config=TINY_SWIN, text_model_config=TINY_LLAMA, **SMALL_DECODER
+        "large", backbone_config=TINY_SWIN_CONFIG, text_model_config=TINY_LLM_CONFIG, **TINY_DECODER
     )
     assert config.text_mode == "llm" and config.backbone_type == "hf"
     assert config.cross_temporal_levels == [2, 3]

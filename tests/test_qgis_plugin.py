@@ -1,7 +1,8 @@
 """The QGIS plugin: its zip, its QGIS-free runner, and its tests in a real headless QGIS.
 
-The QGIS tests (tests/qgis/) need Debian's QGIS bindings, which live in the system Python, not in
-this venv: :func:`test_plugin_in_real_headless_qgis` runs them with ``/usr/bin/python3 -m pytest``.
+The QGIS tests (tests/qgis_suite/) need Debian's QGIS bindings, which live in the system Python,
+not in this venv: :func:`test_plugin_in_real_headless_qgis` runs them with
+``/usr/bin/python3 -m pytest``.
 They skip only where QGIS is truly absent, and never in CI (``CI=true``).
 """
 
@@ -324,12 +325,12 @@ def test_plugin_in_real_headless_qgis(tmp_path: Path) -> None:
             SYSTEM_PYTHON,
             "-m",
             "pytest",
-            str(REPO / "tests" / "qgis"),
+            str(REPO / "tests" / "qgis_suite"),
             "-q",
             "-p",
             "no:cacheprovider",
             "--confcutdir",
-            str(REPO / "tests" / "qgis"),
+            str(REPO / "tests" / "qgis_suite"),
             "-W",
             "ignore::pytest.PytestConfigWarning",
             f"--junitxml={report}",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # QGIS for the plugin tests: Debian's QGIS with its Python bindings (they live in the system python3,
-# not in the project's venv), the processing plugin, and python3-pytest to run tests/qgis under it.
+# not in the project's venv), the processing plugin, and python3-pytest to run tests/qgis_suite under it.
 # Idempotent: returns at once when everything is present. Without root it only reports what is missing.
 set -euo pipefail
 

@@ -1,7 +1,8 @@
 """Write the scenes of the QGIS tests; run by the venv's Python (QGIS's has no rasterio).
 
-Usage: ``.venv/bin/python tests/qgis/make_scenes.py OUT_DIR``. Prints a JSON manifest with the paths
-and, for the small pair, the planted change polygons as WKT in the pair's CRS (EPSG:32633).
+Usage: ``.venv/bin/python tests/qgis_suite/make_scenes.py OUT_DIR``. Prints a JSON manifest with
+the paths and, for the small pair, the planted change polygons as WKT in the pair's CRS
+(EPSG:32633).
 """
 
 from __future__ import annotations
