@@ -57,32 +57,42 @@ def _texture(rows: np.ndarray, cols: np.ndarray, band: int) -> np.ndarray:
     return value.astype(np.float32)
 
 
-def _planted_rectangles(side: int) -> list[tuple[int, int, int, int]]:
+def _planted_rectangles(width: int, height: int) -> list[tuple[int, int, int, int]]:
     """One rectangle ``(row0, row1, col0, col1)`` per CELL block, sizes 24..160 px, seeded."""
     rng = np.random.default_rng(7)
     rectangles = []
-    for row in range(0, side - CELL + 1, CELL):
-        for col in range(0, side - CELL + 1, CELL):
-            height, width = rng.integers(24, 160, size=2)
-            r0 = row + int(rng.integers(8, CELL - height - 8))
-            c0 = col + int(rng.integers(8, CELL - width - 8))
-            rectangles.append((r0, r0 + int(height), c0, c0 + int(width)))
+    for row in range(0, height - CELL + 1, CELL):
+        for col in range(0, width - CELL + 1, CELL):
+            tall, wide = (int(v) for v in rng.integers(24, 160, size=2))
+            r0 = row + int(rng.integers(8, CELL - tall - 8))
+            c0 = col + int(rng.integers(8, CELL - wide - 8))
+            rectangles.append((r0, r0 + tall, c0, c0 + wide))
     return rectangles
 
 
-def generate_pair(folder: Path, side: int) -> tuple[Path, Path]:
-    """Write ``before_{side}.tif`` and ``after_{side}.tif`` (reused when already there)."""
+def size_label(width: int, height: int) -> str:
+    """``4096^2`` for a square scene, ``32768x2048`` otherwise."""
+    return f"{width}^2" if width == height else f"{width}x{height}"
+
+
+def _file_tag(width: int, height: int) -> str:
+    return str(width) if width == height else f"{width}x{height}"
+
+
+def generate_pair(folder: Path, width: int, height: int) -> tuple[Path, Path]:
+    """Write ``before_{tag}.tif`` and ``after_{tag}.tif`` (reused when already there)."""
     import rasterio
     from affine import Affine
 
     folder.mkdir(parents=True, exist_ok=True)
-    before, after = folder / f"before_{side}.tif", folder / f"after_{side}.tif"
+    tag = _file_tag(width, height)
+    before, after = folder / f"before_{tag}.tif", folder / f"after_{tag}.tif"
     if before.exists() and after.exists():
         return before, after
     profile = {
         "driver": "GTiff",
-        "width": side,
-        "height": side,
+        "width": width,
+        "height": height,
         "count": 3,
         "dtype": "uint8",
         "crs": "EPSG:32633",
@@ -95,17 +105,17 @@ def generate_pair(folder: Path, side: int) -> tuple[Path, Path]:
         "interleave": "pixel",
         "BIGTIFF": "IF_SAFER",
     }
-    rectangles = np.array(_planted_rectangles(side)).reshape(-1, 4)
-    cols = np.arange(side)
+    rectangles = np.array(_planted_rectangles(width, height)).reshape(-1, 4)
+    cols = np.arange(width)
     partial_b, partial_a = before.with_suffix(".partial.tif"), after.with_suffix(".partial.tif")
     with (
         rasterio.open(partial_b, "w", **profile) as dst_b,
         rasterio.open(partial_a, "w", **profile) as dst_a,
     ):
-        for row0 in range(0, side, 512):
-            rows = np.arange(row0, min(row0 + 512, side))
+        for row0 in range(0, height, 512):
+            rows = np.arange(row0, min(row0 + 512, height))
             rng = np.random.default_rng(row0)
-            block_b = np.empty((3, rows.size, side), dtype=np.uint8)
+            block_b = np.empty((3, rows.size, width), dtype=np.uint8)
             block_a = np.empty_like(block_b)
             for band in range(3):
                 texture = _texture(rows, cols, band)
@@ -116,7 +126,7 @@ def generate_pair(folder: Path, side: int) -> tuple[Path, Path]:
             for r0, r1, c0, c1 in rectangles[hit]:
                 top, bottom = max(r0, row0) - row0, min(r1, rows[-1] + 1) - row0
                 block_a[:, top:bottom, c0:c1] = np.array(CHANGE_SPECTRUM, np.uint8)[:, None, None]
-            window = rasterio.windows.Window(0, row0, side, rows.size)
+            window = rasterio.windows.Window(0, row0, width, rows.size)
             dst_b.write(block_b, window=window)
             dst_a.write(block_a, window=window)
     os.replace(partial_b, before)
@@ -247,19 +257,20 @@ def _mib(value: float) -> str:
     return f"{value / 1024**2:,.0f}"
 
 
-def benchmark_size(side: int, data: Path, naive_max_side: int) -> dict[str, Any]:
+def benchmark_size(width: int, height: int, data: Path, naive_max_side: int) -> dict[str, Any]:
     """Generate (or reuse) the pair of one size and run the three measurements."""
     t0 = time.perf_counter()
-    before, after = generate_pair(data, side)
+    before, after = generate_pair(data, width, height)
     generated = time.perf_counter() - t0
-    out = data / f"out_{side}"
+    out = data / f"out_{_file_tag(width, height)}"
     out.mkdir(exist_ok=True)
     floor = measure("floor", before, after, out)
     engine = measure("engine", before, after, out)
-    naive = measure("naive", before, after, out) if side <= naive_max_side else None
-    megapixels = side * side / 1e6
+    small = max(width, height) <= naive_max_side
+    naive = measure("naive", before, after, out) if small else None
+    megapixels = width * height / 1e6
     return {
-        "side": side,
+        "label": size_label(width, height),
         "megapixels": megapixels,
         "generate_seconds": generated,
         "engine": engine,
@@ -291,7 +302,7 @@ def report(results: list[dict[str, Any]], naive_max_side: int) -> tuple[str, boo
             else f"skipped (> {naive_max_side}^2) | - | - | -"
         )
         rows.append(
-            f"| {r['side']}^2 | {r['engine']['seconds']:.1f} | {r['engine_mpx_s']:.1f} "
+            f"| {r['label']} | {r['engine']['seconds']:.1f} | {r['engine_mpx_s']:.1f} "
             f"| {_mib(r['engine']['peak_rss_bytes'])} | {_mib(r['engine']['import_rss_bytes'])} "
             f"| {timings.get('read', 0):.1f} "
             f"| {timings.get('model', 0):.1f} | {timings.get('stitch', 0):.1f} "
@@ -303,7 +314,7 @@ def report(results: list[dict[str, Any]], naive_max_side: int) -> tuple[str, boo
         (f"peak RSS under 1 GiB at every size (max {_mib(max(peaks))} MiB)", max(peaks) < GIB),
         *[
             (
-                f"{r['side']}^2: throughput >= half the I/O floor "
+                f"{r['label']}: throughput >= half the I/O floor "
                 f"({r['engine_mpx_s']:.1f} vs {r['floor_mpx_s']:.1f} Mpx/s)",
                 r["engine_mpx_s"] >= 0.5 * r["floor_mpx_s"],
             )
@@ -312,14 +323,14 @@ def report(results: list[dict[str, Any]], naive_max_side: int) -> tuple[str, boo
     ]
     working = [p - r["engine"]["import_rss_bytes"] for p, r in zip(peaks, results, strict=True)]
     note = "note: RSS above the imports: " + ", ".join(
-        f"{r['side']}^2 {_mib(w)} MiB" for r, w in zip(results, working, strict=True)
+        f"{r['label']} {_mib(w)} MiB" for r, w in zip(results, working, strict=True)
     )
     if len(results) > 1:
         growth = peaks[-1] / peaks[0] - 1
         checks.append(
             (
-                f"peak RSS grows {growth * 100:.1f}% from {results[0]['side']}^2 to "
-                f"{results[-1]['side']}^2 (target < 20%)",
+                f"peak RSS grows {growth * 100:.1f}% from {results[0]['label']} to "
+                f"{results[-1]['label']} (target < 20%)",
                 growth < 0.20,
             )
         )
@@ -327,10 +338,20 @@ def report(results: list[dict[str, Any]], naive_max_side: int) -> tuple[str, boo
     return "\n".join(lines), all(ok for _, ok in checks)
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """``4096`` -> (4096, 4096); ``32768x2048`` -> (32768, 2048)."""
+    width, _, height = text.strip().lower().partition("x")
+    return int(width), int(height or width)
+
+
 def main() -> None:
     """Parse the command line and run the benchmark (or one child measurement)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="4096,8192,16384", help="comma-separated sides (px)")
+    parser.add_argument(
+        "--sizes",
+        default="4096,8192,16384",
+        help="comma-separated sides (px) of square scenes, or WIDTHxHEIGHT",
+    )
     parser.add_argument("--data", type=Path, default=Path("/tmp/mtrs-bench"), help="data folder")
     parser.add_argument(
         "--naive-max-side", type=int, default=8192, help="largest side the naive run tries"
@@ -345,11 +366,11 @@ def main() -> None:
         print(json.dumps(record))
         return
 
-    sides = [int(s) for s in args.sizes.split(",") if s.strip()]
+    shapes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     results = []
-    for side in sides:
-        print(f"running {side}^2 ...", file=sys.stderr, flush=True)
-        results.append(benchmark_size(side, args.data, args.naive_max_side))
+    for width, height in shapes:
+        print(f"running {size_label(width, height)} ...", file=sys.stderr, flush=True)
+        results.append(benchmark_size(width, height, args.data, args.naive_max_side))
     text, ok = report(results, args.naive_max_side)
     cpus = os.cpu_count()
     print(f"cva on CPU ({cpus} cores), tile {TILE}, overlap {OVERLAP}, batch {BATCH}\n")

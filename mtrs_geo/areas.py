@@ -8,10 +8,14 @@ edges of the source CRS keep their shape through the projection.
 
 from __future__ import annotations
 
+import math
+
 import geopandas as gpd
 import numpy as np
 import shapely
 from pyproj import CRS, Transformer
+
+from mtrs_geo.grid import Grid
 
 # Edges longer than this are densified before reprojection (source CRS units: metres or degrees).
 _DENSIFY_METRES = 500.0
@@ -43,7 +47,30 @@ def _is_metric(crs: CRS) -> bool:
 def _densify(geometry: np.ndarray, crs: CRS) -> np.ndarray:
     """Split long edges so they bend correctly when projected (a no-op for short pixel edges)."""
     step = _DENSIFY_DEGREES if crs.is_geographic else _DENSIFY_METRES / _unit_metres(crs)
-    return np.asarray(shapely.segmentize(geometry, step))
+    dense = np.array(geometry, dtype=object, copy=True)
+    long = _has_edge_longer_than(geometry, step)
+    dense[long] = shapely.segmentize(geometry[long], step)
+    return dense
+
+
+def _has_edge_longer_than(geometry: np.ndarray, step: float) -> np.ndarray:
+    """Which geometries have an edge longer than ``step`` (one vectorized pass over vertices)."""
+    # No edge is longer than its geometry's bounding-box diagonal: most pixel polygons are out.
+    west, south, east, north = shapely.bounds(geometry).T
+    candidates = np.flatnonzero(np.hypot(east - west, north - south) > step)
+    long = np.zeros(len(geometry), dtype=bool)
+    if candidates.size == 0:
+        return long
+    parts, part_of = shapely.get_parts(geometry[candidates], return_index=True)
+    rings, ring_of = shapely.get_rings(parts, return_index=True)
+    coords, vertex_of = shapely.get_coordinates(rings, return_index=True)
+    lengths = np.hypot(*np.diff(coords, axis=0).T)
+    same_ring = vertex_of[1:] == vertex_of[:-1]
+    over = lengths > step
+    long_ring = np.zeros(len(rings), dtype=bool)
+    long_ring[vertex_of[1:][same_ring & over]] = True
+    long[candidates[part_of[ring_of[long_ring]]]] = True
+    return long
 
 
 def _unit_metres(crs: CRS) -> float:
@@ -106,3 +133,30 @@ def filter_min_area(
     """Keep the rows whose ground area is >= ``min_area_m2``; return those rows and their areas."""
     keep = np.asarray(areas_m2) >= min_area_m2
     return gdf.loc[keep].reset_index(drop=True), np.asarray(areas_m2)[keep]
+
+
+def min_region_pixels(grid: Grid, min_area_m2: float, simplify_m: float = 0.0) -> int:
+    """Pixels a region of ``grid`` needs at the least to reach ``min_area_m2`` (0: no bound).
+
+    A conservative bound, for dropping speckle while polygons stream: the longest ground side
+    ``s`` of a pixel is taken from the ground areas of 3 x 3 pixels spread over the grid (and their
+    aspect ratio), plus 5%. Simplifying with tolerance ``t`` keeps a polygon within ``t`` of its
+    outline, so a region of ``n`` pixels ends at most ``n * (s^2 + 4 s t + pi t^2)`` square metres;
+    regions smaller than the returned count can never be kept.
+    """
+    if min_area_m2 <= 0:
+        return 0
+    t = grid.transform
+    cols = (0, grid.width // 2, grid.width - 1)
+    rows = (0, grid.height // 2, grid.height - 1)
+    pixels = [
+        shapely.Polygon([t @ (c, r), t @ (c + 1, r), t @ (c + 1, r + 1), t @ (c, r + 1)])
+        for r in rows
+        for c in cols
+    ]
+    areas = ground_areas(gpd.GeoDataFrame(geometry=pixels, crs=grid.crs))
+    res_x, res_y = math.hypot(t.a, t.d), math.hypot(t.b, t.e)
+    aspect = max(res_x, res_y) / min(res_x, res_y)
+    side = math.sqrt(float(areas.max()) * aspect) * 1.05
+    per_pixel = side * side + 4 * side * simplify_m + math.pi * simplify_m * simplify_m
+    return int(min_area_m2 // per_pixel)

@@ -24,7 +24,7 @@ import shapely
 from rasterio.windows import Window
 
 from mtrs_geo.align import AlignedReader
-from mtrs_geo.areas import ground_areas
+from mtrs_geo.areas import ground_areas, min_region_pixels
 from mtrs_geo.config import DetectConfig
 from mtrs_geo.device import parse_device
 from mtrs_geo.errors import Cancelled, InputError
@@ -401,6 +401,7 @@ def _detect(
         vectorizer = StreamingVectorizer(
             grid.width, grid.height, grid.transform, grid.crs, config.threshold,
             PROBABILITY_BLOCK, panels=panels,
+            min_pixels=min_region_pixels(grid, config.min_area, config.simplify),
         )  # fmt: skip
 
         def vectorize_rows(first_row: int, first_col: int, rows: np.ndarray) -> None:

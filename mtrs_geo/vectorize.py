@@ -409,6 +409,9 @@ class StreamingVectorizer:
             :func:`polygons_from_probability` does.
         panels: the column panels rows come in (:func:`mtrs_geo.grid.panel_layout`); ``None``:
             one panel as wide as the raster.
+        min_pixels: regions of fewer pixels are dropped as soon as they are finished (a region
+            cut by a panel seam waits for its other side); 0 keeps every region. Memory then
+            follows the regions kept, not the speckle.
 
     """
 
@@ -423,8 +426,10 @@ class StreamingVectorizer:
         nodata: float = PROBABILITY_NODATA,
         block_rows: int | None = None,
         panels: Sequence[Panel] | None = None,
+        min_pixels: int = 0,
     ) -> None:
         self.height = height
+        self.min_pixels = min_pixels
         self.transform = transform
         self.crs = crs
         self.threshold, self.nodata = threshold, nodata
@@ -457,7 +462,8 @@ class StreamingVectorizer:
             regions = join_at_seam(self._pending, at_left, left_seam) + inside
         last = self._panel + 1 == len(self.panels)
         self._pending = [] if last else [r for r in regions if _right_edge(r) == right_seam]
-        self._regions.extend(r for r in regions if last or _right_edge(r) != right_seam)
+        finished = (r for r in regions if last or _right_edge(r) != right_seam)
+        self._regions.extend(r for r in finished if r[2] >= self.min_pixels)
         self._panel_regions = []
 
     def add_rows(self, row_offset: int, values: np.ndarray, col_offset: int = 0) -> None:
@@ -487,8 +493,24 @@ class StreamingVectorizer:
             self._row += count
             if self._row == stop:
                 strip = self._buffer[: stop - start, :width]
-                self._panel_regions.extend(self._merger.add(start, strip))
+                self._panel_regions.extend(self._kept(self._merger.add(start, strip)))
                 self._strip += 1
+
+    def _kept(self, regions: Iterable[Region]) -> Iterator[Region]:
+        """Leave out regions under ``min_pixels`` that no panel seam can make larger."""
+        if self.min_pixels <= 0:
+            yield from regions
+            return
+        panel = self.panels[self._panel]
+        left = panel.col_off if self._panel > 0 else None
+        right = panel.col_off + panel.own_width if self._panel + 1 < len(self.panels) else None
+        for region in regions:
+            if region[2] >= self.min_pixels:
+                yield region
+                continue
+            west, _, east, _ = shapely.bounds(region[0])
+            if west == left or east == right:
+                yield region  # it may still join a region across the seam
 
     def result(self) -> gpd.GeoDataFrame:
         """Return the polygons as :func:`polygons_from_probability` does (all rows must be in)."""

@@ -6,9 +6,12 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
+from affine import Affine
 from pyproj import Geod
+from rasterio.crs import CRS
 
-from mtrs_geo.areas import filter_min_area, ground_areas, simplify_metres
+from mtrs_geo.areas import filter_min_area, ground_areas, min_region_pixels, simplify_metres
+from mtrs_geo.grid import Grid
 
 GEOD = Geod(ellps="WGS84")
 
@@ -110,3 +113,43 @@ def test_min_area_filter_keeps_polygons_at_or_above_the_limit() -> None:
     kept, areas = filter_min_area(frame, np.array([50.0, 100.0, 150.0]), 100.0)
     assert kept["k"].tolist() == [2, 3]
     assert areas.tolist() == [100.0, 150.0]
+
+
+@pytest.mark.parametrize(
+    ("crs", "transform"),
+    [
+        ("EPSG:32633", Affine(10, 0, 500_000, 0, -10, 5_000_000)),
+        ("EPSG:3857", Affine(10, 0, 1_600_000, 0, -10, 6_000_000)),  # ~0.65 m on the ground
+        ("EPSG:4326", Affine(0.0001, 0, 14.0, 0, -0.0001, 45.0)),
+    ],
+)
+def test_regions_under_the_pixel_bound_can_never_reach_the_minimum_area(
+    crs: str, transform: Affine
+) -> None:
+    grid = Grid(CRS.from_string(crs), transform, 400, 300)
+    assert min_region_pixels(grid, 0.0) == 0
+    for simplify in (0.0, 5.0):
+        needed = min_region_pixels(grid, 5000.0, simplify)
+        assert needed > 0
+        # The largest region one pixel short of the bound, simplified, stays under the minimum:
+        # a row of pixels (the longest outline) at the grid's corner, buffered by the tolerance.
+        row = shapely.box(*(transform @ (0, 0)), *(transform @ (needed - 1, 1)))
+        frame = gpd.GeoDataFrame(geometry=[row], crs=crs)
+        if simplify:
+            metric = frame.to_crs(frame.estimate_utm_crs())
+            frame = gpd.GeoDataFrame(geometry=metric.buffer(simplify), crs=metric.crs)
+        assert ground_areas(frame)[0] < 5000.0
+    # A region as large as the bound in pixels may reach it (the bound is not far off).
+    pixel = shapely.box(*(transform @ (0, 1)), *(transform @ (1, 0)))
+    one = ground_areas(gpd.GeoDataFrame(geometry=[pixel], crs=crs))[0]
+    assert min_region_pixels(grid, 5000.0) * one > 0.8 * 5000.0
+
+
+def test_only_geometries_with_a_long_edge_are_densified() -> None:
+    from mtrs_geo.areas import _has_edge_longer_than
+
+    fine = shapely.segmentize(shapely.box(0, 0, 900, 900), 10)  # 900 across, every edge 10 long
+    long_hole = fine.difference(shapely.box(100, 100, 800, 120))  # a hole with 700-long edges
+    multi = shapely.MultiPolygon([shapely.box(0, 0, 1, 1), shapely.box(0, 10, 600, 11)])
+    geometries = np.array([shapely.box(0, 0, 5, 5), long_hole, fine, multi, shapely.Polygon()])
+    assert _has_edge_longer_than(geometries, 500.0).tolist() == [False, True, False, True, False]

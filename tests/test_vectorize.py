@@ -281,3 +281,25 @@ def test_rows_of_the_next_panel_wait_until_the_panel_is_complete() -> None:
     streamer.add_rows(0, np.zeros((4, 4), dtype=np.float32))
     with pytest.raises(ValueError, match="panel by panel"):
         streamer.add_rows(0, np.zeros((4, 4), dtype=np.float32), 4)
+
+
+def test_small_regions_are_dropped_while_streaming_but_not_halves_cut_by_a_seam() -> None:
+    values = noisy_field(101, 57, seed=11)
+    # A region of 2 x 8 pixels cut in two halves of 8 by the seam at column 32.
+    values[90:92, 20:50] = 0.0
+    values[90:92, 28:36] = 0.9
+    one_pass = StreamingVectorizer(57, 101, Affine.identity(), None, 0.55, 16)
+    one_pass.add_rows(0, values)
+    expected = one_pass.result()
+    panels = [Panel(0, 36, 32, ()), Panel(32, 25, 25, ())]
+    streamer = StreamingVectorizer(
+        57, 101, Affine.identity(), None, 0.55, 16, panels=panels, min_pixels=12
+    )
+    for panel in panels:
+        own = values[:, panel.col_off : panel.col_off + panel.own_width].copy()
+        streamer.add_rows(0, own, panel.col_off)
+    result = streamer.result()
+    kept = expected[expected["pixel_count"] >= 12]
+    assert 0 < len(kept) < len(expected)
+    assert sorted(result["pixel_count"]) == sorted(kept["pixel_count"])
+    assert 16 in set(result["pixel_count"])  # the two halves of 8, joined across the seam
