@@ -156,7 +156,7 @@ class MTRefSegChangeModel(TorchChangeModel):
             )
         height, width = before.shape[-2:]
         pad_h, pad_w = max(MIN_TILE - height, 0), max(MIN_TILE - width, 0)
-        pair = torch.cat([before, after], 0).to(self.torch_device, torch.float32)
+        pair = torch.cat([before, after], 0).float()  # already on the device (the base class)
         if pad_h or pad_w:
             pair = F.pad(pair, (0, pad_w, 0, pad_h), mode="replicate")
         pair = pair.contiguous(memory_format=torch.channels_last)

@@ -302,17 +302,13 @@ def panel_layout(windows: list[Window], scene_width: int, panel_width: int) -> l
             groups[-1].append(col)
         else:
             groups.append([col])
+    panel_of = {col: number for number, group in enumerate(groups) for col in group}
+    members: list[list[Window]] = [[] for _ in groups]
+    for window in windows:  # one pass; row-major order is kept inside each panel
+        members[panel_of[int(window.col_off)]].append(window)
     panels = []
     for number, group in enumerate(groups):
         first, end = group[0], right[group[-1]]
         own_end = groups[number + 1][0] if number + 1 < len(groups) else scene_width
-        members = set(group)
-        panels.append(
-            Panel(
-                col_off=first,
-                width=end - first,
-                own_width=own_end - first,
-                windows=tuple(w for w in windows if int(w.col_off) in members),
-            )
-        )
+        panels.append(Panel(first, end - first, own_end - first, tuple(members[number])))
     return panels

@@ -232,9 +232,9 @@ def _pair_samples(
 ) -> tuple[Samples, BandStats, Samples, BandStats]:
     """:func:`_scene_samples` of both images, the before image's in a second thread.
 
-    The seeded windows start on the before image's block corners when it is read on the grid's
-    lattice (each decodes one block). Each thread opens its own dataset handles; GDAL decodes
-    without the GIL, so the two images' sample reads overlap.
+    When the before image is read on the grid's lattice, each seeded window lies inside one of its
+    file blocks where blocks are large enough (one block decoded per window). Each thread opens its
+    own dataset handles; GDAL decodes without the GIL, so the two images' sample reads overlap.
     """
     block, origin = (1, 1), (0, 0)
     if same_lattice(before.grid, grid):

@@ -96,6 +96,7 @@ class StripStitcher:
         self._on_rows = on_rows
         self.grid = grid
         self.panels = list(panels) if panels else [Panel(0, grid.width, grid.width, ())]
+        self._panel_starts = [panel.col_off for panel in self.panels]
         self.weights = blend_weights(tile_size, overlap)
         self._strip_height = min(grid.height, tile_size)
         widest = max(panel.width for panel in self.panels)
@@ -148,8 +149,7 @@ class StripStitcher:
 
     def _panel_of(self, col_off: int) -> int:
         """Index of the panel whose tile columns start at or before ``col_off`` (the last such)."""
-        starts = [panel.col_off for panel in self.panels]
-        return max(0, bisect.bisect_right(starts, col_off) - 1)
+        return max(0, bisect.bisect_right(self._panel_starts, col_off) - 1)
 
     def _begin_panel(self, index: int) -> None:
         """Start panel ``index``: an empty strip, its first columns seeded from the carry."""

@@ -47,6 +47,8 @@ class TorchChangeModel(ChangeModel):
 
     def calibrate(self, before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> None:
         """Hand the scene-wide samples to :meth:`calibrate_tensors` on the model's device."""
+        if type(self).calibrate_tensors is TorchChangeModel.calibrate_tensors:
+            return  # the model sees no scene statistics: nothing to move to the device
         with torch.inference_mode(), autocast_context(self.torch_device):
             self.calibrate_tensors(
                 self._tensor(before),

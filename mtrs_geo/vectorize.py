@@ -380,12 +380,15 @@ def join_at_seam(left: list[Region], right: list[Region], seam: int) -> list[Reg
     return joined
 
 
-def _left_edge(region: Region) -> float:
-    return float(shapely.bounds(region[0])[0])
+def _edges(regions: list[Region]) -> tuple[np.ndarray, np.ndarray]:
+    """West and east pixel edges of each region (one vectorized call)."""
+    bounds = shapely.bounds(np.asarray([r[0] for r in regions], dtype=object)).reshape(-1, 4)
+    return bounds[:, 0], bounds[:, 2]
 
 
-def _right_edge(region: Region) -> float:
-    return float(shapely.bounds(region[0])[2])
+def _subset(regions: list[Region], keep: np.ndarray) -> list[Region]:
+    """Return the regions where ``keep`` is true, in order."""
+    return [region for region, kept in zip(regions, keep, strict=True) if kept]
 
 
 class StreamingVectorizer:
@@ -396,6 +399,7 @@ class StreamingVectorizer:
     same strips (:func:`strip_bounds`), so memory is one strip. With ``panels`` the rows come panel
     by panel (each panel's own columns, top to bottom); regions cut by a panel seam are joined
     when the panel right of it is done (:func:`join_at_seam`): the same regions, in another order.
+    With ``min_pixels``, the regions of that table with at least so many pixels.
 
     Args:
         width: raster width (pixels).
@@ -457,13 +461,14 @@ class StreamingVectorizer:
         left_seam, right_seam = panel.col_off, panel.col_off + panel.own_width
         regions = self._panel_regions
         if self._pending:
-            at_left = [r for r in regions if _left_edge(r) == left_seam]
-            inside = [r for r in regions if _left_edge(r) != left_seam]
-            regions = join_at_seam(self._pending, at_left, left_seam) + inside
+            at_left = _edges(regions)[0] == left_seam
+            joined = join_at_seam(self._pending, _subset(regions, at_left), left_seam)
+            regions = joined + _subset(regions, ~at_left)
         last = self._panel + 1 == len(self.panels)
-        self._pending = [] if last else [r for r in regions if _right_edge(r) == right_seam]
-        finished = (r for r in regions if last or _right_edge(r) != right_seam)
-        self._regions.extend(r for r in finished if r[2] >= self.min_pixels)
+        at_right = np.zeros(len(regions), dtype=bool) if last else _edges(regions)[1] == right_seam
+        self._pending = _subset(regions, at_right)
+        large = np.fromiter((r[2] >= self.min_pixels for r in regions), bool, len(regions))
+        self._regions.extend(_subset(regions, ~at_right & large))
         self._panel_regions = []
 
     def add_rows(self, row_offset: int, values: np.ndarray, col_offset: int = 0) -> None:
@@ -501,16 +506,14 @@ class StreamingVectorizer:
         if self.min_pixels <= 0:
             yield from regions
             return
+        regions = list(regions)
         panel = self.panels[self._panel]
-        left = panel.col_off if self._panel > 0 else None
-        right = panel.col_off + panel.own_width if self._panel + 1 < len(self.panels) else None
-        for region in regions:
-            if region[2] >= self.min_pixels:
-                yield region
-                continue
-            west, _, east, _ = shapely.bounds(region[0])
-            if west == left or east == right:
-                yield region  # it may still join a region across the seam
+        west, east = _edges(regions)
+        # A small region on a seam may still join a region across it.
+        on_seam = (west == panel.col_off) & (self._panel > 0)
+        on_seam |= (east == panel.col_off + panel.own_width) & (self._panel + 1 < len(self.panels))
+        large = np.fromiter((r[2] >= self.min_pixels for r in regions), bool, len(regions))
+        yield from _subset(regions, large | on_seam)
 
     def result(self) -> gpd.GeoDataFrame:
         """Return the polygons as :func:`polygons_from_probability` does (all rows must be in)."""

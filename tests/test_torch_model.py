@@ -59,3 +59,17 @@ def test_the_session_leaves_a_core_to_the_reader_on_the_cpu(
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(previous)
+
+
+def test_a_model_without_calibration_gets_no_samples_moved() -> None:
+    class Plain(TorchChangeModel):
+        info = ModelInfo("plain", "test model", False, None, "-")
+
+        def predict_tensors(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+            return (after - before)[:, 0]
+
+    model = Plain().to("cpu")
+    sentinel = np.zeros((1, 3, 2, 2), dtype=np.float32)
+    # Arrays that could not even become tensors: calibrate must not touch them.
+    model.calibrate(sentinel, sentinel, np.array([[["not", "bool"]]], dtype=object))
+    assert model.predict(sentinel, sentinel + 1).tolist() == [[[1.0, 1.0], [1.0, 1.0]]]
