@@ -183,23 +183,37 @@ def build_command(
 
 @craft.command("audit")
 @click.argument("dataset", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--auditor", default=None, help="Your name [default: $MTRS_AUDITOR or the login].")
+@click.option(
+    "--auditor",
+    "auditors",
+    multiple=True,
+    help="Who audits (repeatable: one private link each) [default: $MTRS_AUDITOR or the login].",
+)
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free."
 )
 @click.option("--db", type=click.Path(path_type=Path, dir_okay=False), default=None)
 @click.option("--open-browser/--no-browser", default=False, show_default=True)
 def audit_command(
-    dataset: Path, auditor: str | None, port: int, db: Path | None, open_browser: bool
+    dataset: Path, auditors: tuple[str, ...], port: int, db: Path | None, open_browser: bool
 ) -> None:
-    """Serve the audit page for DATASET on 127.0.0.1 (Ctrl+C stops it; decisions are kept)."""
-    from mtrs_geo.craft.audit_app import HOST, make_audit_server
+    """Serve the audit page for DATASET on 127.0.0.1 (Ctrl+C stops it; decisions are kept).
 
-    server = make_audit_server(dataset, auditor or _default_auditor(), port=port, db_path=db)
-    url = f"http://{HOST}:{server.server_port}/"
-    click.echo(f"Auditing {dataset} at {url} (Ctrl+C to stop)")
+    Each auditor gets a link with a secret token, new at every start: the link is the auditor's
+    identity, so give each one only their own.
+    """
+    from mtrs_geo.craft.audit_app import audit_links, make_audit_server
+
+    names = list(auditors) or [_default_auditor()]
+    server = make_audit_server(dataset, names, port=port, db_path=db)
+    links = audit_links(server)
+    for name, url in links.items():
+        click.echo(f"Auditing {dataset} as {name} at {url}")
+    click.echo(
+        "Ctrl+C stops the server. Each link signs decisions as its auditor: keep it private."
+    )
     if open_browser:
-        threading.Timer(0.5, webbrowser.open, args=(url,)).start()
+        threading.Timer(0.5, webbrowser.open, args=(next(iter(links.values())),)).start()
     try:
         server.serve_forever()
     finally:

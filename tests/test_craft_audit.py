@@ -1,4 +1,8 @@
-"""The audit app's API, its decision store and mtrs craft export."""
+"""The audit app's API, its decision store and mtrs craft export.
+
+The server's defences (host, origin, tokens, request types and sizes) are pinned in
+``test_issue11_audit_server.py``.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,21 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from fixtures_craft.builders import make_semantic
+from flask import Flask
 from PIL import Image
+from werkzeug.test import TestResponse
 
 from mtrs_geo.cli.craft import craft
-from mtrs_geo.craft.audit_app import create_app, make_audit_server
+from mtrs_geo.craft.audit_app import TOKEN_HEADER, audit_links, create_app, make_audit_server
 from mtrs_geo.craft.audit_store import DecisionStore, load_items
 from mtrs_geo.craft.builder import BuildOptions, build
 from mtrs_geo.craft.export import export
@@ -28,8 +36,8 @@ from mtrs_geo.craft.sources import SourceOptions
 from mtrs_geo.errors import InputError
 
 
-@pytest.fixture()
-def dataset(tmp_path: Path) -> Path:
+def build_audit_dataset(tmp_path: Path) -> Path:
+    """A small CRAFT dataset (semantic layout) under ``tmp_path/dataset``."""
     make_semantic(tmp_path / "input")
     out = tmp_path / "dataset"
     options = BuildOptions(SourceOptions("semantic"), seed=1, max_expressions=5)
@@ -37,27 +45,55 @@ def dataset(tmp_path: Path) -> Path:
     return out
 
 
-def _post(client, **payload):  # noqa: ANN001, ANN202 - Flask test client
-    return client.post("/api/decision", json=payload)
+@pytest.fixture()
+def dataset(tmp_path: Path) -> Path:
+    return build_audit_dataset(tmp_path)
+
+
+PORT = 8765
+
+
+class AuditPage:
+    """One auditor's page: requests to 127.0.0.1:PORT carrying that auditor's token."""
+
+    def __init__(self, app: Flask, auditor: str, host: str = f"127.0.0.1:{PORT}") -> None:
+        self.client = app.test_client()
+        self.base_url = f"http://{host}"
+        self.headers = {TOKEN_HEADER: app.config["AUDIT_TOKENS"][auditor]}
+
+    def get(self, path: str, **kwargs: Any) -> TestResponse:
+        """GET with the token header."""
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return self.client.get(path, base_url=self.base_url, headers=headers, **kwargs)
+
+    def post(self, path: str = "/api/decision", **kwargs: Any) -> TestResponse:
+        """POST (a decision by default) with the token header."""
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return self.client.post(path, base_url=self.base_url, headers=headers, **kwargs)
+
+    def decide(self, **payload: Any) -> TestResponse:
+        """POST one decision as JSON."""
+        return self.post(json=payload)
+
+
+def _page(dataset: Path, auditor: str = "ann") -> AuditPage:
+    return AuditPage(create_app(dataset, auditor, port=PORT), auditor)
 
 
 def test_two_auditors_keep_their_own_decisions(dataset: Path) -> None:
-    app = create_app(dataset, "ann")
-    client = app.test_client()
-    first = client.get("/api/items").get_json()
+    app = create_app(dataset, ["ann", "bob"], port=PORT)
+    ann_page, bob_page = AuditPage(app, "ann"), AuditPage(app, "bob")
+    first = ann_page.get("/api/items").get_json()
     assert first["auditor"] == "ann" and first["progress"]["done"] == 0
     item = first["items"][0]["id"]
-    assert _post(client, item=item, decision="accept").status_code == 200
-    assert (
-        _post(client, item=item, decision="reject", reason="wrong", auditor="bob").status_code
-        == 200
-    )
-    ann = {i["id"]: i for i in client.get("/api/items").get_json()["items"]}
-    bob = {i["id"]: i for i in client.get("/api/items?auditor=bob").get_json()["items"]}
+    assert ann_page.decide(item=item, decision="accept").status_code == 200
+    assert bob_page.decide(item=item, decision="reject", reason="wrong").status_code == 200
+    ann = {i["id"]: i for i in ann_page.get("/api/items").get_json()["items"]}
+    bob = {i["id"]: i for i in bob_page.get("/api/items").get_json()["items"]}
     assert ann[item]["status"] == "accepted"
     assert bob[item]["status"] == "rejected" and bob[item]["reason"] == "wrong"
     # a later decision by ann replaces only ann's
-    _post(client, item=item, decision="edit", text="the new buildings")
+    ann_page.decide(item=item, decision="edit", text="the new buildings")
     latest = DecisionStore(dataset / "audit.sqlite").latest()
     assert latest[("ann", item)].decision == "edit"
     assert latest[("bob", item)].decision == "reject"
@@ -65,24 +101,24 @@ def test_two_auditors_keep_their_own_decisions(dataset: Path) -> None:
 
 
 def test_bad_decisions_are_refused_with_a_message(dataset: Path) -> None:
-    client = create_app(dataset, "ann").test_client()
-    item = client.get("/api/items").get_json()["items"][0]["id"]
-    assert "reason" in _post(client, item=item, decision="reject").get_json()["error"]
-    assert "text" in _post(client, item=item, decision="edit", text=" ").get_json()["error"]
-    assert _post(client, item=item, decision="delete").status_code == 400
-    assert _post(client, item="nope/0", decision="accept").status_code == 404
-    assert client.get("/api/items").get_json()["progress"]["done"] == 0
+    page = _page(dataset)
+    item = page.get("/api/items").get_json()["items"][0]["id"]
+    assert "reason" in page.decide(item=item, decision="reject").get_json()["error"]
+    assert "text" in page.decide(item=item, decision="edit", text=" ").get_json()["error"]
+    assert page.decide(item=item, decision="delete").status_code == 400
+    assert page.decide(item="nope/0", decision="accept").status_code == 404
+    assert page.get("/api/items").get_json()["progress"]["done"] == 0
 
 
 def test_filters_progress_and_images(dataset: Path) -> None:
-    client = create_app(dataset, "ann").test_client()
+    client = _page(dataset)
     data = client.get("/api/items").get_json()
     items = data["items"]
     kinds = data["kinds"]
     assert "class" in kinds
-    _post(client, item=items[0]["id"], decision="accept")
-    _post(client, item=items[1]["id"], decision="reject", reason="ambiguous")
-    _post(client, item=items[2]["id"], decision="skip")
+    client.decide(item=items[0]["id"], decision="accept")
+    client.decide(item=items[1]["id"], decision="reject", reason="ambiguous")
+    client.decide(item=items[2]["id"], decision="skip")
     progress = client.get("/api/items").get_json()["progress"]
     assert progress == {
         "total": len(items), "done": 2, "left": len(items) - 2, "accepted_share": 0.5,
@@ -112,6 +148,8 @@ def test_server_binds_loopback_only(dataset: Path) -> None:
     server = make_audit_server(dataset, "ann", port=0)
     try:
         assert server.server_address[0] == "127.0.0.1" and server.server_port > 0
+        [link] = audit_links(server).values()
+        assert re.fullmatch(rf"http://127\.0\.0\.1:{server.server_port}/\?token=[\w-]{{40,}}", link)
     finally:
         server.server_close()
 
@@ -128,14 +166,18 @@ def test_a_decision_survives_a_killed_server(dataset: Path) -> None:
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
-        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
-        assert url, line
-        items = json.load(urllib.request.urlopen(url.group(0) + "api/items", timeout=10))
+        url = re.search(r"(http://127\.0\.0\.1:\d+/)\?token=([\w-]+)", line)
+        assert url and " as kim " in line, line
+        base, token = url.groups()
+        with pytest.raises(urllib.error.HTTPError, match="403"):  # no token, no data
+            urllib.request.urlopen(base + "api/items", timeout=10)
+        listing = urllib.request.Request(base + "api/items", headers={TOKEN_HEADER: token})
+        items = json.load(urllib.request.urlopen(listing, timeout=10))
         item = items["items"][0]["id"]
         request = urllib.request.Request(
-            url.group(0) + "api/decision",
+            base + "api/decision",
             data=json.dumps({"item": item, "decision": "accept"}).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", TOKEN_HEADER: token},
         )
         assert (
             json.load(urllib.request.urlopen(request, timeout=10))["item"]["status"] == "accepted"

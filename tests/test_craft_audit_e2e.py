@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fixtures_craft.builders import make_semantic
 
-from mtrs_geo.craft.audit_app import make_audit_server
+from mtrs_geo.craft.audit_app import audit_links, make_audit_server
 from mtrs_geo.craft.audit_store import DecisionStore, load_items
 from mtrs_geo.craft.builder import BuildOptions, build
 from mtrs_geo.craft.export import export
@@ -55,7 +55,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}/", dataset
+        yield audit_links(server)["e2e"], dataset  # http://127.0.0.1:PORT/?token=...
     finally:
         server.shutdown()
         server.server_close()
@@ -74,8 +74,11 @@ def test_accept_edit_reject_then_reload_and_export(
         browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
+            page.goto(url.partition("?")[0])  # the link without its token shows nothing
+            expect(page.locator("body")).to_contain_text("token")
             page.goto(url)
             page.wait_for_selector("body[data-ready='1']")
+            expect(page.locator("#auditor")).to_have_text("e2e")
             expect(page.locator("#expression")).to_have_text(items[0].text)
             overlay = page.locator("#img-overlay")
             expect(overlay).to_have_attribute("src", re.compile(r"^/image/overlay\?item="))

@@ -21,6 +21,7 @@ from mtrs_geo.errors import InputError
 EXPRESSION_DIR = "referring_expression"
 DECISIONS = ("accept", "reject", "edit", "skip")
 DB_NAME = "audit.sqlite"
+MAX_TEXT_CHARS = 1000  # an edited expression or a rejection reason; real ones are a line
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -159,10 +160,15 @@ class DecisionStore:
         """Append one decision and commit it before returning.
 
         Raises:
-            InputError: an unknown decision, an empty auditor name, an edit without text or a
-                rejection without a reason.
+            InputError: an unknown decision, an empty auditor name, an edit without text, a
+                rejection without a reason, or a text or reason over ``MAX_TEXT_CHARS``.
 
         """
+        for label, value in (("edit text", text), ("reason", reason)):
+            if value is not None and len(value) > MAX_TEXT_CHARS:
+                raise InputError(
+                    f"the {label} has {len(value)} characters; the limit is {MAX_TEXT_CHARS}"
+                )
         auditor = auditor.strip()
         if not auditor:
             raise InputError("auditor name is empty")

@@ -1,13 +1,26 @@
 // CRAFT audit page: one triplet at a time, keyboard-driven; every decision is POSTed at once.
+// The page's link carries the auditor's secret token (?token=...): every API call sends it in the
+// X-Audit-Token header, images in their URL; the server knows the auditor from the token.
 "use strict";
 
+const token = new URLSearchParams(window.location.search).get("token") || "";
 const state = { items: [], position: 0, auditor: "" };
 const $ = (id) => document.getElementById(id);
 
-function query(params) {
-  const search = new URLSearchParams(params);
-  search.set("auditor", state.auditor);
-  return search.toString();
+async function api(path, options = {}) {
+  const headers = { ...(options.headers || {}), "X-Audit-Token": token };
+  const response = await fetch(path, { ...options, headers });
+  let data = {};
+  try {
+    data = await response.json();
+  } catch (error) {
+    data = {};
+  }
+  return { ok: response.ok, status: response.status, data };
+}
+
+function imageUrl(kind, id) {
+  return `/image/${kind}?item=${encodeURIComponent(id)}&token=${encodeURIComponent(token)}`;
 }
 
 function showMessage(text) {
@@ -37,10 +50,9 @@ function render() {
     for (const id of ["img-before", "img-after", "img-overlay"]) $(id).removeAttribute("src");
     return;
   }
-  const id = encodeURIComponent(item.id);
-  $("img-before").src = `/image/before?item=${id}`;
-  $("img-after").src = `/image/after?item=${id}`;
-  $("img-overlay").src = `/image/overlay?item=${id}`;
+  $("img-before").src = imageUrl("before", item.id);
+  $("img-after").src = imageUrl("after", item.id);
+  $("img-overlay").src = imageUrl("overlay", item.id);
   $("position").textContent = `${state.position + 1} / ${state.items.length} · ${item.id}`;
   $("kind").textContent = item.kind || "?";
   $("status").textContent = item.status;
@@ -52,8 +64,11 @@ function render() {
 
 async function load(keepId) {
   const params = { status: $("filter-status").value, kind: $("filter-kind").value };
-  const response = await fetch(`/api/items?${query(params)}`);
-  const data = await response.json();
+  const { ok, status, data } = await api(`/api/items?${new URLSearchParams(params)}`);
+  if (!ok) {
+    showMessage(data.error || `error ${status}`);
+    return;
+  }
   state.items = data.items;
   const kinds = $("filter-kind");
   if (kinds.options.length === 1) {
@@ -73,15 +88,14 @@ async function load(keepId) {
 async function decide(decision, extra) {
   const item = current();
   if (!item) return;
-  const body = { item: item.id, decision, auditor: state.auditor, ...extra };
-  const response = await fetch("/api/decision", {
+  const body = { item: item.id, decision, ...extra };
+  const { ok, status, data } = await api("/api/decision", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify(body),
   });
-  const data = await response.json();
-  if (!response.ok) {
-    showMessage(data.error || `error ${response.status}`);
+  if (!ok) {
+    showMessage(data.error || `error ${status}`);
     return;
   }
   showMessage("");
@@ -164,16 +178,16 @@ $("btn-prev").addEventListener("click", () => move(-1));
 $("btn-next").addEventListener("click", () => move(1));
 $("filter-status").addEventListener("change", () => load(null));
 $("filter-kind").addEventListener("change", () => load(null));
-$("auditor").addEventListener("change", () => {
-  state.auditor = $("auditor").value.trim();
-  localStorage.setItem("mtrs-auditor", state.auditor);
-  load(null);
-});
-
 async function start() {
-  const info = await (await fetch("/api/whoami")).json();
-  state.auditor = localStorage.getItem("mtrs-auditor") || info.auditor;
-  $("auditor").value = state.auditor;
+  const { ok, status, data } = await api("/api/whoami");
+  if (!ok) {
+    $("progress-text").textContent = "";
+    showMessage(data.error || `error ${status}`);
+    document.body.dataset.ready = "0";
+    return;
+  }
+  state.auditor = data.auditor;
+  $("auditor").textContent = state.auditor;
   await load(null);
   document.body.dataset.ready = "1";
 }
