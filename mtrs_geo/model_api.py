@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import importlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,8 @@ class ChangeModel(abc.ABC):
 
     info: ModelInfo
     device: str = "cpu"  # where the model runs, as torch names it ("cpu", "cuda:0", ...)
+    # True: the engine streams every tile of the scene through calibrate_scene() before predicting.
+    scene_pass: bool = False
 
     def to(self, device: str) -> ChangeModel:
         """Run on ``device`` (``auto | cpu | cuda[:N] | mps``) and return the model.
@@ -53,7 +55,7 @@ class ChangeModel(abc.ABC):
         """
         if parse_device(device) not in ("auto", "cpu"):
             raise InputError(
-                f"model {self.info.name!r} runs on the CPU only: use --device auto or cpu"
+                f"model {self.info.name!r} runs on the CPU only: choose device auto or cpu"
             )
         self.device = "cpu"
         return self
@@ -73,6 +75,16 @@ class ChangeModel(abc.ABC):
 
         Models whose output depends on scene statistics (a global threshold, say) fix them here so
         that every tile is predicted the same way and tiles stitch without seams.
+        """
+
+    def calibrate_scene(  # noqa: B027 - optional hook
+        self, batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    ) -> None:
+        """See every tile of the scene once, as ``(before, after, valid)`` batches (``scene_pass``).
+
+        Called after :meth:`calibrate` and before the first :meth:`predict`, only for models whose
+        ``scene_pass`` is True: a statistic of the whole scene (a histogram) costs a streamed read
+        of the scene, in constant memory. The arrays are only valid during one iteration.
         """
 
     @abc.abstractmethod

@@ -41,7 +41,7 @@ from mtrs_geo.model_api import ChangeModel, ModelInfo, load_model, model_info, r
 from mtrs_geo.normalize import BandStats
 from mtrs_geo.read import RasterInfo, check_pair, open_raster, read_overview_sample, sample_stats
 from mtrs_geo.stitch import PROBABILITY_BLOCK, StripStitcher
-from mtrs_geo.tiling import TileStream, prepare_tile_into
+from mtrs_geo.tiling import TileStream, prepare_tile_into, scene_batches
 from mtrs_geo.vectorize import StreamingVectorizer
 from mtrs_geo.write import (
     change_table,
@@ -393,6 +393,14 @@ def _detect(
         model.prepare(None if config.any_change or not query else query)
         _calibrate(model, samples_b, samples_a, stats_b, stats_a)
         del samples_b, samples_a  # scene samples are done with; do not hold them through the run
+        if model.scene_pass:  # a streamed first pass over the whole scene (cva's histogram)
+            model.calibrate_scene(
+                scene_batches(
+                    before, after, grid, config.tile_size, config.batch_size,
+                    stats_b, stats_a, config.panel_width, cancel,
+                )  # fmt: skip
+            )
+            _check_cancel(cancel)
         timings["setup"] = time.perf_counter() - start
 
         # Polygons are built from the stitched rows as they are finished; the probability raster

@@ -20,7 +20,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from mtrs_geo.align import AlignedReader
-from mtrs_geo.grid import Grid
+from mtrs_geo.grid import Grid, check_tiling, panel_layout
 from mtrs_geo.normalize import BandStats, percentile_stretch
 from mtrs_geo.read import RasterInfo
 
@@ -285,3 +285,37 @@ class TileStream:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+def scene_batches(
+    before: RasterInfo,
+    after: RasterInfo,
+    grid: Grid,
+    tile_size: int,
+    batch_size: int,
+    stats_before: BandStats,
+    stats_after: BandStats,
+    panel_width: int,
+    stop: threading.Event | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Every pixel of the grid once, as normalized ``(before, after, valid)`` batches.
+
+    A first, streamed pass over the scene for scene-wide statistics (tiles without overlap, panel by
+    panel like the run itself; memory is one batch and the prefetch queue). Stops early, without
+    error, once ``stop`` is set. The arrays are reused from batch to batch.
+    """
+    check_tiling(tile_size, 0)
+    windows = [
+        Window(col, row, min(tile_size, grid.width - col), min(tile_size, grid.height - row))
+        for row in range(0, grid.height, tile_size)
+        for col in range(0, grid.width, tile_size)
+    ]
+    ordered = [w for panel in panel_layout(windows, grid.width, panel_width) for w in panel.windows]
+    stream = TileStream(before, after, grid, ordered, tile_size, batch_size)
+    try:
+        for batch in stream.batches(stats_before, stats_after):
+            if stop is not None and stop.is_set():
+                return
+            yield batch.before, batch.after, batch.valid
+    finally:
+        stream.close()

@@ -2,14 +2,18 @@
 
 The change magnitude of a pixel is the length of its spectral change vector on the normalized bands,
 divided by the square root of the band count (so it stays in [0, 1] for any band count). Otsu's
-threshold is computed ONCE, from the scene-wide calibration samples, so every tile is judged by the
-same threshold and tiles stitch without seams. The probability is a logistic of the magnitude
-centred on that threshold: its 0.5 level is the Otsu threshold. The query is ignored.
+threshold is computed ONCE, from the histogram of the magnitudes of the whole scene (the engine
+streams every tile through :meth:`ChangeVectorAnalysis.calibrate_scene` before predicting; a few
+sampled windows may hold no change at all), so every tile is judged by the same threshold and tiles
+stitch without seams. A histogram without two modes whose Otsu cut falls inside the noise
+(``NOISE_FLOOR``) is not split: then nothing is changed. The probability is a logistic of the
+magnitude centred on that threshold: its 0.5 level is the Otsu threshold. The query is ignored.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -30,9 +34,39 @@ MODEL_INFO = ModelInfo(
 
 # Histogram bins of the Otsu search.
 OTSU_BINS = 256
+# Bins of the scene's magnitude histogram over [0, 1] (magnitudes of normalized bands lie there).
+SCENE_BINS = 4096
 # Logistic slope: the probability goes from 0.12 to 0.88 over +-SOFTNESS * (magnitude spread) around
 # the threshold.
 SOFTNESS = 0.05
+# A histogram is split only when, smoothed, it dips between its two classes' peaks to at most this
+# fraction of the smaller peak: a unimodal no-change histogram (noise only) has no such valley.
+VALLEY_RATIO = 0.5
+# Width (in bins of the histogram being searched) of the smoothing before looking for the valley.
+SMOOTH_BINS = 8
+# A histogram without a valley is still split when Otsu's cut lies at or above this magnitude (RMS
+# over the bands of 10 % of the stretched range): one mode with a long tail of large changes, as in
+# real scenes. Below it the cut would fall inside the sensor noise of a pair without change.
+NOISE_FLOOR = 0.1
+
+
+def otsu_cut(counts: np.ndarray) -> tuple[int, int]:
+    """Otsu's cut of a histogram: the range ``[first, last]`` of equally good cut positions.
+
+    A cut at position ``i`` puts bins ``< i`` in the lower class; positions run from 1 to
+    ``len(counts) - 1``. Cuts in a gap of empty bins split the sample alike: the caller takes the
+    middle of the range.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    centres = np.arange(counts.size, dtype=np.float64) + 0.5
+    weight0 = np.cumsum(counts)
+    weight1 = weight0[-1] - weight0
+    sum0 = np.cumsum(counts * centres)
+    mean0 = sum0 / np.maximum(weight0, 1)
+    mean1 = (sum0[-1] - sum0) / np.maximum(weight1, 1)
+    between = (weight0 * weight1 * (mean0 - mean1) ** 2)[:-1]
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-12))
+    return int(best[0]) + 1, int(best[-1]) + 1
 
 
 def otsu_threshold(values: np.ndarray, bins: int = OTSU_BINS) -> float:
@@ -47,17 +81,26 @@ def otsu_threshold(values: np.ndarray, bins: int = OTSU_BINS) -> float:
     if high <= low:
         return low
     hist, edges = np.histogram(values, bins=bins, range=(low, high))
-    centres = (edges[:-1] + edges[1:]) / 2
-    weight0 = np.cumsum(hist)
-    weight1 = weight0[-1] - weight0
-    sum0 = np.cumsum(hist * centres)
-    mean0 = sum0 / np.maximum(weight0, 1)
-    mean1 = (sum0[-1] - sum0) / np.maximum(weight1, 1)
-    between = (weight0 * weight1 * (mean0 - mean1) ** 2)[:-1]
-    # Cuts in a gap of empty bins split the sample alike: take the middle of the best plateau.
-    best = np.flatnonzero(between >= between.max() * (1 - 1e-12))
-    # The cut after bin i lies on edge i + 1.
-    return float((edges[best[0] + 1] + edges[best[-1] + 1]) / 2)
+    first, last = otsu_cut(hist)
+    return float((edges[first] + edges[last]) / 2)
+
+
+def is_bimodal(counts: np.ndarray, cut: int, smooth: int = SMOOTH_BINS) -> bool:
+    """Tell whether a histogram has a valley at ``cut`` between two modes (see ``VALLEY_RATIO``).
+
+    Both classes must hold a peak, and the smoothed histogram must fall between the two peaks to
+    at most ``VALLEY_RATIO`` of the smaller one: a single mode with a tail, split by Otsu inside
+    the tail or the mode, has no such dip.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if not 0 < cut < counts.size or counts[:cut].sum() == 0 or counts[cut:].sum() == 0:
+        return False
+    kernel = np.ones(max(1, smooth)) / max(1, smooth)
+    smoothed = np.convolve(counts, kernel, mode="same")
+    low_peak = int(np.argmax(smoothed[:cut]))
+    high_peak = cut + int(np.argmax(smoothed[cut:]))
+    valley = float(smoothed[low_peak : high_peak + 1].min())
+    return valley <= VALLEY_RATIO * min(smoothed[low_peak], smoothed[high_peak])
 
 
 def change_magnitude(before: np.ndarray, after: np.ndarray) -> np.ndarray:
@@ -75,10 +118,24 @@ def change_magnitude(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return magnitude
 
 
+def magnitude_histogram(
+    before: np.ndarray, after: np.ndarray, valid: np.ndarray, bins: int = SCENE_BINS
+) -> np.ndarray:
+    """Return the counts (int64, ``bins``) of the valid pixels' change magnitudes over [0, 1]."""
+    magnitude = change_magnitude(before, after)[np.asarray(valid, dtype=bool)]
+    magnitude = magnitude[np.isfinite(magnitude)]
+    index = np.clip((magnitude * bins).astype(np.int64), 0, bins - 1)
+    return np.bincount(index, minlength=bins).astype(np.int64)
+
+
 class ChangeVectorAnalysis(ChangeModel):
-    """CVA + Otsu; ``threshold`` and ``scale`` are fixed by :meth:`calibrate`. Plain numpy."""
+    """CVA + Otsu; ``threshold`` and ``scale`` are fixed by calibration. Plain numpy.
+
+    ``threshold`` is ``math.inf`` when the magnitudes show a single mode (no change).
+    """
 
     info = MODEL_INFO
+    scene_pass = True
 
     def __init__(self) -> None:
         self.threshold: float | None = None
@@ -86,12 +143,43 @@ class ChangeVectorAnalysis(ChangeModel):
 
     def calibrate(self, before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> None:
         """Fix Otsu's threshold and the logistic scale from scene-wide samples."""
-        magnitude = change_magnitude(before, after)[np.asarray(valid, dtype=bool)]
-        if magnitude.size == 0:
+        self._settle(magnitude_histogram(before, after, valid))
+
+    def calibrate_scene(self, batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """Fix the threshold from the magnitude histogram of every tile of the scene.
+
+        Memory is one histogram, whatever the scene's size. Without a valid pixel the threshold of
+        :meth:`calibrate` stays.
+        """
+        counts = np.zeros(SCENE_BINS, dtype=np.int64)
+        for before, after, valid in batches:
+            counts += magnitude_histogram(before, after, valid)
+        self._settle(counts)
+
+    def _settle(self, counts: np.ndarray) -> None:
+        """Set ``threshold`` and ``scale`` from a magnitude histogram over [0, 1]."""
+        total = int(counts.sum())
+        if total == 0:
             return
-        self.threshold = otsu_threshold(magnitude)
-        low, high = np.percentile(magnitude, [1.0, 99.0])
-        self.scale = max(float(high - low) * SOFTNESS, 1e-4)
+        bins = counts.size
+        filled = np.flatnonzero(counts)
+        low, high = int(filled[0]), int(filled[-1]) + 1  # the occupied range, in bins
+        cumulative = np.cumsum(counts)
+        p01, p99 = np.searchsorted(cumulative, [0.01 * total, 0.99 * total]) / bins
+        self.scale = max(float(p99 - p01) * SOFTNESS, 1e-4)
+        if high - low < 2:
+            self.threshold = math.inf  # one magnitude everywhere (the same image twice): no change
+            return
+        # Otsu over the occupied range, coarsened to OTSU_BINS-ish bins for the valley test.
+        span = counts[low:high]
+        first, last = otsu_cut(span)
+        cut = (first + last) // 2
+        step = max(1, span.size // OTSU_BINS)
+        threshold = (low + (first + last) / 2) / bins
+        if threshold < NOISE_FLOOR and not is_bimodal(span, cut, smooth=SMOOTH_BINS * step):
+            self.threshold = math.inf  # one mode of noise: no change
+            return
+        self.threshold = threshold
 
     def predict(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         """Return the change probability ``(B, H, W)`` (uncalibrated: the batch sets the cut)."""
@@ -99,6 +187,8 @@ class ChangeVectorAnalysis(ChangeModel):
         if self.threshold is None:
             self.calibrate(before, after, np.ones(magnitude.shape, dtype=bool))
         threshold = self.threshold if self.threshold is not None else 0.5
+        if math.isinf(threshold):
+            return np.zeros_like(magnitude)
         # The logistic 1 / (1 + exp(-(m - t) / s)), in place on the magnitude (a fresh array): no
         # batch-sized temporaries, and twice as fast as scipy's expit. exp overflows to inf far
         # below the threshold, where the probability is 0 as it should be.
