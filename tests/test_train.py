@@ -1,15 +1,29 @@
 import dataclasses
+import os
+import random
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
 import yaml
+from cli_run import run_mtrs
 from click.testing import CliRunner
 from fixtures_train.builders import make_change_folder, make_mtrefseg
 
 from mtrs_geo.cli.main import cli
+from mtrs_geo.errors import InputError
 from mtrs_geo.model_api import load_model
 from mtrs_geo.models.evaluate import evaluate_model, open_split
 from mtrs_geo.models.training.config import load_config
-from mtrs_geo.models.training.loop import STATE_FILE, latest_checkpoint, train
+from mtrs_geo.models.training.loop import (
+    STATE_FILE,
+    _rng_state,
+    _set_rng_state,
+    latest_checkpoint,
+    load_trainer_state,
+    train,
+)
 
 # A one-layer random text encoder (the MiniLM tokenizer): keeps the test fast.
 TINY_TEXT = {
@@ -49,6 +63,7 @@ def test_stage1_then_stage2_saves_resumes_exactly_and_evaluates(tmp_path: Path) 
     checkpoint = latest_checkpoint(tmp_path / "r1")
     assert checkpoint is not None and checkpoint.name == "step_0000003"
     assert (checkpoint / STATE_FILE).is_file() and (checkpoint / "config.yaml").is_file()
+    torch.load(checkpoint / STATE_FILE, weights_only=True)  # tensors and plain data only
     assert len((tmp_path / "r1" / "log.csv").read_text().splitlines()) == 4
     assert len(list((tmp_path / "r1" / "checkpoints").glob("step_*"))) == 2  # keep_checkpoints
 
@@ -74,3 +89,83 @@ def test_stage1_then_stage2_saves_resumes_exactly_and_evaluates(tmp_path: Path) 
     model = load_model(str(whole.final_dir))
     metrics = evaluate_model(model, open_split(tmp_path / "mt", "val"), input_size=64)
     assert metrics["samples"] == 4 and 0.0 <= metrics["mIoU"] <= 100.0
+
+
+def _draws() -> tuple[float, float, float, float]:
+    return (
+        random.random(),
+        random.gauss(0, 1),
+        float(np.random.standard_normal()),
+        float(torch.rand(1)),
+    )
+
+
+def test_rng_states_are_plain_data_and_restore_exactly(tmp_path: Path) -> None:
+    random.gauss(0, 1)  # leave a cached second Gaussian in Python's and NumPy's states
+    np.random.standard_normal()
+    state = _rng_state()
+    expected = _draws()
+    torch.save({"rng": [state]}, tmp_path / "state.pt")
+    loaded = torch.load(tmp_path / "state.pt", weights_only=True)  # no pickled objects
+    _draws()
+    _set_rng_state(loaded["rng"][0])
+    assert _draws() == expected
+
+
+def _state(rng: dict) -> dict:
+    return {
+        "step": 1,
+        "optimizer": {},
+        "scheduler": {},
+        "scaler": {},
+        "rng": [rng],
+        "trainable": [],
+    }
+
+
+def test_a_checkpoint_of_an_older_version_still_resumes(tmp_path: Path) -> None:
+    old_rng = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    expected = _draws()
+    torch.save(_state(old_rng), tmp_path / STATE_FILE)  # NumPy's key array pickled as an array
+    _set_rng_state(load_trainer_state(tmp_path)["rng"][0])
+    assert _draws() == expected
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.mkdir, (str(self.marker),)
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path: Path) -> None:
+    make_change_folder(tmp_path / "cd", size=(48, 48))
+    config = _config(
+        tmp_path / "s1.yaml", 1, {"type": "change_folder", "root": "cd"}, tmp_path / "r"
+    )
+    crafted = tmp_path / "r" / "checkpoints" / "step_0000001"
+    crafted.mkdir(parents=True)
+    marker = tmp_path / "code_ran"
+    state = _state(_rng_state())
+    state["scaler"] = _RunsCode(marker)
+    torch.save(state, crafted / STATE_FILE)
+    result = run_mtrs("train", "-c", config, "--resume", crafted, "--quiet")
+    assert result.code == 2 and not marker.exists()
+    assert result.err.count("\n") == 1 and "Traceback" not in result.err
+    assert "mkdir" in result.err and "refusing to load" in result.err
+    for broken, message in (
+        (b"not a checkpoint", "refusing to load"),
+        (b"", "empty or truncated"),
+        (b"PK\x03\x04 damaged", "cannot read"),
+    ):
+        (crafted / STATE_FILE).write_bytes(broken)
+        with pytest.raises(InputError, match=message):
+            load_trainer_state(crafted)
+    torch.save([1, 2], crafted / STATE_FILE)
+    with pytest.raises(InputError, match="not an mtrs trainer state"):
+        load_trainer_state(crafted)

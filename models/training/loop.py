@@ -20,7 +20,9 @@ import csv
 import json
 import math
 import os
+import pickle
 import random
+import re
 import shutil
 import signal
 import time
@@ -196,9 +198,18 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 def _rng_state() -> dict[str, Any]:
+    """Capture every RNG state as tensors and plain data (loadable with ``weights_only=True``)."""
+    version, internal, gauss_next = random.getstate()
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -207,11 +218,72 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what :func:`_rng_state` captured (or the pickled tuples of older checkpoints)."""
+    python, numpy_state = state["python"], state["numpy"]
+    if isinstance(python, dict):
+        python = (python["version"], tuple(int(v) for v in python["state"]), python["gauss_next"])
+    random.setstate(python)
+    if isinstance(numpy_state, dict):
+        numpy_state = (
+            numpy_state["kind"],
+            np.asarray(numpy_state["keys"], dtype=np.int64).astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# Checkpoints written before the RNG states were plain data hold NumPy's uint32 key array; these
+# globals rebuild exactly that (no object arrays, no other callable). The array's own reduce gives
+# NumPy's rebuild function under its name in the installed NumPy (1.x or 2.x).
+_LEGACY_SAFE_GLOBALS: list[Any] = [
+    np.zeros(1, np.uint32).__reduce__()[0],
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+]
+_STATE_KEYS = ("step", "optimizer", "scheduler", "scaler", "rng", "trainable")
+
+
+def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    """Read ``<checkpoint>/trainer_state.pt`` without running code from it.
+
+    The file is loaded with ``torch.load(weights_only=True)``: tensors and plain data only.
+
+    Raises:
+        InputError: no state file, an unreadable one, one that names code (a crafted
+            checkpoint), or one that is not an mtrs trainer state.
+
+    """
+    path = Path(checkpoint) / STATE_FILE
+    if not path.is_file():
+        raise InputError(f"{checkpoint} is not a training checkpoint (no {STATE_FILE})")
+    try:
+        with torch.serialization.safe_globals(_LEGACY_SAFE_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        named = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if named:
+            raise InputError(
+                f"{path} names {named.group(1)}, which a trainer state never holds: refusing to "
+                "load it (a crafted checkpoint could run code)"
+            ) from exc
+        raise InputError(
+            f"{path} is not a trainer state of tensors and plain data: refusing to load it "
+            "(damaged, or crafted to run code)"
+        ) from exc
+    except EOFError as exc:
+        raise InputError(f"cannot read {path}: the file is empty or truncated") from exc
+    except (RuntimeError, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot read {path}: {reason}") from exc
+    if not isinstance(state, dict) or any(key not in state for key in _STATE_KEYS):
+        raise InputError(f"{path} is not an mtrs trainer state")
+    return state
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -331,9 +403,7 @@ def train(
     state: dict[str, Any] | None = None
     if resume is not None:
         resume = Path(resume)
-        if not (resume / STATE_FILE).is_file():
-            raise InputError(f"{resume} is not a training checkpoint (no {STATE_FILE})")
-        state = torch.load(resume / STATE_FILE, map_location="cpu", weights_only=False)
+        state = load_trainer_state(resume)
         from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
 
         with quiet_loading():
