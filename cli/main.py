@@ -1,7 +1,9 @@
 """Entry point of the ``mtrs`` command: a click group whose commands load lazily.
 
-Commands live in their own modules (``detect``, ``train``, ``craft``); importing one only when it
-runs keeps ``mtrs --help`` fast and keeps torch out of commands that do not need it.
+Each command lives in its own module (``detect``, ``info``, ``batch``, ``models``, ``sample``,
+``train``, ``craft``); importing one only when it runs keeps ``mtrs --help`` fast and keeps torch
+out of commands that do not need it. For the engine commands (``detect``, ``batch``) SIGINT and
+SIGTERM are turned into a cancel before anything else happens (:mod:`mtrs_geo.cli.signals`).
 """
 
 from __future__ import annotations
@@ -13,20 +15,23 @@ import sys
 import click
 
 from mtrs_geo import __version__
+from mtrs_geo.cancel import CancelSwitch
 from mtrs_geo.errors import MtrsError
 
 # command name -> (module under mtrs_geo.cli, attribute, short help)
 _COMMANDS: dict[str, tuple[str, str, str]] = {
     "detect": ("detect", "detect", "Find the changes a text query describes between two rasters."),
-    "info": ("detect", "info", "Show the common grid, overlap and tile count of a pair."),
-    "batch": ("detect", "batch", "Run detect for every row of a CSV of pairs."),
-    "models": ("detect", "models", "List the registered models and what each needs."),
-    "sample": ("detect", "sample", "Copy the bundled sample pair into a folder."),
+    "info": ("info", "info", "Show the common grid, overlap and tile count of a pair."),
+    "batch": ("batch", "batch", "Run detect for every row of a CSV of pairs."),
+    "models": ("models", "models", "List the registered models and what each needs."),
+    "sample": ("sample", "sample", "Copy the bundled sample pair into a folder."),
     "train": ("train", "train", "Train MTRefSeg-R1 (stage 1: any change, stage 2: referring)."),
     "evaluate": ("train", "evaluate", "Score a model or a folder of predictions (mIoU, oIoU)."),
     "benchmark": ("train", "benchmark", "Run several models over the same splits into one table."),
     "craft": ("craft", "craft", "Build and audit MTRS benchmarks from change data (CRAFT)."),
 }
+# Commands whose runs a signal cancels cleanly (the others keep Python's own signal handling).
+_CANCELLABLE = {"detect", "batch"}
 
 
 class LazyGroup(click.Group):
@@ -66,10 +71,30 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI: user errors exit 2 with one line, internal errors exit 1.
 
-    Set ``MTRS_DEBUG=1`` to see the traceback of an internal error.
+    Set ``MTRS_DEBUG=1`` to see the traceback of an internal error. For ``detect`` and ``batch``
+    the signal handlers go in first (exit 130 on SIGINT/SIGTERM, whenever they come); called as
+    the console script (``argv`` None) they stay until the process ends, so that a finished run
+    cannot be turned into a killed one on its way out.
     """
+    args = sys.argv[1:] if argv is None else list(argv)
+    command = next((arg for arg in args if not arg.startswith("-")), None)
+    switch = CancelSwitch() if command in _CANCELLABLE else None
+    restore = None
+    if switch is not None:
+        from mtrs_geo.cli.signals import install
+
+        restore = install(switch)
     try:
-        code = cli.main(args=argv, prog_name="mtrs", standalone_mode=False)
+        _run(args, switch)
+    finally:
+        if restore is not None and argv is not None:
+            restore()
+
+
+def _run(args: list[str], switch: CancelSwitch | None) -> None:
+    """Run one command line and exit with its code (see :func:`main`)."""
+    try:
+        code = cli.main(args=args, prog_name="mtrs", standalone_mode=False, obj=switch)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)

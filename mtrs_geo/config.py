@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from mtrs_geo.errors import InputError, ModelError
+
 MaskType = Literal["probability", "binary"]
+MASK_TYPES: tuple[str, ...] = ("probability", "binary")
+
+# The defaults and bounds of the options every front end offers (the CLI's options and the QGIS
+# plugin's parameters read them from here).
+DEFAULT_TILE_SIZE = 512  # pixels
+DEFAULT_OVERLAP = 64  # pixels
+DEFAULT_BATCH_SIZE = 4  # tiles per model call
+DEFAULT_THRESHOLD = 0.5  # probability
+DEFAULT_DEVICE = "auto"
+DEFAULT_MODEL = "cva"
+TILE_SIZE_RANGE = (32, 8192)  # pixels, both included
+BATCH_SIZE_RANGE = (1, 1024)  # tiles, both included
+# The threshold is in (0, 1]: at 0 every pixel, nodata aside, would be "changed".
+THRESHOLD_RANGE = (0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -22,16 +40,16 @@ class DetectConfig:
     output: Path | None = None  # vector output (.geojson, .gpkg, .fgb, .shp); None: no vectors
     mask_out: Path | None = None  # raster output (Cloud-Optimized GeoTIFF)
     mask_type: MaskType = "probability"
-    model: str = "cva"
+    model: str = DEFAULT_MODEL
     bands_before: tuple[int, ...] | None = None  # 1-based band indexes; None: all bands
     bands_after: tuple[int, ...] | None = None  # None: same as bands_before
     crs: str | None = None  # common grid CRS; None: the before image's CRS
     resolution: float | None = None  # common grid pixel size in CRS units; None: before's
-    tile_size: int = 512
-    overlap: int = 64
-    batch_size: int = 4
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    threshold: float = 0.5
+    tile_size: int = DEFAULT_TILE_SIZE
+    overlap: int = DEFAULT_OVERLAP
+    batch_size: int = DEFAULT_BATCH_SIZE
+    device: str = DEFAULT_DEVICE  # auto | cpu | cuda | cuda:N | mps
+    threshold: float = DEFAULT_THRESHOLD
     min_area: float = 0.0  # m^2
     simplify: float = 0.0  # m
     any_change: bool = False  # ignore the query: stage-1 "any change" mode
@@ -40,3 +58,111 @@ class DetectConfig:
     # follows the panel's width, not the scene's.
     panel_width: int = 4096
     extra_attributes: dict[str, str] = field(default_factory=dict)
+
+    def outputs(self) -> list[Path]:
+        """Return the files this run writes: the vector output, then the mask raster."""
+        return [Path(p) for p in (self.output, self.mask_out) if p is not None]
+
+    def check(self, *, needs_output: bool = True) -> None:
+        """Check every option and output name before any heavy work; see :func:`check_config`."""
+        check_config(self, needs_output=needs_output)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same path, a symbolic link or a hard link to it."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_numbers(config: DetectConfig) -> None:
+    low, high = TILE_SIZE_RANGE
+    if not low <= config.tile_size <= high:
+        raise InputError(f"tile size must be {low} to {high} pixels, got {config.tile_size}")
+    if not 0 <= config.overlap < config.tile_size:
+        raise InputError(
+            f"overlap must be at least 0 and less than the tile size ({config.tile_size} px), "
+            f"got {config.overlap}"
+        )
+    low, high = BATCH_SIZE_RANGE
+    if not low <= config.batch_size <= high:
+        raise InputError(f"batch size must be {low} to {high} tiles, got {config.batch_size}")
+    if config.panel_width < 1:
+        raise InputError(f"panel width must be at least 1 pixel, got {config.panel_width}")
+    if config.prefetch < 1:
+        raise InputError(f"prefetch must be at least 1, got {config.prefetch}")
+    low_t, high_t = THRESHOLD_RANGE
+    if not low_t < config.threshold <= high_t:
+        raise InputError(
+            f"threshold must be above {low_t:g} and at most {high_t:g}, got {config.threshold}"
+        )
+    if not (math.isfinite(config.min_area) and config.min_area >= 0):
+        raise InputError(f"minimum area must be a number >= 0 m^2, got {config.min_area}")
+    if not (math.isfinite(config.simplify) and config.simplify >= 0):
+        raise InputError(f"simplify tolerance must be a number >= 0 m, got {config.simplify}")
+    if config.resolution is not None and not (
+        math.isfinite(config.resolution) and config.resolution > 0
+    ):
+        raise InputError(f"resolution must be a number above 0, got {config.resolution}")
+
+
+def _check_outputs(config: DetectConfig, needs_output: bool) -> None:
+    from mtrs_geo.write import check_raster_output, vector_format
+
+    outputs = config.outputs()
+    if needs_output and not outputs:
+        raise InputError("nothing to write: ask for polygons, a mask raster, or both")
+    if config.output is not None:
+        vector_format(Path(config.output))
+    if config.mask_out is not None:
+        check_raster_output(Path(config.mask_out))
+    if len(outputs) == 2 and same_file(*outputs):
+        raise InputError(f"the polygons and the mask raster would be one file: {outputs[0]}")
+    for path in outputs:
+        for role, image in (("before", config.before), ("after", config.after)):
+            if same_file(path, Path(image)):
+                raise InputError(
+                    f"output {path} is the {role} image {image}: writing it would destroy the "
+                    "input; choose another name"
+                )
+    for path in outputs:
+        if not path.parent.is_dir():
+            raise InputError(f"output folder does not exist: {path.parent}")
+
+
+def check_config(config: DetectConfig, *, needs_output: bool = True) -> None:
+    """Check a run's options and output names: the one check both front ends rely on.
+
+    Args:
+        config: the run's options.
+        needs_output: refuse a config that writes nothing (``False`` to describe a pair only).
+
+    Raises:
+        InputError: an option out of its range, an unknown device, model or mask type, no output,
+            an output with an unknown extension, in a missing folder, or naming an input image
+            (the same path, a symbolic or a hard link) or the other output.
+
+    """
+    from mtrs_geo.device import parse_device
+
+    _check_numbers(config)
+    parse_device(config.device)
+    if config.mask_type not in MASK_TYPES:
+        raise InputError(f"unknown mask type {config.mask_type!r}: use probability or binary")
+    check_model_name(config.model)
+    _check_outputs(config, needs_output)
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a model that is neither a registered name nor a checkpoint folder.
+
+    Raises:
+        ModelError: an unknown model.
+
+    """
+    from mtrs_geo.model_api import registered_names
+
+    if name not in registered_names() and not Path(name).is_dir():
+        known = ", ".join(registered_names())
+        raise ModelError(f"unknown model {name!r}: use one of {known} or a checkpoint folder")

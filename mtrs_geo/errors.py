@@ -21,6 +21,15 @@ class ModelError(InputError):
     """A model name or checkpoint that cannot be resolved or does not fit the input."""
 
 
+class OutputError(MtrsError):
+    """An output could not be written (a full disk, a vanished scratch folder).
+
+    The files the run would have replaced are left as they were.
+    """
+
+    exit_code = 1
+
+
 class Cancelled(MtrsError):
     """The user cancelled the run; no output was left behind."""
 

@@ -6,28 +6,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import geopandas as gpd
 import numpy as np
 import rasterio
-import shapely
-from rasterio.windows import Window
 
 from mtrs_geo.align import AlignedReader
-from mtrs_geo.areas import ground_areas, min_region_pixels
-from mtrs_geo.config import DetectConfig
-from mtrs_geo.device import parse_device
-from mtrs_geo.errors import Cancelled, InputError
+from mtrs_geo.cancel import begin_commit, check_cancel
+from mtrs_geo.config import DetectConfig, same_file
+from mtrs_geo.errors import InputError, MtrsError
 from mtrs_geo.grid import (
     Grid,
     common_grid,
@@ -42,17 +35,29 @@ from mtrs_geo.normalize import BandStats
 from mtrs_geo.read import RasterInfo, check_pair, open_raster, read_overview_sample, sample_stats
 from mtrs_geo.stitch import PROBABILITY_BLOCK, StripStitcher
 from mtrs_geo.tiling import TileStream, prepare_tile_into, scene_batches
-from mtrs_geo.vectorize import StreamingVectorizer
-from mtrs_geo.write import (
-    change_table,
-    check_raster_output,
-    remove_output,
-    vector_format,
-    write_probability_cog,
-    write_vectors,
-)
+from mtrs_geo.write import StagedOutputs, write_probability_cog, write_vectors
+
+if TYPE_CHECKING:
+    from rasterio.windows import Window
+
+# geopandas, shapely and scipy (areas, vectorize, the output table) are imported when a run needs
+# them: importing the engine stays well under a second.
 
 ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class RunMessage:
+    """A line a run reports while it works: what it is doing (``stage``) or a ``note`` to the user.
+
+    Front ends show notes always (once) and stages when they show progress.
+    """
+
+    kind: Literal["stage", "note"]
+    text: str
+
+
+MessageCallback = Callable[[RunMessage], None]
 
 # Scene-wide samples for normalization statistics and model calibration.
 SAMPLE_WINDOWS = 24
@@ -120,6 +125,7 @@ class DetectResult:
     grid: PairInfo
     model: str = ""
     device: str = ""
+    query_used: bool = False  # False: no query, any-change mode, or a model that ignores queries
 
     def to_json(self) -> dict[str, Any]:
         """Return the one-line summary ``mtrs detect --json`` prints."""
@@ -133,35 +139,33 @@ class DetectResult:
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "model": self.model,
             "device": self.device,
+            "query_used": self.query_used,
             "grid": self.grid.to_json(),
         }
 
 
-def _validate_options(config: DetectConfig) -> None:
-    """Check option values and output names before any heavy work."""
-    if config.batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {config.batch_size}")
-    if config.panel_width < 1:
-        raise InputError(f"panel width must be at least 1 pixel, got {config.panel_width}")
-    if config.prefetch < 1:
-        raise InputError(f"prefetch must be at least 1, got {config.prefetch}")
-    if not 0.0 <= config.threshold <= 1.0:
-        raise InputError(f"threshold must be between 0 and 1, got {config.threshold}")
-    if config.min_area < 0:
-        raise InputError(f"minimum area must be >= 0 m^2, got {config.min_area}")
-    if config.simplify < 0:
-        raise InputError(f"simplify tolerance must be >= 0 m, got {config.simplify}")
-    parse_device(config.device)
-    if config.mask_type not in ("probability", "binary"):
-        raise InputError(f"unknown mask type {config.mask_type!r}: use probability or binary")
-    outputs = [p for p in (config.output, config.mask_out) if p is not None]
-    if config.output is not None:
-        vector_format(Path(config.output))
-    if config.mask_out is not None:
-        check_raster_output(Path(config.mask_out))
-    for path in outputs:
-        if not Path(path).parent.is_dir():
-            raise InputError(f"output folder does not exist: {Path(path).parent}")
+def _check_outputs_against_files(
+    config: DetectConfig, before: RasterInfo, after: RasterInfo
+) -> None:
+    """Refuse an output that is one of the files GDAL reads for an input (a VRT's sources too).
+
+    Raises:
+        InputError: an output names a file an input image is read from.
+
+    """
+    for role, info in (("before", before), ("after", after)):
+        try:
+            with rasterio.open(info.path) as ds:
+                files = [Path(name) for name in ds.files]
+        except rasterio.errors.RasterioError:
+            continue
+        for output in config.outputs():
+            for name in files:
+                if same_file(output, name):
+                    raise InputError(
+                        f"output {output} is {name}, which the {role} image is read from: "
+                        "writing it would destroy the input; choose another name"
+                    )
 
 
 def _open_pair(config: DetectConfig) -> tuple[RasterInfo, RasterInfo]:
@@ -172,6 +176,11 @@ def _open_pair(config: DetectConfig) -> tuple[RasterInfo, RasterInfo]:
 
 
 def _pair_info(before: RasterInfo, after: RasterInfo, grid: Grid, config: DetectConfig) -> PairInfo:
+    import geopandas as gpd
+    import shapely
+
+    from mtrs_geo.areas import ground_areas
+
     footprint = gpd.GeoDataFrame(geometry=[shapely.box(*grid.bounds)], crs=grid.crs)
     t = grid.transform
     return PairInfo(
@@ -205,6 +214,7 @@ def describe_pair(config: DetectConfig) -> PairInfo:
         InputError: unreadable images, no CRS, bad bands, disjoint footprints, bad tiling options.
 
     """
+    config.check(needs_output=False)
     before, after = _open_pair(config)
     check_pair(before, after)
     return _pair_info(before, after, _pair_grid(before, after, config), config)
@@ -279,35 +289,32 @@ def _calibrate(
     model.calibrate(before, after, valid)
 
 
-@contextlib.contextmanager
-def _removed_on_failure(paths: list[Path]) -> Iterator[None]:
-    """Remove the finished outputs in ``paths`` if the block fails: a run writes all or nothing."""
-    try:
-        yield
-    except BaseException:
-        for path in paths:
-            remove_output(path)  # with a shapefile's sidecars
-        raise
-
-
 def _check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("cancelled: no output was written")
+    check_cancel(cancel)
 
 
 def detect(
     config: DetectConfig,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    messages: MessageCallback | None = None,
 ) -> DetectResult:
     """Run change detection on a pair and write the outputs the config asks for.
+
+    Every output is written in a hidden scratch folder beside its destination, checked, and
+    renamed into place together with the others at the very end (the commit): a run that fails or
+    is cancelled before leaves the files it would have replaced as they were; a run that got to
+    its commit finishes, whatever is asked of ``cancel`` then.
 
     Args:
         config: the run's options.
         progress: called as ``progress(done_tiles, total_tiles)`` from the calling thread after each
             batch (skipped tiles count as done).
-        cancel: when set, the run stops at the next batch, removes temporaries and partial outputs
-            and raises :class:`~mtrs_geo.errors.Cancelled`.
+        cancel: when set before the commit, the run stops at the next batch, removes its scratch
+            files and raises :class:`~mtrs_geo.errors.Cancelled`. A
+            :class:`~mtrs_geo.cancel.CancelSwitch` also tells the caller when it is too late.
+        messages: receives :class:`RunMessage` lines: what the setup is loading, and notes (a
+            query the model ignores).
 
     Returns:
         What was done, with per-step timings (seconds) under ``read``, ``model``, ``stitch``,
@@ -315,12 +322,15 @@ def detect(
 
     Raises:
         InputError: a bad input or option, found before any heavy work.
-        Cancelled: ``cancel`` was set.
+        OutputError: an output could not be written whole (a full disk, a vanished scratch
+            folder); the files it would have replaced are kept.
+        Cancelled: ``cancel`` was set before the commit.
 
     """
+    check_cancel(cancel)
     # GDAL's block cache defaults to 5 % of the machine's RAM and would keep every block read.
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(config)):
-        return _detect(config, progress, cancel)
+        return _detect(config, progress, cancel, messages or (lambda message: None))
 
 
 def gdal_cache_bytes(config: DetectConfig) -> int:
@@ -350,17 +360,28 @@ def gdal_cache_bytes(config: DetectConfig) -> int:
     return int(min(MAX_GDAL_CACHE, max(MIN_GDAL_CACHE, wanted)))
 
 
+def _query_note(config: DetectConfig, info: ModelInfo) -> str | None:
+    """Say that the model cannot use the query (None when it is used or absent)."""
+    query = config.query.strip()
+    if not query or config.any_change or info.query_aware:
+        return None
+    return f"note: model {info.name!r} ignores the query {query!r}: it finds any change"
+
+
 def _detect(
     config: DetectConfig,
     progress: ProgressCallback | None,
     cancel: threading.Event | None,
+    say: MessageCallback,
 ) -> DetectResult:
     """Run :func:`detect` (inside its GDAL environment)."""
     start = time.perf_counter()
     timings = dict.fromkeys(("setup", "read", "model", "stitch", "vectorize", "write"), 0.0)
     # Everything a user can get wrong is checked before the model loads or a tile is read.
-    _validate_options(config)
+    config.check()
+    say(RunMessage("stage", "opening the images"))
     before, after = _open_pair(config)
+    _check_outputs_against_files(config, before, after)
     check_pair(before, after, _registered_info(config.model))
     grid = _pair_grid(before, after, config)
     panels = panel_layout(
@@ -370,10 +391,22 @@ def _detect(
     )
     windows = [window for panel in panels for window in panel.windows]
     pair = _pair_info(before, after, grid, config)
+    registered = _registered_info(config.model)
+    note = _query_note(config, registered) if registered is not None else None
+    if note is not None:  # said before the (possibly slow) model load
+        say(RunMessage("note", note))
+    say(RunMessage("stage", f"loading model {config.model}"))
     model = load_model(config.model)
     check_pair(before, after, model.info)
+    if registered is None and (note := _query_note(config, model.info)) is not None:
+        say(RunMessage("note", note))
+    say(RunMessage("stage", f"moving model {model.info.name} to device {config.device}"))
     model = model.to(config.device)
-    _check_cancel(cancel)
+    check_cancel(cancel)
+
+    from mtrs_geo.areas import min_region_pixels
+    from mtrs_geo.vectorize import StreamingVectorizer
+    from mtrs_geo.write import change_table
 
     total = len(windows)
     stream = TileStream(
@@ -381,30 +414,43 @@ def _detect(
     )
     tiles_run = 0
     outputs: list[Path] = []
-    scratch = Path(tempfile.mkdtemp(prefix="mtrs-run-"))
+    query = config.query.strip()
+    query_used = bool(query) and not config.any_change and model.info.query_aware
+    staged = StagedOutputs()
     try:
+        # Scratch files live beside the outputs (hidden; stale ones of killed runs are removed).
+        first_output = config.mask_out if config.mask_out is not None else config.outputs()[0]
+        scratch = staged.scratch(Path(first_output).parent)
+        say(RunMessage("stage", "reading scene samples"))
         samples_b, stats_b, samples_a, stats_a = _pair_samples(
             before, after, grid, min(SAMPLE_SIZE, config.tile_size)
         )
         # The first tiles are read while the model takes the query and the samples (not during
         # the sample reads: three readers on two cores and a shared block cache slow all down).
         stream.start()
-        query = config.query.strip()
+        say(RunMessage("stage", "preparing the model"))
         model.prepare(None if config.any_change or not query else query)
         _calibrate(model, samples_b, samples_a, stats_b, stats_a)
         del samples_b, samples_a  # scene samples are done with; do not hold them through the run
         if model.scene_pass:  # a streamed first pass over the whole scene (cva's histogram)
             model.calibrate_scene(
                 scene_batches(
-                    before, after, grid, config.tile_size, config.batch_size,
-                    stats_b, stats_a, config.panel_width, cancel,
+                    before,
+                    after,
+                    grid,
+                    config.tile_size,
+                    config.batch_size,
+                    stats_b,
+                    stats_a,
+                    config.panel_width,
+                    cancel,
                 )  # fmt: skip
             )
             _check_cancel(cancel)
         timings["setup"] = time.perf_counter() - start
 
         # Polygons are built from the stitched rows as they are finished; the probability raster
-        # is written only when --mask-out asks for it.
+        # is written only when a mask raster is asked for.
         prob_path = scratch / "probability.tif" if config.mask_out is not None else None
         vectorizer = StreamingVectorizer(
             grid.width, grid.height, grid.transform, grid.crs, config.threshold,
@@ -425,7 +471,7 @@ def _detect(
         ):
             done = 0
             for batch in stream.batches(stats_b, stats_a):
-                _check_cancel(cancel)
+                check_cancel(cancel)
                 t0 = time.perf_counter()
                 probabilities = model.predict(batch.before, batch.after)
                 t1 = time.perf_counter()
@@ -439,7 +485,7 @@ def _detect(
                 done = batch.tiles_done
                 if progress is not None:
                     progress(done, total)
-            _check_cancel(cancel)
+            check_cancel(cancel)
             t0 = time.perf_counter()
         timings["stitch"] += time.perf_counter() - t0
         timings["stitch"] -= timings["vectorize"]  # the rows vectorized while stitching
@@ -460,24 +506,30 @@ def _detect(
             extra=dict(config.extra_attributes),
         )
         timings["vectorize"] += time.perf_counter() - t0
-        _check_cancel(cancel)
+        check_cancel(cancel)
 
         t0 = time.perf_counter()
-        with _removed_on_failure(outputs):
-            if config.output is not None:
-                outputs.append(write_vectors(table, Path(config.output)))
-                _check_cancel(cancel)
-            if config.mask_out is not None:
-                assert prob_path is not None
-                outputs.append(
-                    write_probability_cog(
-                        prob_path, Path(config.mask_out), config.mask_type, config.threshold
-                    )
-                )
+        if config.output is not None:
+            write_vectors(table, Path(config.output), staged)
+            check_cancel(cancel)
+        if config.mask_out is not None:
+            assert prob_path is not None
+            write_probability_cog(
+                prob_path, Path(config.mask_out), config.mask_type, config.threshold, staged
+            )
+        # The commit: from here on the run finishes (a cancel is too late), and before it every
+        # file the outputs would replace is untouched.
+        begin_commit(cancel)
+        outputs = staged.commit()
         timings["write"] = time.perf_counter() - t0
+    except (OSError, rasterio.errors.RasterioError) as exc:
+        if isinstance(exc, MtrsError):
+            raise
+        staged.check_scratch()  # a vanished scratch folder, said in plain words
+        raise
     finally:
         stream.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+        staged.close()
 
     return DetectResult(
         tiles_total=total,
@@ -490,4 +542,5 @@ def _detect(
         grid=pair,
         model=model.info.name,
         device=model.device,
+        query_used=query_used,
     )

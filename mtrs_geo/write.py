@@ -1,29 +1,37 @@
-"""Every output file of a run: atomic writes, vector files by extension, and the mask COG.
+"""Every output file of a run: scratch folders, staged and verified writes, vectors, the mask COG.
 
-Outputs are written under a temporary name in the destination folder (same extension, so GDAL
-picks the same driver) and renamed only once complete: a failed or interrupted run never leaves a
-file that looks finished.
+A run writes each output under its own name in a hidden scratch folder beside the destination
+(``.mtrs-run-HOST-PID-XXXX``, same file system, so GDAL picks the same driver and the rename is
+atomic), checks that the finished file reads back whole, and renames every output into place
+only at the end (:class:`StagedOutputs`): a failed or interrupted run never leaves a file that looks
+finished and never replaces a file with a broken one. Scratch folders are removed when the run
+ends, and those left by a killed run are removed by the next run that writes into the folder.
+
+Geopandas, pyogrio and rasterio are imported when a function needs them, so that importing the
+engine stays fast.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import geopandas as gpd
 import numpy as np
-import pyogrio
-import rasterio
-import rasterio.shutil
 
-from mtrs_geo.areas import filter_min_area, ground_areas, simplify_metres
-from mtrs_geo.errors import InputError
+from mtrs_geo.errors import InputError, MtrsError, OutputError
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 # extension -> (OGR driver, whether the file is written in EPSG:4326 per RFC 7946)
 VECTOR_FORMATS: dict[str, tuple[str, bool]] = {
@@ -39,6 +47,10 @@ _SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", "
 ATTRIBUTE_COLUMNS = ("id", "query", "model", "area_m2", "mean_score", "before", "after")
 MASK_NODATA = 255
 PROBABILITY_NODATA = -1.0
+SCRATCH_PREFIX = ".mtrs-run-"
+# Where the owner of a scratch folder cannot be asked whether it still runs (another machine on a
+# shared folder, or no process check on this system), its folder counts as stale after this long.
+STALE_SCRATCH_SECONDS = 24 * 3600.0
 
 
 def _partial_path(path: Path) -> Path:
@@ -65,6 +77,181 @@ def _remove_quietly(paths: list[Path]) -> None:
 def remove_output(path: Path) -> None:
     """Delete a finished output file, with its shapefile sidecars; a missing file is fine."""
     _remove_quietly(_family(Path(path)))
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (POSIX; elsewhere assume it does)."""
+    if sys.platform == "win32":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else
+        return True
+    return True
+
+
+def _scratch_is_stale(folder: Path) -> bool:
+    """Whether a scratch folder was left by a run that no longer runs."""
+    host, _, rest = folder.name[len(SCRATCH_PREFIX) :].rpartition("-")[0].rpartition("-")
+    try:
+        pid = int(rest)
+    except ValueError:
+        return False
+    if host == socket.gethostname() and sys.platform != "win32":
+        return pid != os.getpid() and not _process_alive(pid)
+    try:
+        return time.time() - folder.stat().st_mtime > STALE_SCRATCH_SECONDS
+    except OSError:
+        return False
+
+
+def clean_stale_scratch(folder: Path) -> list[Path]:
+    """Remove the scratch folders that killed runs left in ``folder``; return what was removed."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in Path(folder).iterdir():
+            if (
+                entry.name.startswith(SCRATCH_PREFIX)
+                and entry.is_dir()
+                and _scratch_is_stale(entry)
+            ):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
+
+
+def make_scratch(folder: Path) -> Path:
+    """Create a hidden scratch folder in ``folder`` (stale ones of killed runs are removed first).
+
+    Raises:
+        InputError: ``folder`` does not exist.
+        OutputError: it cannot be written to.
+
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"output folder does not exist: {folder}")
+    clean_stale_scratch(folder)
+    prefix = f"{SCRATCH_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+    try:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
+    except OSError as exc:
+        raise OutputError(f"cannot write in {folder}: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """Say in plain words why a write failed."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if getattr(exc, "errno", None) == errno.ENOSPC or "no space left" in text.lower():
+        return "the disk is full (no space left on device)"
+    return text
+
+
+def _vanished(scratch: Path) -> OutputError:
+    return OutputError(
+        f"the run's scratch folder {scratch} vanished while the run was writing (was it "
+        "deleted?); no output was written"
+    )
+
+
+@contextlib.contextmanager
+def _writing(destination: Path, partial: Path) -> Iterator[None]:
+    """Turn any failure of a write into an :class:`OutputError` that says why in plain words."""
+    try:
+        yield
+    except MtrsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - GDAL and OGR report a failed write in many types
+        if not partial.parent.is_dir():
+            raise _vanished(partial.parent) from exc
+        raise OutputError(
+            f"cannot write {destination}: {_reason(exc)}; a file already there is kept"
+        ) from exc
+
+
+def _fsync(path: Path) -> None:
+    """Flush a written file to the disk (where the system allows it)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class StagedOutputs:
+    """The outputs of one run, written in scratch folders and renamed into place together.
+
+    Use it as a context manager: :meth:`stage` gives the scratch path of a destination,
+    :meth:`commit` renames every staged file into place, and leaving the block removes the scratch
+    folders (with any file not committed).
+    """
+
+    def __init__(self) -> None:
+        self._scratch: dict[str, Path] = {}
+        self._staged: list[tuple[Path, Path]] = []  # (scratch file, destination)
+
+    def __enter__(self) -> StagedOutputs:
+        """Start a set of outputs."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Remove the scratch folders."""
+        self.close()
+
+    def scratch(self, folder: Path) -> Path:
+        """Return the run's scratch folder in ``folder`` (created on first use)."""
+        key = os.path.abspath(folder)
+        if key not in self._scratch:
+            self._scratch[key] = make_scratch(Path(folder))
+        return self._scratch[key]
+
+    def check_scratch(self) -> None:
+        """Raise :class:`OutputError` naming a scratch folder that vanished."""
+        for scratch in self._scratch.values():
+            if not scratch.is_dir():
+                raise _vanished(scratch)
+
+    def stage(self, destination: Path) -> Path:
+        """Return the scratch path to write ``destination`` to (the same name, in scratch)."""
+        destination = Path(destination)
+        partial = self.scratch(destination.parent) / destination.name
+        self._staged.append((partial, destination))
+        return partial
+
+    def commit(self) -> list[Path]:
+        """Rename every staged file into place; return the destinations.
+
+        Raises:
+            OutputError: a staged file is missing (its scratch folder vanished); nothing is renamed.
+
+        """
+        self.check_scratch()
+        for partial, _ in self._staged:
+            if not partial.exists():
+                raise OutputError(
+                    f"the run's scratch file {partial} vanished; no output was written"
+                )
+        for partial, destination in self._staged:
+            written, destinations = _family(partial), _family(destination)
+            # A shapefile being replaced must not keep sidecars of its previous version.
+            _remove_quietly(
+                [d for d, w in zip(destinations, written, strict=True) if not w.exists()]
+            )
+            for source, target in reversed(list(zip(written, destinations, strict=True))):
+                if source.exists():
+                    os.replace(source, target)
+        return [destination for _, destination in self._staged]
+
+    def close(self) -> None:
+        """Remove the scratch folders and whatever they still hold."""
+        for scratch in self._scratch.values():
+            shutil.rmtree(scratch, ignore_errors=True)
+        self._scratch.clear()
 
 
 @contextlib.contextmanager
@@ -141,28 +328,38 @@ def vector_format(path: Path) -> tuple[str, bool]:
 def check_raster_output(path: Path) -> None:
     """Raise :class:`InputError` unless ``path`` is a GeoTIFF name (``.tif``/``.tiff``)."""
     if path.suffix.lower() not in RASTER_EXTENSIONS:
-        raise InputError(f"--mask-out must end with .tif or .tiff, got {path.name!r}")
+        raise InputError(f"the mask raster must be a .tif or .tiff file, got {path.name!r}")
 
 
-def write_vectors(gdf: gpd.GeoDataFrame, path: Path) -> Path:
-    """Write polygons atomically, the format chosen by extension; return ``path``.
+def write_vectors(gdf: gpd.GeoDataFrame, path: Path, staged: StagedOutputs | None = None) -> Path:
+    """Write polygons (format by extension), check that they read back, and return ``path``.
 
     ``.geojson``/``.json`` are RFC 7946 (EPSG:4326, longitude/latitude order); ``.gpkg``,
-    ``.fgb`` and ``.shp`` keep the GeoDataFrame's CRS.
+    ``.fgb`` and ``.shp`` keep the GeoDataFrame's CRS. With ``staged`` the file is only staged
+    (renamed into place by ``staged.commit()``); without, it is renamed into place at once.
 
     Raises:
         InputError: unknown extension or missing destination folder.
+        OutputError: the file could not be written whole (a full disk, say); nothing is renamed.
 
     """
     path = Path(path)
     driver, lonlat = vector_format(path)
+    if staged is None:
+        with StagedOutputs() as own:
+            write_vectors(gdf, path, own)
+            own.commit()
+        return path
+    import pyogrio
+
     frame = gdf.to_crs(4326) if lonlat and gdf.crs is not None else gdf
     kinds = set(frame.geometry.geom_type.dropna())
     geometry_type = "MultiPolygon" if "MultiPolygon" in kinds else "Polygon"
     options: dict[str, str] = {"RFC7946": "YES"} if driver == "GeoJSON" else {}
     if driver == "ESRI Shapefile":
         options["ENCODING"] = "UTF-8"
-    with atomic_output(path) as partial:
+    partial = staged.stage(path)
+    with _writing(path, partial):
         pyogrio.write_dataframe(
             frame,
             partial,
@@ -172,6 +369,15 @@ def write_vectors(gdf: gpd.GeoDataFrame, path: Path) -> Path:
             promote_to_multi=geometry_type == "MultiPolygon",
             layer_options=options,
         )
+        count = pyogrio.read_info(partial, force_feature_count=True)["features"]
+        if count != len(frame):
+            raise OutputError(
+                f"cannot write {path}: {count} of {len(frame)} polygons read back; a file "
+                "already there is kept"
+            )
+        for part in _family(partial):
+            if part.exists():
+                _fsync(part)
     return path
 
 
@@ -192,6 +398,10 @@ def change_table(
     and numbers the rest from 1. Columns: ``id, query, model, area_m2, mean_score, before, after``,
     then ``extra`` (constant string columns), then ``geometry``; the CRS is the polygons' CRS.
     """
+    import geopandas as gpd
+
+    from mtrs_geo.areas import filter_min_area, ground_areas, simplify_metres
+
     simplified = simplify_metres(polygons, simplify_m)
     kept, areas = filter_min_area(simplified, ground_areas(simplified), min_area_m2)
     count = len(kept)
@@ -222,8 +432,33 @@ def _cog_options(dtype: str) -> dict[str, str]:
     }
 
 
+def check_tiff_complete(path: Path) -> None:
+    """Check that a written GeoTIFF is whole: every block of the file lies inside it.
+
+    A write cut short (a full disk that GDAL did not report, say) leaves blocks whose recorded
+    offset and size run past the end of the file; the last block is also decoded.
+
+    Raises:
+        OutputError: the file cannot be opened or is cut short.
+
+    """
+    import rasterio
+
+    size = os.path.getsize(path)
+    with rasterio.open(path) as ds:
+        windows = list(ds.block_windows(1))
+        for (row, col), _ in windows:
+            offset = ds.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=1)
+            length = ds.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=1)
+            if offset and length and int(offset) + int(length) > size:
+                raise OutputError(f"{path} is cut short: block {row},{col} lies past its end")
+        ds.read(1, window=windows[-1][1])
+
+
 def _binary_mask_tiff(prob_path: Path, dst: Path, threshold: float) -> None:
     """Write a tiled uint8 GeoTIFF of the thresholded probability (1 change, 0 none, 255 nodata)."""
+    import rasterio
+
     with rasterio.open(prob_path) as src:
         nodata = src.nodata if src.nodata is not None else PROBABILITY_NODATA
         profile = src.profile | {
@@ -249,8 +484,12 @@ def write_probability_cog(
     dst: Path,
     mask_type: Literal["probability", "binary"] = "probability",
     threshold: float = 0.5,
+    staged: StagedOutputs | None = None,
 ) -> Path:
-    """Convert the run's probability raster into a Cloud-Optimized GeoTIFF at ``dst`` (atomically).
+    """Convert the run's probability raster into a Cloud-Optimized GeoTIFF at ``dst``.
+
+    The COG is written in a scratch folder, checked whole (:func:`check_tiff_complete`) and then
+    renamed into place, at once or, with ``staged``, by ``staged.commit()``.
 
     Args:
         prob_path: the stitched probability GeoTIFF (float32 in [0, 1], nodata -1).
@@ -258,21 +497,45 @@ def write_probability_cog(
         mask_type: ``"probability"`` keeps float32 probabilities (nodata -1); ``"binary"`` writes
             uint8: 1 = changed (probability >= threshold), 0 = unchanged, 255 = nodata.
         threshold: probability threshold of the binary mask.
+        staged: the run's staged outputs; None: rename into place now.
 
     Returns:
         ``dst``.
+
+    Raises:
+        OutputError: the COG could not be written whole (a full disk, say) or the probability
+            raster vanished; nothing is renamed.
 
     """
     dst = Path(dst)
     check_raster_output(dst)
     if mask_type not in ("probability", "binary"):
         raise InputError(f"unknown mask type {mask_type!r}: use probability or binary")
-    with atomic_output(dst) as partial:
+    if staged is None:
+        with StagedOutputs() as own:
+            write_probability_cog(prob_path, dst, mask_type, threshold, own)
+            own.commit()
+        return dst
+    import rasterio.shutil
+
+    prob_path = Path(prob_path)
+    partial = staged.stage(dst)
+    with _writing(dst, partial):
+        if not prob_path.exists():
+            if not prob_path.parent.is_dir():
+                raise _vanished(prob_path.parent)
+            raise OutputError(f"the run's scratch file {prob_path} vanished; no output was written")
+        check_tiff_complete(prob_path)
         if mask_type == "probability":
             rasterio.shutil.copy(prob_path, partial, driver="COG", **_cog_options("float32"))
         else:
-            with tempfile.TemporaryDirectory(dir=Path(prob_path).parent) as scratch:
-                binary = Path(scratch) / "binary.tif"
+            binary = partial.with_name(f".binary-{uuid.uuid4().hex[:8]}.tif")
+            try:
                 _binary_mask_tiff(prob_path, binary, threshold)
                 rasterio.shutil.copy(binary, partial, driver="COG", **_cog_options("uint8"))
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    binary.unlink()
+        check_tiff_complete(partial)
+        _fsync(partial)
     return dst

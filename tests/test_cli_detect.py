@@ -103,6 +103,9 @@ def test_progress_json_lines(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.code == 0, result.err
     events = [json.loads(line) for line in result.out.splitlines()]
+    stages = [e for e in events if e["event"] == "stage"]
+    assert stages and {"opening the images", "loading model cva"} <= {e["message"] for e in stages}
+    events = [e for e in events if e["event"] != "stage"]
     assert events[0] == {"event": "start", "tiles": 16}
     progress = [e for e in events if e["event"] == "progress"]
     assert [e["done"] for e in progress] == sorted(e["done"] for e in progress)
@@ -254,15 +257,15 @@ class Terminal(io.StringIO):
 
 
 def test_progress_bar_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mtrs_geo.cli.detect import ProgressReporter, _progress_mode
+    from mtrs_geo.cli.common import ProgressReporter, progress_mode
 
-    assert _progress_mode(quiet=False, as_json=False, progress_json=False) == "none"  # not a tty
+    assert progress_mode(quiet=False, as_json=False, progress_json=False) == "none"  # not a tty
     terminal = Terminal()
     monkeypatch.setattr("sys.stderr", terminal)
-    assert _progress_mode(quiet=False, as_json=False, progress_json=False) == "bar"
-    assert _progress_mode(quiet=True, as_json=False, progress_json=False) == "none"
-    assert _progress_mode(quiet=False, as_json=True, progress_json=False) == "none"
-    assert _progress_mode(quiet=False, as_json=False, progress_json=True) == "json"
+    assert progress_mode(quiet=False, as_json=False, progress_json=False) == "bar"
+    assert progress_mode(quiet=True, as_json=False, progress_json=False) == "none"
+    assert progress_mode(quiet=False, as_json=True, progress_json=False) == "none"
+    assert progress_mode(quiet=False, as_json=False, progress_json=True) == "json"
     reporter = ProgressReporter("bar")
     for done in (2, 5, 10):
         reporter(done, 10)

@@ -101,7 +101,7 @@ def test_bad_mask_name_and_missing_outputs(
     tmp_path: Path, pairs: dict[str, tuple[Path, Path]]
 ) -> None:
     png = run_mtrs("detect", *pairs["good"], "--mask-out", tmp_path / "mask.png")
-    assert png.code == 2 and "--mask-out must end with .tif" in png.err
+    assert png.code == 2 and "the mask raster must be a .tif or .tiff file" in png.err
     nothing = run_mtrs("detect", *pairs["good"])
     assert nothing.code == 2 and "nothing to write" in nothing.err
     both = run_mtrs("detect", *pairs["good"], "--sample", "-o", tmp_path / "c.geojson")
@@ -173,12 +173,14 @@ def test_signal_cancels_cleanly_with_exit_130_and_no_output(tmp_path: Path, sign
     assert process.stdout is not None
     events = []
     for line in process.stdout:
+        if json.loads(line)["event"] == "stage":
+            continue
         events.append(json.loads(line))
         if events[-1]["event"] == "progress":
             os.kill(process.pid, signum)
             break
     rest, err = process.communicate(timeout=120)
-    events += [json.loads(line) for line in rest.splitlines()]
+    events += [e for e in map(json.loads, rest.splitlines()) if e["event"] != "stage"]
 
     assert process.returncode == 130, err
     assert events[0]["event"] == "start" and events[0]["tiles"] == 48 * 48

@@ -227,8 +227,10 @@ def test_a_model_that_needs_other_bands_is_refused_before_any_tile(
     )
     monkeypatch.setattr(pipeline, "load_model", lambda name: model)
     pair = make_pair(tmp_path / "scene")
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
     with pytest.raises(ModelError, match="takes 4 bands but 3 are selected"):
-        detect(run_config(pair, tmp_path, model="/some/checkpoint"))
+        detect(run_config(pair, tmp_path, model=str(checkpoint)))
     assert_no_output(tmp_path, private_tempdir)
 
 

@@ -13,7 +13,6 @@ import rasterio
 import shapely
 from affine import Affine
 
-from mtrs_geo import write
 from mtrs_geo.errors import InputError
 from mtrs_geo.write import (
     ATTRIBUTE_COLUMNS,
@@ -94,7 +93,7 @@ def test_interrupted_shapefile_leaves_no_sidecar(tmp_path: Path, monkeypatch) ->
         real_write(frame, path, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(write.pyogrio, "write_dataframe", write_then_fail)
+    monkeypatch.setattr(pyogrio, "write_dataframe", write_then_fail)
     with pytest.raises(KeyboardInterrupt):
         write_vectors(sample_table(), tmp_path / "changes.shp")
     assert listing(tmp_path) == []

@@ -1,0 +1,86 @@
+"""``mtrs batch``: :func:`mtrs_geo.batch.run_batch` over the rows of a CSV, one line per row."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mtrs_geo.cli.common import (
+    EngineCommand,
+    MessagePrinter,
+    ProgressReporter,
+    cancel_switch,
+    emit_json,
+    engine_options,
+    engine_settings,
+    progress_mode,
+    summary_line,
+)
+from mtrs_geo.config import DetectConfig
+
+
+@click.command(cls=EngineCommand)
+@click.argument("pairs_csv", metavar="PAIRS.csv", type=click.Path(dir_okay=False))
+@click.option(
+    "--mask-out-dir",
+    "mask_out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also write each row's mask COG here, named after its output.",
+)
+@engine_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per row, then a summary line.")
+def batch(pairs_csv: str, mask_out_dir: str | None, as_json: bool, **options: Any) -> None:
+    """Run detect for every row of PAIRS.csv (columns before, after, query, output).
+
+    Relative paths are resolved against the CSV's folder; an optional mask_out column names a mask
+    COG per row. Rows that would write one file, or over their own input, are refused before any
+    work (exit 2). A failing row is reported and the batch goes on; exit code 1 if any row failed.
+    """
+    from mtrs_geo.batch import batch_configs, read_pairs_csv, run_batch
+
+    quiet = options["quiet"]
+    # The pair and outputs are the rows'; this template holds the shared options.
+    template = DetectConfig(before=Path(), after=Path(), **engine_settings(options))
+    rows = batch_configs(
+        read_pairs_csv(Path(pairs_csv)), template, Path(mask_out_dir) if mask_out_dir else None
+    )
+    mode = progress_mode(quiet, as_json, False)
+    reporters: dict[int, ProgressReporter] = {}
+
+    def progress_for(number: int) -> ProgressReporter:
+        reporters[number] = ProgressReporter(mode, label=f"row {number}")
+        return reporters[number]
+
+    def on_row(outcome: Any) -> None:
+        if outcome.number in reporters:
+            reporters.pop(outcome.number).close()
+        if as_json:
+            emit_json(sys.stdout, outcome.to_json())
+        elif outcome.ok and not quiet:
+            click.echo(f"row {outcome.number}: ok, {summary_line(outcome.result)}")
+        elif not outcome.ok:
+            click.echo(f"row {outcome.number}: FAILED: {outcome.message}", err=True)
+
+    try:
+        outcomes = run_batch(
+            rows,
+            on_row=on_row,
+            progress_for=progress_for,
+            cancel=cancel_switch(),
+            messages=MessagePrinter(mode, quiet),
+        )
+    finally:
+        for reporter in reporters.values():
+            reporter.close()
+    failures = sum(not outcome.ok for outcome in outcomes)
+    total = len(outcomes)
+    if as_json:
+        emit_json(sys.stdout, {"rows": total, "ok": total - failures, "failed": failures})
+    elif not quiet:
+        click.echo(f"{total - failures} of {total} rows done, {failures} failed")
+    if failures:
+        sys.exit(1)

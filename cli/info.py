@@ -1,0 +1,121 @@
+"""``mtrs info``: the common grid of a pair, without running a model."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+import click
+
+from mtrs_geo.cli.common import (
+    OVERLAP_OPTION,
+    TILE_SIZE_OPTION,
+    BandList,
+    EngineCommand,
+    check_crs,
+    emit_json,
+    pair_paths,
+)
+from mtrs_geo.config import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, DetectConfig
+
+
+def _plain(value: Any) -> Any:
+    """Make a value JSON-friendly (dataclasses, paths, CRS objects, tuples)."""
+    if hasattr(value, "to_json"):
+        return value.to_json()
+    if is_dataclass(value) and not isinstance(value, type):
+        return {key: _plain(item) for key, item in asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def format_pair_info(description: Any) -> str:
+    """Render ``describe_pair``'s JSON as aligned ``label  value`` lines for a terminal."""
+    if not isinstance(description, dict):
+        return str(description)
+    info = dict(description)
+    lines: list[tuple[str, str]] = []
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        xres, yres = info.pop("resolution")
+        lines.append(("before", f"{info.pop('before')} (read: {info.pop('before_read')})"))
+        lines.append(("after", f"{info.pop('after')} (read: {info.pop('after_read')})"))
+        lines.append(("crs", str(info.pop("crs"))))
+        width, height = info.pop("width"), info.pop("height")
+        lines.append(("grid", f"{width} x {height} px, pixel {xres:g} x {yres:g} CRS units"))
+        lines.append(("bounds", ", ".join(f"{v:.10g}" for v in info.pop("bounds"))))
+        area = float(info.pop("area_m2"))
+        lines.append(("overlap", f"{area / 1e6:,.3f} km^2 ({area:,.0f} m^2)"))
+        tiles, size, overlap = info.pop("tiles"), info.pop("tile_size"), info.pop("overlap")
+        lines.append(("tiles", f"{tiles} of {size} px, overlap {overlap} px"))
+        bands_b = ",".join(str(b) for b in info.pop("bands_before"))
+        bands_a = ",".join(str(b) for b in info.pop("bands_after"))
+        lines.append(("bands", f"before {bands_b}; after {bands_a}"))
+    for key, value in info.items():
+        shown = json.dumps(value) if isinstance(value, list | dict) else str(value)
+        lines.append((key.replace("_", " "), shown))
+    width = max(len(label) for label, _ in lines) if lines else 0
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in lines)
+
+
+@click.command(cls=EngineCommand)
+@click.argument("before", required=False)
+@click.argument("after", required=False)
+@click.option("--sample", is_flag=True, help="Describe the bundled sample pair.")
+@click.option("--bands", type=BandList(), default=None, help="1-based bands of the before image.")
+@click.option(
+    "--after-bands", type=BandList(), default=None, help="1-based bands of the after image."
+)
+@click.option("--crs", callback=check_crs, default=None, help="CRS of the common grid.")
+@click.option(
+    "--resolution", type=click.FloatRange(min=0, min_open=True), default=None, help="Pixel size."
+)
+@click.option(
+    "--tile-size",
+    type=TILE_SIZE_OPTION,
+    default=DEFAULT_TILE_SIZE,
+    show_default=True,
+    help="Tile side.",
+)
+@click.option(
+    "--overlap", type=OVERLAP_OPTION, default=DEFAULT_OVERLAP, show_default=True, help="Overlap."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the description as one JSON line.")
+def info(
+    before: str | None,
+    after: str | None,
+    sample: bool,
+    bands: tuple[int, ...] | None,
+    after_bands: tuple[int, ...] | None,
+    crs: str | None,
+    resolution: float | None,
+    tile_size: int,
+    overlap: int,
+    as_json: bool,
+) -> None:
+    """Show the common grid of BEFORE and AFTER: CRS, size, pixel size, overlap area, tile count."""
+    from mtrs_geo.pipeline import describe_pair
+
+    before_path, after_path = pair_paths(before, after, sample)
+    config = DetectConfig(
+        before=before_path,
+        after=after_path,
+        bands_before=bands,
+        bands_after=after_bands,
+        crs=crs,
+        resolution=resolution,
+        tile_size=tile_size,
+        overlap=overlap,
+    )
+    description = _plain(describe_pair(config))
+    if as_json:
+        emit_json(sys.stdout, description)
+        return
+    click.echo(format_pair_info(description))
