@@ -37,7 +37,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from .backend import check_environment, model_names, run_detection
 from .environment import EnvironmentProblem
-from .runner import DetectRequest, RunCancelled, RunFailed
+from .runner import DetectRequest, RunCancelled, RunFailed, RunSummary
 from .settings import DEVICES, current_settings
 
 PLUGIN_DIR = Path(__file__).resolve().parent
@@ -46,6 +46,16 @@ STYLE_PATH = PLUGIN_DIR / "styles" / "changes.qml"
 # Vector formats the engine writes itself; any other OGR format is converted from FlatGeobuf.
 ENGINE_VECTOR_EXTENSIONS = {".geojson", ".gpkg", ".fgb", ".shp"}
 MASK_TYPES = ["probability", "binary"]
+ENGINE_DEFAULT = "empty: the engine's default"
+
+
+def layer_name(query: str, summary: RunSummary) -> str:
+    """Name of the loaded changes layer: the query only when the model used it."""
+    if query and summary.raw.get("query_used") is True:
+        return f"Changes: {query}"
+    if query:
+        return "Changes (any change; the model ignores the query)"
+    return "Changes"
 
 
 class StyleChangesLayer(QgsProcessingLayerPostProcessorInterface):
@@ -191,15 +201,15 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
                 optional=True,
             )
         )
+        # Defaults and bounds are the engine's: an empty number takes its default, and the engine
+        # checks every value (the same check as the CLI's).
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.THRESHOLD,
-                "Probability threshold",
+                f"Probability threshold ({ENGINE_DEFAULT})",
                 QgsProcessingParameterNumber.Double,
-                0.5,
-                False,
-                0.001,
-                1.0,
+                None,
+                True,
             )
         )
         self.addParameter(
@@ -223,30 +233,24 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
             ),
             QgsProcessingParameterNumber(
                 self.TILE_SIZE,
-                "Tile size (pixels)",
+                f"Tile size (pixels; {ENGINE_DEFAULT})",
                 QgsProcessingParameterNumber.Integer,
-                512,
-                False,
-                32,
-                8192,
+                None,
+                True,
             ),
             QgsProcessingParameterNumber(
                 self.OVERLAP,
-                "Tile overlap (pixels)",
+                f"Tile overlap (pixels; {ENGINE_DEFAULT})",
                 QgsProcessingParameterNumber.Integer,
-                64,
-                False,
-                0,
-                4096,
+                None,
+                True,
             ),
             QgsProcessingParameterNumber(
                 self.BATCH_SIZE,
-                "Batch size (tiles)",
+                f"Batch size (tiles; {ENGINE_DEFAULT})",
                 QgsProcessingParameterNumber.Integer,
-                4,
-                False,
-                1,
-                1024,
+                None,
+                True,
             ),
             QgsProcessingParameterEnum(
                 self.DEVICE, "Device", DEVICES, defaultValue=settings.device, usesStaticStrings=True
@@ -273,6 +277,16 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
             )
         )
 
+    def _number(
+        self, parameters: dict[str, Any], name: str, context: QgsProcessingContext, whole: bool
+    ) -> Any:
+        """Return an optional number parameter; None when it is not set (engine default)."""
+        if parameters.get(name) in (None, ""):
+            return None
+        if whole:
+            return self.parameterAsInt(parameters, name, context)
+        return self.parameterAsDouble(parameters, name, context)
+
     def _request(
         self, parameters: dict[str, Any], context: QgsProcessingContext, output: str, mask: str
     ) -> DetectRequest:
@@ -288,16 +302,15 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
             query=self.parameterAsString(parameters, self.QUERY, context).strip(),
             output=output,
             mask_out=mask or None,
-            mask_type=self.parameterAsEnumString(parameters, self.MASK_TYPE, context)
-            or "probability",
-            model=model,
-            tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
-            overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
-            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-            device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
-            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
-            min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
-            simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
+            mask_type=self.parameterAsEnumString(parameters, self.MASK_TYPE, context) or None,
+            model=model or None,
+            tile_size=self._number(parameters, self.TILE_SIZE, context, whole=True),
+            overlap=self._number(parameters, self.OVERLAP, context, whole=True),
+            batch_size=self._number(parameters, self.BATCH_SIZE, context, whole=True),
+            device=self.parameterAsEnumString(parameters, self.DEVICE, context) or None,
+            threshold=self._number(parameters, self.THRESHOLD, context, whole=False),
+            min_area=self._number(parameters, self.MIN_AREA, context, whole=False),
+            simplify=self._number(parameters, self.SIMPLIFY, context, whole=False),
         )
 
     def processAlgorithm(
@@ -326,7 +339,7 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
                     is_cancelled=feedback.isCanceled,
                 )
             except RunCancelled as exc:
-                raise QgsProcessingException(f"Cancelled: {exc}; no output was written") from exc
+                raise QgsProcessingException(f"Cancelled: {exc}; earlier files are kept") from exc
             except RunFailed as exc:
                 raise QgsProcessingException(str(exc)) from exc
             if staging is not None:
@@ -339,7 +352,7 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
             feedback.pushInfo(f"{summary.polygons} change polygons{seconds}")
         if context.willLoadLayerOnCompletion(output):
             details = context.layerToLoadOnCompletionDetails(output)
-            details.name = f"Changes: {request.query}" if request.query else "Changes"
+            details.name = layer_name(request.query, summary)
             details.setPostProcessor(STYLE_CHANGES_LAYER)
         return {self.OUTPUT: output, self.MASK: mask or None}
 

@@ -3,13 +3,16 @@
 Nothing here imports QGIS: the algorithm passes in plain callables (progress, log, is-cancelled)
 and turns :class:`RunFailed` and :class:`RunCancelled` into Processing errors. The subprocess mode
 follows the CLI contract of docs/ARCHITECTURE.md: ``mtrs detect ... --progress-json`` prints one
-JSON object per line (``start``, ``progress``, ``done`` or ``error``) and exits 0, 2 (bad input),
-1 (internal error) or 130 (cancelled; SIGTERM removes partial outputs).
+JSON object per line (``stage``, ``start``, ``progress``, ``done`` or ``error``) and exits 0, 2
+(bad input), 1 (internal error) or 130 (cancelled). The engine owns its outputs: a cancelled run
+leaves the files it would have replaced as they were, and a run that got to renaming its outputs
+into place finishes; the plugin never deletes an output itself.
+
+Option defaults are the engine's: a :class:`DetectRequest` field left at None is not passed on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
@@ -47,7 +50,8 @@ class DetectRequest:
     """All options of one detection, as the algorithm collected them (paths as strings).
 
     Sizes are pixels of the common grid, ``min_area`` square metres, ``simplify`` metres.
-    ``model`` is a registered model name or a checkpoint folder.
+    ``model`` is a registered model name or a checkpoint folder. A field left at None takes the
+    engine's default (:mod:`mtrs_geo.config`), whichever way the engine runs.
     """
 
     before: str
@@ -55,15 +59,27 @@ class DetectRequest:
     query: str = ""
     output: str | None = None
     mask_out: str | None = None
-    mask_type: str = "probability"
-    model: str = "cva"
-    tile_size: int = 512
-    overlap: int = 64
-    batch_size: int = 4
-    device: str = "auto"
-    threshold: float = 0.5
-    min_area: float = 0.0
-    simplify: float = 0.0
+    mask_type: str | None = None
+    model: str | None = None
+    tile_size: int | None = None
+    overlap: int | None = None
+    batch_size: int | None = None
+    device: str | None = None
+    threshold: float | None = None
+    min_area: float | None = None
+    simplify: float | None = None
+
+    def options(self) -> dict[str, Any]:
+        """Return the options given (not None), by their ``DetectConfig`` field names."""
+        names = ("mask_type", "model", "tile_size", "overlap", "batch_size", "device")
+        numbers = ("threshold", "min_area", "simplify")
+        given: dict[str, Any] = {
+            name: getattr(self, name) for name in names if getattr(self, name) is not None
+        }
+        given |= {
+            name: float(getattr(self, name)) for name in numbers if getattr(self, name) is not None
+        }
+        return given
 
     def outputs(self) -> list[str]:
         """Return the files this run writes."""
@@ -71,34 +87,16 @@ class DetectRequest:
 
     def cli_args(self) -> list[str]:
         """Arguments of ``mtrs detect`` for this request (without the executable)."""
-        args = [
-            "detect",
-            self.before,
-            self.after,
-            "--query",
-            self.query,
-            "--model",
-            self.model,
-            "--tile-size",
-            str(self.tile_size),
-            "--overlap",
-            str(self.overlap),
-            "--batch-size",
-            str(self.batch_size),
-            "--device",
-            self.device,
-            "--threshold",
-            repr(float(self.threshold)),
-            "--min-area",
-            repr(float(self.min_area)),
-            "--simplify",
-            repr(float(self.simplify)),
-            "--progress-json",
-        ]
+        args = ["detect", self.before, self.after, "--query", self.query, "--progress-json"]
+        for name, value in self.options().items():
+            if name == "mask_type" and not self.mask_out:
+                continue
+            shown = repr(value) if isinstance(value, float) else str(value)
+            args += [f"--{name.replace('_', '-')}", shown]
         if self.output:
             args += ["--output", self.output]
         if self.mask_out:
-            args += ["--mask-out", self.mask_out, "--mask-type", self.mask_type]
+            args += ["--mask-out", self.mask_out]
         return args
 
 
@@ -160,38 +158,6 @@ def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-@dataclass(frozen=True)
-class _FileState:
-    """Whether a file existed before the run, and its modification time then (ns)."""
-
-    existed: bool
-    mtime_ns: int
-
-
-def _file_state(path: str) -> _FileState:
-    try:
-        return _FileState(True, os.stat(path).st_mtime_ns)
-    except OSError:
-        return _FileState(False, 0)
-
-
-def output_states(paths: list[str]) -> dict[str, _FileState]:
-    """Record whether each output exists now, and since when (see :func:`remove_new_outputs`)."""
-    return {path: _file_state(path) for path in paths}
-
-
-def remove_new_outputs(before: dict[str, _FileState]) -> None:
-    """Remove the outputs a cancelled run created or replaced; files it did not touch stay.
-
-    The engine's atomic rename may win the race against the cancel, hence the check afterwards.
-    """
-    for path, state in before.items():
-        now = _file_state(path)
-        if now.existed and (not state.existed or now.mtime_ns != state.mtime_ns):
-            with contextlib.suppress(OSError):
-                os.remove(path)
-
-
 def _pump(stream: IO[str], sink: queue.Queue[tuple[str, str | None]], name: str) -> None:
     """Copy the lines of ``stream`` into ``sink``; a final ``(name, None)`` marks its end."""
     try:
@@ -231,9 +197,8 @@ def _terminate(process: subprocess.Popen[str]) -> None:
 def _events(process: subprocess.Popen[str], is_cancelled: CancelledFn) -> Iterator[tuple[str, str]]:
     """Yield ``(stream, line)`` from the CLI's stdout and stderr until both close.
 
-    Raises:
-        RunCancelled: as soon as ``is_cancelled()`` turns true (the process is stopped first).
-
+    When ``is_cancelled()`` turns true the process is asked to stop (SIGTERM, SIGKILL after a
+    grace period) and the lines it still prints are yielded: it may have finished meanwhile.
     """
     assert process.stdout is not None and process.stderr is not None
     lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
@@ -245,9 +210,8 @@ def _events(process: subprocess.Popen[str], is_cancelled: CancelledFn) -> Iterat
         reader.start()
     open_streams = len(readers)
     while open_streams:
-        if is_cancelled():
+        if is_cancelled() and process.poll() is None:
             _terminate(process)
-            raise RunCancelled("cancelled by the user")
         try:
             stream, line = lines.get(timeout=POLL_SECONDS)
         except queue.Empty:
@@ -260,7 +224,6 @@ def _events(process: subprocess.Popen[str], is_cancelled: CancelledFn) -> Iterat
 
 def _follow(
     process: subprocess.Popen[str],
-    states: dict[str, _FileState],
     progress: ProgressFn,
     log: LogFn,
     is_cancelled: CancelledFn,
@@ -269,9 +232,6 @@ def _follow(
 
     Returns:
         The error event's message, the done event's summary, and the last lines of stderr.
-
-    Raises:
-        RunCancelled: the user cancelled (the process is stopped and new outputs removed).
 
     """
     error: str | None = None
@@ -288,7 +248,9 @@ def _follow(
                     log(text)
                 continue
             kind = event["event"]
-            if kind == "start":
+            if kind == "stage":
+                log(str(event.get("message", "")))
+            elif kind == "start":
                 log(f"{event.get('tiles', '?')} tiles to predict")
                 progress(0.0)
             elif kind == "progress":
@@ -298,9 +260,6 @@ def _follow(
                 progress(100.0)
             elif kind == "error":
                 error = str(event.get("message") or "").strip() or None
-    except RunCancelled:
-        remove_new_outputs(states)
-        raise
     finally:
         _terminate(process)  # no-op when it has exited
     return error, summary, stderr_tail
@@ -328,10 +287,10 @@ def run_cli(
 
     Raises:
         RunFailed: the CLI reported an error (its one-line message) or could not start.
-        RunCancelled: the user cancelled; outputs this run created are removed.
+        RunCancelled: the user cancelled before the engine finished; the files it would have
+            replaced are as they were.
 
     """
-    states = output_states(request.outputs())
     command = [executable, *request.cli_args()]
     try:
         process = subprocess.Popen(
@@ -350,11 +309,14 @@ def run_cli(
         raise RunFailed(f"cannot start {executable}: {exc.strerror or exc}") from exc
 
     with process:  # closes the pipes whatever happens
-        error, summary, stderr_tail = _follow(process, states, progress, log, is_cancelled)
+        error, summary, stderr_tail = _follow(process, progress, log, is_cancelled)
         code = process.wait()
 
-    if code == EXIT_CANCELLED:
-        remove_new_outputs(states)
+    if code == 0 and summary is not None:
+        if is_cancelled():
+            log("the run had finished when the cancel came: its outputs are kept")
+        return summary
+    if code == EXIT_CANCELLED or is_cancelled():
         raise RunCancelled("the engine stopped: cancelled or interrupted")
     if code != 0 or summary is None:
         message = error or (stderr_tail[-1].removeprefix("Error: ") if stderr_tail else None)
@@ -380,14 +342,18 @@ def run_in_process(
 ) -> RunSummary:
     """Run the engine in this Python (QGIS's own, when ``mtrs_geo`` imports there).
 
+    The engine checks the request (:meth:`mtrs_geo.config.DetectConfig.check`, the same check as
+    the CLI's) and owns its outputs: a cancel before its commit keeps the old files, one after is
+    too late and the run's new files stay.
+
     Raises:
         RunFailed: the engine refused the input (its one-line message).
-        RunCancelled: the user cancelled; the engine removed its partial outputs.
+        RunCancelled: the user cancelled before the engine finished.
 
     """
     from mtrs_geo.config import DetectConfig
     from mtrs_geo.errors import Cancelled, MtrsError
-    from mtrs_geo.pipeline import detect
+    from mtrs_geo.pipeline import RunMessage, detect
 
     cancel = threading.Event()
 
@@ -396,33 +362,26 @@ def run_in_process(
             cancel.set()
         progress(progress_percent(done, total))
 
-    config = DetectConfig(
-        before=Path(request.before),
-        after=Path(request.after),
-        query=request.query,
-        output=Path(request.output) if request.output else None,
-        mask_out=Path(request.mask_out) if request.mask_out else None,
-        mask_type="binary" if request.mask_type == "binary" else "probability",
-        model=request.model,
-        tile_size=request.tile_size,
-        overlap=request.overlap,
-        batch_size=request.batch_size,
-        device=request.device,
-        threshold=request.threshold,
-        min_area=request.min_area,
-        simplify=request.simplify,
-    )
-    states = output_states(request.outputs())
+    def on_message(message: RunMessage) -> None:
+        log(message.text)
+
     started = time.monotonic()
     try:
-        result = detect(config, progress=on_progress, cancel=cancel)
+        config = DetectConfig(
+            before=Path(request.before),
+            after=Path(request.after),
+            query=request.query,
+            output=Path(request.output) if request.output else None,
+            mask_out=Path(request.mask_out) if request.mask_out else None,
+            **request.options(),
+        )
+        config.check()
+        result = detect(config, progress=on_progress, cancel=cancel, messages=on_message)
     except Cancelled as exc:
-        remove_new_outputs(states)
         raise RunCancelled(str(exc) or "cancelled by the user") from exc
     except MtrsError as exc:
         raise RunFailed(str(exc)) from exc
     if is_cancelled():
-        remove_new_outputs(states)
-        raise RunCancelled("cancelled by the user")
+        log("the run had finished when the cancel came: its outputs are kept")
     log(f"engine finished in {time.monotonic() - started:.1f} s")
     return summary_from_json(result.to_json())

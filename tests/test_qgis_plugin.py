@@ -173,9 +173,10 @@ def test_run_cli_turns_the_engine_error_into_run_failed_with_its_message(tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cancel_removes_an_output_the_process_wrote_and_stops_it(tmp_path: Path) -> None:
-    # A command that writes its output at once, then keeps running: the cancel must stop it and
-    # remove what it wrote (the race where the engine's rename beats the cancel).
+def test_cancel_stops_the_process_and_leaves_its_outputs_to_the_engine(tmp_path: Path) -> None:
+    # A command that writes its output at once, then keeps running: the cancel must stop it, and
+    # the plugin must not delete a file the engine put in place (the engine alone decides whether
+    # a run finished; deleting here lost both the old and the new file).
     fake = tmp_path / "slow-mtrs"
     fake.write_text(
         "#!/bin/sh\n"
@@ -198,18 +199,28 @@ def test_cancel_removes_an_output_the_process_wrote_and_stops_it(tmp_path: Path)
             is_cancelled=lambda: "9 tiles to predict" in messages,
         )
     assert time.monotonic() - started < 5.0
-    assert not output.exists()
+    assert output.read_text() == "done\n"
 
 
-def test_an_output_that_existed_before_a_cancelled_run_is_kept(tmp_path: Path) -> None:
-    kept = tmp_path / "kept.gpkg"
-    kept.write_text("earlier result")
-    new = tmp_path / "new.gpkg"
-    states = runner.output_states([str(kept), str(new)])
-    new.write_text("partial")
-    runner.remove_new_outputs(states)
-    assert kept.read_text() == "earlier result"
-    assert not new.exists()
+def test_a_run_that_finished_before_the_cancel_keeps_its_outputs(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path / "pair")
+    output = tmp_path / "changes.gpkg"
+    output.write_text("earlier result")
+    request = runner.DetectRequest(
+        before=str(pair.before), after=str(pair.after), output=str(output), tile_size=128
+    )
+    done: list[float] = []
+    messages: list[str] = []
+    # The cancel comes with the last progress event: too late, the engine finishes.
+    summary = runner.run_in_process(
+        request,
+        progress=done.append,
+        log=messages.append,
+        is_cancelled=lambda: done[-1:] == [100.0],
+    )
+    assert summary.polygons is not None and summary.polygons > 0
+    assert output.read_bytes().startswith(b"SQLite format 3")
+    assert any("outputs are kept" in message for message in messages)
 
 
 def test_progress_events_and_percentages() -> None:
