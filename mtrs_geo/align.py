@@ -17,7 +17,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from mtrs_geo.grid import Grid, grid_offset, same_lattice
-from mtrs_geo.read import RasterInfo
+from mtrs_geo.read import RasterInfo, read_failure
 
 # GDAL warper memory per window (bytes); more than a tile's worth so one window is one warp chunk.
 _WARP_MEM_LIMIT = 256 * 1024 * 1024
@@ -49,6 +49,9 @@ class AlignedReader:
                 "height": grid.height,
                 "warp_mem_limit": _WARP_MEM_LIMIT,
             }
+            if info.grid.transform != self._src.transform:
+                # The image was moved by a turn of longitude to meet the other one (antimeridian).
+                common["src_transform"] = info.grid.transform
             self._data_vrt = WarpedVRT(self._src, resampling=Resampling.bilinear, **common)
             # The alpha band of a nearest-neighbour warp is the source mask (nodata, per-dataset
             # mask,
@@ -70,7 +73,19 @@ class AlignedReader:
         Integer data stays integer (a quarter of float32's bytes through the tile queue).
         ``out``: ``(data (C, h, w), valid (h, w))`` arrays to read into (a recycled buffer);
         ignored when their shape or dtype does not fit.
+
+        Raises:
+            InputError: the file cannot be decoded there (truncated, corrupt blocks), naming it.
+
         """
+        try:
+            return self._read_native(window, out)
+        except rasterio.errors.RasterioError as exc:
+            raise read_failure(self.info.path, exc) from exc
+
+    def _read_native(
+        self, window: Window, out: tuple[np.ndarray, np.ndarray] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         shape = (len(self.bands), int(window.height), int(window.width))
         if out is not None and (
             out[0].shape != shape or out[0].dtype != np.dtype(self.info.dtype)

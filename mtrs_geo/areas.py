@@ -118,13 +118,53 @@ def simplify_metres(gdf: gpd.GeoDataFrame, tolerance_m: float) -> gpd.GeoDataFra
     crs = CRS.from_user_input(gdf.crs)
     result = gdf.copy()
     if _is_metric(crs):
-        result.geometry = gdf.geometry.simplify(tolerance_m, preserve_topology=True)
+        simplified = gdf.geometry.simplify(tolerance_m, preserve_topology=True)
     else:
         local = _local_crs_for(gdf)
         metric = gdf.geometry.to_crs(local).simplify(tolerance_m, preserve_topology=True)
-        result.geometry = metric.to_crs(crs)
+        simplified = metric.to_crs(crs)
+    # Simplification (and the way back from the local projection) can leave holes outside their
+    # shell or crossing it: every output geometry must be valid.
+    result.geometry = gpd.GeoSeries(valid_polygons(simplified.to_numpy()), crs=crs)
     keep = ~(result.geometry.is_empty | result.geometry.isna())
     return result.loc[keep].reset_index(drop=True)
+
+
+def valid_polygons(geometry: np.ndarray, grid_size: float = 0.0) -> np.ndarray:
+    """Return ``geometry`` with each invalid entry repaired into a valid (Multi)Polygon.
+
+    Repairs keep the polygonal parts of :func:`shapely.make_valid` (``structure`` method: holes
+    cut out of their shells) and drop degenerate ones (lines, points); an entry with nothing left
+    becomes an empty polygon. Valid entries are returned as they are. With ``grid_size`` (CRS
+    units) every vertex is first snapped to that grid, keeping the result valid: a writer that
+    rounds coordinates (GeoJSON: 7 decimals of a degree, ``grid_size=1e-7``) then writes valid
+    geometries.
+    """
+    geometry = np.asarray(geometry, dtype=object)
+    if grid_size > 0:
+        geometry = shapely.set_precision(geometry, grid_size)
+    result = geometry.copy()
+    invalid = np.flatnonzero(~shapely.is_valid(geometry) & ~shapely.is_missing(geometry))
+    if invalid.size == 0:
+        return result
+    repaired = shapely.make_valid(geometry[invalid], method="structure", keep_collapsed=False)
+    for index, fixed in zip(invalid, repaired, strict=True):
+        result[index] = _polygonal_part(fixed)
+    return result
+
+
+def _polygonal_part(geometry: shapely.Geometry) -> shapely.Geometry:
+    """Return the polygons of ``geometry`` as one (Multi)Polygon (an empty Polygon when none)."""
+    polygons = [
+        part for part in shapely.get_parts(shapely.get_parts(geometry))  # collections too
+        if isinstance(part, shapely.Polygon) and not part.is_empty and part.area > 0
+    ]  # fmt: skip
+    if not polygons:
+        return shapely.Polygon()
+    if len(polygons) == 1:
+        return polygons[0]
+    merged = shapely.union_all(polygons)
+    return merged if shapely.is_valid(merged) else shapely.make_valid(merged, method="structure")
 
 
 def filter_min_area(

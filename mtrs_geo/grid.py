@@ -11,8 +11,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.errors import CRSError
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
@@ -89,6 +91,30 @@ def grid_offset(image: Grid, grid: Grid) -> tuple[int, int]:
     return (int(round(col)), int(round(row)))
 
 
+def unwrap_longitudes(image: Grid, reference: Grid) -> Grid:
+    """Return ``image`` moved by whole turns of longitude (360 degrees) to overlap ``reference``.
+
+    Two images of a geographic CRS can describe the same ground with longitudes a turn apart (one
+    written 179.9..180.16, the other -180.1..-179.84 across the antimeridian). The image's
+    transform is shifted by the turn that overlaps ``reference`` most; any other pair (projected
+    CRSs, different CRSs, already overlapping) is returned as it is.
+    """
+    if image.crs != reference.crs or not image.crs.is_geographic:
+        return image
+    left, _, right, _ = image.bounds
+    ref_left, _, ref_right, _ = reference.bounds
+
+    def overlap(shift: float) -> float:
+        return min(right + shift, ref_right) - max(left + shift, ref_left)
+
+    best = max((0.0, -360.0, 360.0), key=overlap)  # ties keep the image where it is
+    if best == 0.0 or overlap(best) <= overlap(0.0):
+        return image
+    return Grid(
+        image.crs, Affine.translation(best, 0.0) @ image.transform, image.width, image.height
+    )
+
+
 def _intersect(a: Bounds, b: Bounds) -> Bounds | None:
     left, bottom = max(a[0], b[0]), max(a[1], b[1])
     right, top = min(a[2], b[2]), min(a[3], b[3])
@@ -114,6 +140,26 @@ def _native_resolution(image: Grid, crs: CRS) -> tuple[float, float]:
     return (abs(transform.a), abs(transform.e))
 
 
+def parse_crs(value: CRS | str) -> CRS:
+    """Return the CRS ``value`` names (``EPSG:32633``, WKT, PROJ string, ...).
+
+    GDAL prints its own error line on stderr for an unknown CRS unless an error handler is
+    installed: the lookup runs inside a rasterio environment (which installs one), so the user sees
+    only our one-line message.
+
+    Raises:
+        InputError: ``value`` is not a CRS GDAL knows.
+
+    """
+    if isinstance(value, CRS):
+        return value
+    try:
+        with rasterio.Env():
+            return CRS.from_user_input(value)
+    except (CRSError, ValueError, TypeError) as exc:
+        raise InputError(f"{value!r} is not a known CRS (try EPSG:32633 or EPSG:4326)") from exc
+
+
 def common_grid(
     before: Grid,
     after: Grid,
@@ -132,12 +178,16 @@ def common_grid(
         InputError: disjoint footprints, or a non-positive resolution.
 
     """
-    target = CRS.from_user_input(crs) if crs is not None else before.crs
+    target = parse_crs(crs) if crs is not None else before.crs
     if resolution is not None and not resolution > 0:
         raise InputError(f"resolution must be a positive number of CRS units, got {resolution}")
     before_fp = footprint_in(before, target)
     after_fp = footprint_in(after, target)
     overlap = _intersect(before_fp, after_fp)
+    if overlap is None and target.is_geographic:
+        # Longitudes a turn apart (the antimeridian): compare the footprints in one turn.
+        turned = [(after_fp[0] + s, after_fp[1], after_fp[2] + s, after_fp[3]) for s in (-360, 360)]
+        overlap = next((o for o in (_intersect(before_fp, t) for t in turned) if o), None)
     if overlap is None:
         raise InputError(
             "the before and after images do not overlap: footprints "

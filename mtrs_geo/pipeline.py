@@ -32,7 +32,14 @@ from mtrs_geo.grid import (
 )
 from mtrs_geo.model_api import ChangeModel, ModelInfo, load_model, model_info, registered_names
 from mtrs_geo.normalize import BandStats
-from mtrs_geo.read import RasterInfo, check_pair, open_raster, read_overview_sample, sample_stats
+from mtrs_geo.read import (
+    RasterInfo,
+    align_longitudes,
+    check_pair,
+    open_raster,
+    read_overview_sample,
+    sample_stats,
+)
 from mtrs_geo.stitch import PROBABILITY_BLOCK, StripStitcher
 from mtrs_geo.tiling import TileStream, prepare_tile_into, scene_batches
 from mtrs_geo.write import StagedOutputs, write_probability_cog, write_vectors
@@ -172,7 +179,7 @@ def _open_pair(config: DetectConfig) -> tuple[RasterInfo, RasterInfo]:
     before = open_raster(config.before, config.bands_before, "before")
     after_bands = config.bands_after if config.bands_after is not None else config.bands_before
     after = open_raster(config.after, after_bands, "after")
-    return before, after
+    return before, align_longitudes(before, after)  # a pair across the antimeridian meets
 
 
 def _pair_info(before: RasterInfo, after: RasterInfo, grid: Grid, config: DetectConfig) -> PairInfo:

@@ -7,6 +7,7 @@ overviews when the file has them, otherwise from a seeded sample of windows of t
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,12 +19,14 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window, from_bounds
 
 from mtrs_geo.errors import InputError, ModelError
-from mtrs_geo.grid import Grid, footprint_in
+from mtrs_geo.grid import Grid, footprint_in, unwrap_longitudes
 from mtrs_geo.model_api import ModelInfo
 from mtrs_geo.normalize import BandStats, band_stats
 
 # Largest side, in pixels, of the overview read used for statistics.
 STATS_OVERVIEW_SIZE = 1024
+# Latitude beyond a pole tolerated in a geographic image's bounds (degrees): float round-off.
+_POLE_SLACK = 1e-6
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,14 @@ def open_raster(
         )
     if transform.is_identity:
         raise InputError(f"{role} image {path} is not georeferenced (no geotransform)")
+    grid = Grid(crs, transform, width, height)
+    if crs.is_geographic:
+        _, south, _, north = grid.bounds
+        if south < -90.0 - _POLE_SLACK or north > 90.0 + _POLE_SLACK:
+            raise InputError(
+                f"{role} image {path} reaches latitude {south if south < -90 else north:.6g}, "
+                "beyond a pole: its geotransform is wrong for a geographic CRS"
+            )
     if count == 0:
         raise InputError(f"{role} image {path} has no bands")
     selected = tuple(range(1, count + 1)) if bands is None else tuple(int(b) for b in bands)
@@ -99,9 +110,10 @@ def open_raster(
     kinds = {np.dtype(dtypes[b - 1]).kind for b in selected}
     if kinds - {"u", "i", "f"}:
         raise InputError(f"{role} image {path.name} has non-numeric bands ({', '.join(dtypes)})")
+    _check_last_block(path, role, selected, width, height, block_shape)
     return RasterInfo(
         path=path,
-        grid=Grid(crs, transform, width, height),
+        grid=grid,
         band_count=count,
         bands=selected,
         dtype=dtypes[selected[0] - 1],
@@ -109,6 +121,37 @@ def open_raster(
         has_overviews=has_overviews,
         block_shape=(int(block_shape[0]), int(block_shape[1])),
     )
+
+
+def read_failure(path: Path, exc: Exception, role: str = "image") -> InputError:
+    """Return the one-line error for a file GDAL opened but cannot decode (truncated, corrupt)."""
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return InputError(f"cannot read {role} {path}: the file is truncated or corrupt ({reason})")
+
+
+def _check_last_block(
+    path: Path,
+    role: str,
+    bands: tuple[int, ...],
+    width: int,
+    height: int,
+    block_shape: tuple[int, ...],
+) -> None:
+    """Decode the file's last block: a truncated file fails here, before any work."""
+    rows, cols = (max(1, int(v)) for v in block_shape[:2])
+    row0, col0 = (height - 1) // rows * rows, (width - 1) // cols * cols
+    window = Window(col0, row0, min(cols, width - col0), min(rows, height - row0))
+    try:
+        with rasterio.open(path) as ds:
+            ds.read(bands[0], window=window)
+    except (RasterioIOError, rasterio.errors.RasterioError) as exc:
+        raise read_failure(path, exc, f"{role} image") from exc
+
+
+def align_longitudes(before: RasterInfo, after: RasterInfo) -> RasterInfo:
+    """Return ``after`` with its longitudes moved by a turn to meet ``before`` (antimeridian)."""
+    grid = unwrap_longitudes(after.grid, before.grid)
+    return after if grid is after.grid else dataclasses.replace(after, grid=grid)
 
 
 def check_pair(before: RasterInfo, after: RasterInfo, info: ModelInfo | None = None) -> None:
@@ -154,13 +197,16 @@ def read_overview_sample(info: RasterInfo, grid: Grid) -> tuple[np.ndarray, np.n
         max(1, int(image_window.height / scale)),
         max(1, int(image_window.width / scale)),
     )
-    with rasterio.open(info.path) as ds:
-        data = ds.read(
-            list(info.bands), window=image_window, out_shape=(len(info.bands), *out_shape)
-        )
-        masks = ds.read_masks(
-            list(info.bands), window=image_window, out_shape=(len(info.bands), *out_shape)
-        )
+    try:
+        with rasterio.open(info.path) as ds:
+            data = ds.read(
+                list(info.bands), window=image_window, out_shape=(len(info.bands), *out_shape)
+            )
+            masks = ds.read_masks(
+                list(info.bands), window=image_window, out_shape=(len(info.bands), *out_shape)
+            )
+    except rasterio.errors.RasterioError as exc:
+        raise read_failure(info.path, exc) from exc
     values = data.astype(np.float32)
     valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(values), axis=0)
     return values, valid

@@ -27,6 +27,7 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from mtrs_geo.areas import valid_polygons
 from mtrs_geo.grid import Panel
 
 # 4-connectivity, the same rule as ``rasterio.features.shapes(connectivity=4)``.
@@ -306,7 +307,7 @@ def region_table(
         polygons.append(polygon)
         scores.append(score)
         counts.append(count)
-    geometry = to_map_coordinates(np.asarray(polygons, dtype=object), transform)
+    geometry = valid_polygons(to_map_coordinates(np.asarray(polygons, dtype=object), transform))
     return gpd.GeoDataFrame(
         {
             "mean_score": np.asarray(scores, dtype=np.float64),
