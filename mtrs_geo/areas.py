@@ -15,6 +15,7 @@ import numpy as np
 import shapely
 from pyproj import CRS, Transformer
 
+from mtrs_geo.errors import InputError
 from mtrs_geo.grid import Grid
 
 # Edges longer than this are densified before reprojection (source CRS units: metres or degrees).
@@ -184,6 +185,10 @@ def min_region_pixels(grid: Grid, min_area_m2: float, simplify_m: float = 0.0) -
     outline, so a region of ``n`` pixels ends at most ``n * (s^2 + 4 s t + pi t^2)`` square metres;
     regions smaller than the returned count can never be kept.
     """
+    if not math.isfinite(min_area_m2):
+        raise InputError(f"minimum area must be a finite number of m^2, got {min_area_m2}")
+    if not math.isfinite(simplify_m):
+        raise InputError(f"simplify tolerance must be a finite number of m, got {simplify_m}")
     if min_area_m2 <= 0:
         return 0
     t = grid.transform

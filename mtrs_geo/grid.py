@@ -362,3 +362,108 @@ def panel_layout(windows: list[Window], scene_width: int, panel_width: int) -> l
         own_end = groups[number + 1][0] if number + 1 < len(groups) else scene_width
         panels.append(Panel(first, end - first, own_end - first, tuple(members[number])))
     return panels
+
+
+GIB = 1024**3
+# Largest grid side GDAL can address (pixels).
+MAX_GRID_SIDE = 2**31 - 1
+# Python bookkeeping per tile window (the window, its place in a panel), bytes.
+_BYTES_PER_WINDOW = 400
+# Share of the machine's memory a run may plan to use.
+_MEMORY_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class RunSize:
+    """What a run on a grid will hold: tile count and the main buffers, in bytes."""
+
+    width: int
+    height: int
+    tiles: int
+    batch: int  # tiles per batch, at most the tile count
+    batch_bytes: int  # the model's batch arrays and the read buffers of queued tiles
+    grid_bytes: int  # the window list and the stitching strips, which follow the grid's size
+
+    @property
+    def total_bytes(self) -> int:
+        """Everything together."""
+        return self.batch_bytes + self.grid_bytes
+
+
+def _tiles_along(length: int, tile_size: int, stride: int) -> int:
+    """Count the tile offsets along one axis (as :func:`tile_windows` makes them)."""
+    return 1 if length <= tile_size else -(-(length - tile_size) // stride) + 1
+
+
+def run_size(
+    width: int,
+    height: int,
+    bands: int,
+    input_bytes: int,
+    tile_size: int,
+    overlap: int,
+    batch_size: int,
+    prefetch: int,
+    panel_width: int,
+) -> RunSize:
+    """Estimate the memory of a run from its grid and options, without building any window.
+
+    Args:
+        width: grid width (pixels).
+        height: grid height (pixels).
+        bands: bands per image.
+        input_bytes: bytes per band value of the images as read (both images together / 2).
+        tile_size: tile side (pixels).
+        overlap: tile overlap (pixels).
+        batch_size: tiles per model batch.
+        prefetch: tiles read ahead.
+        panel_width: width of the column panels (pixels).
+
+    """
+    check_tiling(tile_size, overlap)
+    stride = tile_size - overlap
+    tiles = _tiles_along(width, tile_size, stride) * _tiles_along(height, tile_size, stride)
+    batch = max(1, min(batch_size, tiles))
+    tile_px = tile_size * tile_size
+    # float32 before and after, the valid mask, the model's float32 output and one temporary.
+    per_tile = 2 * bands * 4 + 1 + 4 + 4
+    window_px = min(tile_size, width) * min(tile_size, height)
+    queued = (prefetch + batch) * 2 * window_px * (bands * input_bytes + 1)
+    strip_width = min(width, panel_width + 2 * tile_size)
+    # Weighted sums and weights of a strip two tiles high, and of the columns panels share.
+    stitch = 2 * 4 * (2 * tile_size * strip_width + height * overlap * 2)
+    return RunSize(
+        width=width,
+        height=height,
+        tiles=tiles,
+        batch=batch,
+        batch_bytes=batch * tile_px * per_tile + queued,
+        grid_bytes=tiles * _BYTES_PER_WINDOW + stitch,
+    )
+
+
+def check_run_size(size: RunSize, tile_size: int, memory_bytes: int) -> None:
+    """Refuse a run that cannot fit in ``memory_bytes`` (the machine's memory), with the figures.
+
+    Raises:
+        InputError: a grid side beyond what GDAL addresses, or more memory than the machine has.
+
+    """
+    if max(size.width, size.height) > MAX_GRID_SIDE:
+        raise InputError(
+            f"the common grid would be {size.width} x {size.height} pixels, more than a raster "
+            f"can hold ({MAX_GRID_SIDE} per side): use a coarser resolution"
+        )
+    if size.total_bytes <= _MEMORY_SHARE * memory_bytes:
+        return
+    have = f"this machine has {memory_bytes / GIB:.0f} GiB"
+    if size.batch_bytes >= size.grid_bytes:
+        raise InputError(
+            f"a batch of {size.batch} tiles of {tile_size} px needs ~{size.total_bytes / GIB:.0f} "
+            f"GiB; {have}: use a smaller batch size or tile size"
+        )
+    raise InputError(
+        f"the common grid of {size.width} x {size.height} pixels in {size.tiles} tiles of "
+        f"{tile_size} px needs ~{size.total_bytes / GIB:.0f} GiB; {have}: use a coarser "
+        "resolution, larger tiles or a smaller overlap"
+    )

@@ -41,7 +41,7 @@ from mtrs_geo.read import (
     sample_stats,
 )
 from mtrs_geo.stitch import PROBABILITY_BLOCK, StripStitcher
-from mtrs_geo.tiling import TileStream, prepare_tile_into, scene_batches
+from mtrs_geo.tiling import TileStream, check_resources, prepare_tile_into, scene_batches
 from mtrs_geo.write import StagedOutputs, write_probability_cog, write_vectors
 
 if TYPE_CHECKING:
@@ -211,7 +211,13 @@ def _pair_info(before: RasterInfo, after: RasterInfo, grid: Grid, config: Detect
 
 
 def _pair_grid(before: RasterInfo, after: RasterInfo, config: DetectConfig) -> Grid:
-    return common_grid(before.grid, after.grid, crs=config.crs, resolution=config.resolution)
+    grid = common_grid(before.grid, after.grid, crs=config.crs, resolution=config.resolution)
+    # Memory and grid size are estimated before a window is built: refuse what cannot fit.
+    check_resources(
+        before, after, grid, config.tile_size, config.overlap, config.batch_size,
+        config.prefetch, config.panel_width,
+    )  # fmt: skip
+    return grid
 
 
 def describe_pair(config: DetectConfig) -> PairInfo:

@@ -10,6 +10,7 @@ reader thread, which already spends most of its time in GDAL, stays as short as 
 from __future__ import annotations
 
 import collections
+import os
 import queue
 import threading
 import time
@@ -20,7 +21,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from mtrs_geo.align import AlignedReader
-from mtrs_geo.grid import Grid, check_tiling, panel_layout
+from mtrs_geo.grid import Grid, RunSize, check_run_size, check_tiling, panel_layout, run_size
 from mtrs_geo.normalize import BandStats, percentile_stretch
 from mtrs_geo.read import RasterInfo
 
@@ -149,7 +150,8 @@ class TileStream:
         self.before, self.after, self.grid = before, after, grid
         self.windows = list(windows)
         self.tile_size = tile_size
-        self.batch_size = max(1, batch_size)
+        # Never more slots than tiles: a large batch size on a small scene allocates nothing idle.
+        self.batch_size = max(1, min(batch_size, len(self.windows)))
         self._queue: queue.Queue[Tile | Window | BaseException | None] = queue.Queue(
             maxsize=max(1, prefetch)
         )
@@ -319,3 +321,40 @@ def scene_batches(
             yield batch.before, batch.after, batch.valid
     finally:
         stream.close()
+
+
+def machine_memory_bytes() -> int:
+    """Physical memory of this machine in bytes (0 when the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_resources(
+    before: RasterInfo,
+    after: RasterInfo,
+    grid: Grid,
+    tile_size: int,
+    overlap: int,
+    batch_size: int,
+    prefetch: int,
+    panel_width: int,
+    memory_bytes: int | None = None,
+) -> RunSize:
+    """Estimate a run's memory on ``grid`` and refuse it when it cannot fit (before any work).
+
+    Raises:
+        InputError: the run needs more memory than the machine has, or the grid is too large; the
+            message gives the figures.
+
+    """
+    input_bytes = max(np.dtype(info.dtype).itemsize for info in (before, after))
+    size = run_size(
+        grid.width, grid.height, len(before.bands), input_bytes,
+        tile_size, overlap, batch_size, prefetch, panel_width,
+    )  # fmt: skip
+    memory = machine_memory_bytes() if memory_bytes is None else memory_bytes
+    if memory > 0:
+        check_run_size(size, tile_size, memory)
+    return size
