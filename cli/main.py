@@ -9,6 +9,7 @@ SIGTERM are turned into a cancel before anything else happens (:mod:`mtrs_geo.cl
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 
@@ -32,6 +33,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 # Commands whose runs a signal cancels cleanly (the others keep Python's own signal handling).
 _CANCELLABLE = {"detect", "batch"}
+_ENGINE = {"detect", "batch", "info"}
 
 
 class LazyGroup(click.Group):
@@ -80,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     command = next((arg for arg in args if not arg.startswith("-")), None)
     switch = CancelSwitch() if command in _CANCELLABLE else None
     restore = None
+    if command in _ENGINE:
+        # GDAL's own error lines (rasterio logs them) would come before our one-line message.
+        logging.getLogger("rasterio").addHandler(logging.NullHandler())
     if switch is not None:
         from mtrs_geo.cli.signals import install
 

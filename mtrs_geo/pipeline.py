@@ -42,7 +42,12 @@ from mtrs_geo.read import (
 )
 from mtrs_geo.stitch import PROBABILITY_BLOCK, StripStitcher
 from mtrs_geo.tiling import TileStream, check_resources, prepare_tile_into, scene_batches
-from mtrs_geo.write import StagedOutputs, write_probability_cog, write_vectors
+from mtrs_geo.write import (
+    StagedOutputs,
+    write_failure,
+    write_probability_cog,
+    write_vectors,
+)
 
 if TYPE_CHECKING:
     from rasterio.windows import Window
@@ -430,10 +435,11 @@ def _detect(
     query = config.query.strip()
     query_used = bool(query) and not config.any_change and model.info.query_aware
     staged = StagedOutputs()
+    # Scratch files live beside the outputs (hidden; stale ones of killed runs are removed).
+    first_output = config.mask_out if config.mask_out is not None else config.outputs()[0]
+    output_folder = Path(first_output).parent
     try:
-        # Scratch files live beside the outputs (hidden; stale ones of killed runs are removed).
-        first_output = config.mask_out if config.mask_out is not None else config.outputs()[0]
-        scratch = staged.scratch(Path(first_output).parent)
+        scratch = staged.scratch(output_folder)
         say(RunMessage("stage", "reading scene samples"))
         samples_b, stats_b, samples_a, stats_a = _pair_samples(
             before, after, grid, min(SAMPLE_SIZE, config.tile_size)
@@ -539,6 +545,9 @@ def _detect(
         if isinstance(exc, MtrsError):
             raise
         staged.check_scratch()  # a vanished scratch folder, said in plain words
+        failure = write_failure(exc, output_folder)  # a full disk under the scratch raster, say
+        if failure is not None:
+            raise failure from exc
         raise
     finally:
         stream.close()

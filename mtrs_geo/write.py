@@ -141,12 +141,39 @@ def make_scratch(folder: Path) -> Path:
         raise OutputError(f"cannot write in {folder}: {_reason(exc)}") from exc
 
 
-def _reason(exc: BaseException) -> str:
+# Free bytes under which a failed write is put down to a full disk (GDAL often reports only
+# "Write failed" and leaves the reason to a log line).
+FULL_DISK_BYTES = 1024 * 1024
+
+
+def disk_full(exc: BaseException, folder: Path | None = None) -> bool:
+    """Tell whether a failed write ran out of space (errno, text, or ``folder``'s free space)."""
+    if getattr(exc, "errno", None) == errno.ENOSPC or "no space left" in str(exc).lower():
+        return True
+    if folder is None:
+        return False
+    try:
+        return shutil.disk_usage(folder).free < FULL_DISK_BYTES
+    except OSError:
+        return False
+
+
+def _reason(exc: BaseException, folder: Path | None = None) -> str:
     """Say in plain words why a write failed."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if getattr(exc, "errno", None) == errno.ENOSPC or "no space left" in text.lower():
+    if disk_full(exc, folder):
         return "the disk is full (no space left on device)"
     return text
+
+
+def write_failure(exc: BaseException, folder: Path) -> OutputError | None:
+    """Return the :class:`OutputError` of a failed write in ``folder`` (None: not a write)."""
+    text = str(exc).lower()
+    if disk_full(exc, folder) or "write failed" in text or isinstance(exc, PermissionError):
+        return OutputError(
+            f"cannot write in {folder}: {_reason(exc, folder)}; nothing was replaced"
+        )
+    return None
 
 
 def _vanished(scratch: Path) -> OutputError:
@@ -167,7 +194,8 @@ def _writing(destination: Path, partial: Path) -> Iterator[None]:
         if not partial.parent.is_dir():
             raise _vanished(partial.parent) from exc
         raise OutputError(
-            f"cannot write {destination}: {_reason(exc)}; a file already there is kept"
+            f"cannot write {destination}: {_reason(exc, partial.parent)}; a file already there "
+            "is kept"
         ) from exc
 
 
