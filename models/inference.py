@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from mtrs_geo.errors import ModelError
 from mtrs_geo.model_api import ChangeModel, ModelInfo
 from mtrs_geo.models.loading import quiet_loading
+from mtrs_geo.models.text import is_any_change
 from mtrs_geo.torch_model import TorchChangeModel
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ class MTRefSegChangeModel(TorchChangeModel):
     def prepare(self, query: str | None) -> None:
         """Encode ``query`` once per run; ``None``/empty selects the stage-1 "any change" mode."""
         text = (query or "").strip()
-        if not text:
+        if is_any_change(text):
             self._embeds = None
             return
         try:

@@ -15,6 +15,7 @@ A frozen pretrained text model is not part of the checkpoint: it is loaded lazil
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,23 @@ from torch import nn
 from transformers import initialization as init
 
 from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
+
+# Queries that mean "every change" select the learned any-change token, exactly as an empty query
+# (so typing "any change" and asking for any-change mode give the same mask).
+ANY_CHANGE_QUERIES = frozenset(
+    {
+        "any change", "any changes", "all change", "all changes", "change", "changes",
+        "every change", "everything that changed", "anything that changed", "all changed areas",
+        "any changed area", "changed areas", "what changed", "the changes",
+    }
+)  # fmt: skip
+_NOT_WORD = re.compile(r"[^a-z]+")
+
+
+def is_any_change(text: str | None) -> bool:
+    """Whether a query asks for every change (empty, or a phrase like "any change")."""
+    words = _NOT_WORD.sub(" ", (text or "").lower()).split()
+    return not words or " ".join(words) in ANY_CHANGE_QUERIES
 
 
 def minilm_path() -> Path:
@@ -207,11 +225,11 @@ class TextBranch(nn.Module):
 
     def encode(self, texts: list[str], device: torch.device) -> TextEmbeds:
         """Encode ``texts``; empty strings become "any change" rows."""
-        empty = torch.tensor([not t.strip() for t in texts], dtype=torch.bool, device=device)
+        empty = torch.tensor([is_any_change(t) for t in texts], dtype=torch.bool, device=device)
         if bool(empty.all()):
             return self.any_change_embeds(len(texts), device)
         batch = self.tokenizer(
-            [t.strip() or "change" for t in texts],
+            [t.strip() if not is_any_change(t) else "change" for t in texts],
             padding=True,
             truncation=True,
             max_length=self.max_length,

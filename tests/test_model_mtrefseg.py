@@ -241,3 +241,13 @@ def test_a_trainable_text_encoder_starts_pretrained_and_is_saved() -> None:
     )
     output.loss.backward()
     assert own.grad is not None and own.grad.abs().sum() > 0
+
+
+def test_typed_any_change_phrases_give_the_any_change_mask(tiny: MTRefSegR1) -> None:
+    before, after = _pair(2, 64, 64)
+    with torch.no_grad():
+        any_mode = tiny(before, after).logits
+        typed = tiny(before, after, texts=["Any change", "all changes."]).logits
+        other = tiny(before, after, texts=["any new buildings", "changes of water"]).logits
+    assert torch.allclose(any_mode, typed, atol=1e-6)
+    assert not torch.allclose(any_mode, other, atol=1e-4)

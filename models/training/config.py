@@ -30,7 +30,7 @@ import yaml
 from mtrs_geo.errors import InputError
 from mtrs_geo.models.augment import AugmentConfig
 
-SOURCE_TYPES = ("mtrefseg", "change_folder", "oscd", "torchgeo", "geo_scene")
+SOURCE_TYPES = ("mtrefseg", "change_folder", "oscd", "torchgeo", "geo_scene", "craft_stream")
 PRECISIONS = ("auto", "32", "bf16", "16")
 
 

@@ -57,6 +57,21 @@ def geo_scene_chips(source: dict[str, Any], seed: int, training: bool) -> GeoChi
     return GeoChipDataset(scene, list(sampler))
 
 
+def craft_stream(source: dict[str, Any], seed: int) -> Dataset[Sample]:
+    """Triplets crafted on the fly from the donor folders under ``root`` (synthetic + real)."""
+    from mtrs_geo.models.data.craft_stream import CraftStreamDataset, StreamOptions
+
+    defaults = StreamOptions()
+    options = StreamOptions(
+        size=int(source.get("size", defaults.size)),
+        synthetic_share=float(source.get("synthetic_share", defaults.synthetic_share)),
+        swap_dates=float(source.get("swap_dates", defaults.swap_dates)),
+        length=int(source.get("length", defaults.length)),
+    )
+    split = str(source.get("split", "train"))
+    return CraftStreamDataset.from_root(Path(source["root"]), split, options, seed)
+
+
 def build_source(source: dict[str, Any], seed: int = 0, training: bool = True) -> Dataset[Sample]:
     """Open one data source (see :data:`mtrs_geo.models.training.config.SOURCE_TYPES`)."""
     kind = source["type"]
@@ -77,6 +92,8 @@ def build_source(source: dict[str, Any], seed: int = 0, training: bool = True) -
             )
         if kind == "geo_scene":
             return geo_scene_chips(source, seed, training)
+        if kind == "craft_stream":
+            return craft_stream(source, seed)
     except KeyError as exc:
         raise InputError(f"data source of type {kind!r} needs the key {exc.args[0]!r}") from exc
     raise InputError(f"unknown data source type {kind!r}")

@@ -50,9 +50,9 @@ BUILT_NEW_ONE = ["new {s}", "newly built {s}", "newly constructed {s}", "newly a
 BUILT_GONE = [
     "demolished {p}", "removed {p}", "{p} that were torn down", "{p} that disappeared",
     "{p} that were demolished", "vanished {p}", "original {p} that disappear",
-    "{p} that were replaced",
+    "{p} that were replaced", "destroyed {p}", "{p} that were destroyed",
 ]  # fmt: skip
-BUILT_GONE_ONE = ["demolished {s}", "removed {s}", "vanished {s}", "torn-down {s}"]
+BUILT_GONE_ONE = ["demolished {s}", "removed {s}", "vanished {s}", "torn-down {s}", "destroyed {s}"]
 OTHER_NEW = ["new {p}", "{p} that appeared", "newly appeared {p}", "added {p}"]
 OTHER_NEW_ONE = ["new {s}", "newly appeared {s}", "added {s}"]
 OTHER_GONE = ["removed {p}", "{p} that disappeared", "lost {p}", "{p} that were removed"]
