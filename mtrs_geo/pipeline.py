@@ -452,6 +452,7 @@ def _detect(
         _calibrate(model, samples_b, samples_a, stats_b, stats_a)
         del samples_b, samples_a  # scene samples are done with; do not hold them through the run
         if model.scene_pass:  # a streamed first pass over the whole scene (cva's histogram)
+            say(RunMessage("stage", "first pass over the whole scene"))
             model.calibrate_scene(
                 scene_batches(
                     before,
