@@ -85,16 +85,15 @@ class BandList(click.ParamType):
 
 
 def check_crs(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Click callback: refuse a ``--crs`` that is not a CRS."""
+    """Click callback: refuse a ``--crs`` that is not a CRS (the library's check)."""
     if value is None:
         return None
-    from rasterio.crs import CRS
-    from rasterio.errors import CRSError
+    from mtrs_geo.grid import parse_crs
 
     try:
-        CRS.from_user_input(value)
-    except (CRSError, ValueError) as exc:
-        raise click.BadParameter(f"{value!r} is not a CRS (try EPSG:32633 or EPSG:4326)") from exc
+        parse_crs(value)
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from exc
     return value
 
 

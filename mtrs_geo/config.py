@@ -139,9 +139,9 @@ def check_config(config: DetectConfig, *, needs_output: bool = True) -> None:
         needs_output: refuse a config that writes nothing (``False`` to describe a pair only).
 
     Raises:
-        InputError: an option out of its range, an unknown device, model or mask type, no output,
-            an output with an unknown extension, in a missing folder, or naming an input image
-            (the same path, a symbolic or a hard link) or the other output.
+        InputError: an option out of its range, an unknown device, model, CRS or mask type, no
+            output, an output with an unknown extension, in a missing folder, or naming an input
+            image (the same path, a symbolic or a hard link) or the other output.
 
     """
     from mtrs_geo.device import parse_device
@@ -151,6 +151,10 @@ def check_config(config: DetectConfig, *, needs_output: bool = True) -> None:
     if config.mask_type not in MASK_TYPES:
         raise InputError(f"unknown mask type {config.mask_type!r}: use probability or binary")
     check_model_name(config.model)
+    if config.crs is not None:
+        from mtrs_geo.grid import parse_crs
+
+        parse_crs(config.crs)
     _check_outputs(config, needs_output)
 
 

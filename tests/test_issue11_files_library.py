@@ -52,6 +52,7 @@ def bad_configs(pair, tmp_path: Path) -> dict[str, DetectConfig]:  # type: ignor
         "unknown model": replace(good, model="nope"),
         "minimum area must be": replace(good, min_area=float("inf")),
         "unknown mask type": replace(good, mask_type="rgb"),  # type: ignore[arg-type]
+        "is not a known CRS": replace(good, crs="EPSG:999999"),
     }
 
 
