@@ -281,7 +281,9 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
         self, parameters: dict[str, Any], name: str, context: QgsProcessingContext, whole: bool
     ) -> Any:
         """Return an optional number parameter; None when it is not set (engine default)."""
-        if parameters.get(name) in (None, ""):
+        value = parameters.get(name)
+        # Unset: absent, None, an empty string, or QGIS's NULL variant.
+        if value is None or value == "" or (hasattr(value, "isNull") and value.isNull()):
             return None
         if whole:
             return self.parameterAsInt(parameters, name, context)
