@@ -247,7 +247,10 @@ class StagedOutputs:
     def stage(self, destination: Path) -> Path:
         """Return the scratch path to write ``destination`` to (the same name, in scratch)."""
         destination = Path(destination)
-        partial = self.scratch(destination.parent) / destination.name
+        # In a folder of their own: a run's other scratch files may bear an output's name.
+        staging = self.scratch(destination.parent) / "staged"
+        staging.mkdir(exist_ok=True)
+        partial = staging / destination.name
         self._staged.append((partial, destination))
         return partial
 

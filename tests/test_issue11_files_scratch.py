@@ -50,7 +50,8 @@ def test_scratch_files_are_hidden_beside_the_output_and_gone_after_the_run(
     real_commit = write.StagedOutputs.commit
 
     def look_then_commit(self: write.StagedOutputs) -> list[Path]:
-        seen.extend([p.name for p in folder.iterdir()] for folder in scratch_folders(out))
+        for folder in scratch_folders(out):
+            seen.append([str(p.relative_to(folder)) for p in folder.rglob("*")])
         return real_commit(self)
 
     monkeypatch.setattr(write.StagedOutputs, "commit", look_then_commit)
@@ -59,9 +60,17 @@ def test_scratch_files_are_hidden_beside_the_output_and_gone_after_the_run(
     )
     detect(config)
     assert len(seen) == 1  # one scratch folder, in the output folder
-    assert {"probability.tif", "c.gpkg", "m.tif"} <= set(seen[0])
+    assert {"probability.tif", "staged/c.gpkg", "staged/m.tif"} <= set(seen[0])
     assert files_in(out) == ["c.gpkg", "m.tif"]
     assert list(system_temp.iterdir()) == []
+
+
+def test_a_mask_named_like_the_runs_own_scratch_raster_is_written(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path / "data")
+    mask = tmp_path / "probability.tif"  # the name of the stitched raster in the scratch folder
+    result = run_mtrs("detect", pair.before, pair.after, "--mask-out", mask, "--json")
+    assert result.code == 0, result.err
+    assert mask.read_bytes()[:4] == b"II*\x00"
 
 
 def test_the_next_run_removes_the_scratch_of_a_killed_run_and_keeps_a_live_one(
