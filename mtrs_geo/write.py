@@ -384,6 +384,12 @@ def write_vectors(gdf: gpd.GeoDataFrame, path: Path, staged: StagedOutputs | Non
     import pyogrio
 
     frame = gdf.to_crs(4326) if lonlat and gdf.crs is not None else gdf
+    if lonlat:
+        from mtrs_geo.areas import valid_polygons
+
+        # GeoJSON keeps 7 decimals of a degree: snap to that grid first, so that the rounding
+        # cannot make a simplified polygon self-intersect.
+        frame = frame.set_geometry(valid_polygons(frame.geometry.to_numpy(), grid_size=1e-7))
     kinds = set(frame.geometry.geom_type.dropna())
     geometry_type = "MultiPolygon" if "MultiPolygon" in kinds else "Polygon"
     options: dict[str, str] = {"RFC7946": "YES"} if driver == "GeoJSON" else {}

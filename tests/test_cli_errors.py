@@ -207,3 +207,28 @@ def test_an_accelerator_for_a_cpu_model_exits_2(
     result = run_mtrs("detect", *pairs["good"], "-o", tmp_path / "c.geojson", "--device", "cuda")
     assert result.code == 2 and "'cva' runs on the CPU only" in result.err
     assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["detect", "info", "batch"])
+def test_unknown_crs_prints_our_line_and_no_gdal_line(
+    tmp_path: Path, pairs: dict[str, tuple[Path, Path]], command: str
+) -> None:
+    # A subprocess: GDAL writes its "ERROR 1: ..." lines to file descriptor 2 itself, which an
+    # in-process redirect of sys.stderr would not see.
+    before, after = pairs["good"]
+    table = tmp_path / "pairs.csv"
+    table.write_text(f"before,after,query,output\n{before},{after},,{tmp_path / 'c.gpkg'}\n")
+    arguments = {
+        "detect": [str(before), str(after), "-o", str(tmp_path / "c.gpkg")],
+        "info": [str(before), str(after)],
+        "batch": [str(table)],
+    }[command]
+    done = subprocess.run(
+        [sys.executable, "-m", "mtrs_geo.cli.main", command, *arguments, "--crs", "EPSG:999999"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'EPSG:999999' is not a known CRS" in lines[0]
+    assert "ERROR 1" not in done.stderr
+    assert done.stdout == ""

@@ -82,11 +82,6 @@ def test_every_geopackage_geometry_is_valid_with_any_simplification(
     assert shapely.is_valid(written_geometries(tmp_path, ".gpkg", simplify)).all()
 
 
-@pytest.mark.xfail(
-    reason="write.py (another owner) must snap GeoJSON geometries to its 7-decimal precision with "
-    "mtrs_geo.areas.valid_polygons(geometry, grid_size=1e-7) before writing",
-    strict=False,
-)
 def test_every_geojson_geometry_is_valid_after_simplification(tmp_path: Path) -> None:
     assert shapely.is_valid(written_geometries(tmp_path, ".geojson", 3.0)).all()
 
