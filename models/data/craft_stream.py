@@ -26,7 +26,13 @@ from mtrs_geo.craft.builder import BuildOptions, craft_pair
 from mtrs_geo.craft.donors import Donors, load_donors
 from mtrs_geo.craft.quality import Candidate
 from mtrs_geo.craft.sources import ChangePair, SourceOptions
-from mtrs_geo.craft.synthetic import SyntheticOptions, compose_pair, swap_dates
+from mtrs_geo.craft.synthetic import (
+    Ground,
+    SyntheticOptions,
+    compose_pair,
+    procedural_ground,
+    swap_dates,
+)
 from mtrs_geo.models.data.sample import Sample, make_sample
 
 # Relative weight of an expression kind when one is picked for a pair.
@@ -59,6 +65,7 @@ class StreamOptions:
     Attributes:
         size: side of the square crop, pixels.
         synthetic_share: share of synthetic pairs (the rest are real labelled pairs).
+        plain_ground_share: share of synthetic pairs drawn over a procedural plain ground.
         swap_dates: share of pairs whose dates are swapped (directions reversed with them).
         length: nominal dataset length (distinct items before the stream repeats).
 
@@ -66,6 +73,7 @@ class StreamOptions:
 
     size: int = 256
     synthetic_share: float = 0.65
+    plain_ground_share: float = 0.12
     swap_dates: float = 0.5
     length: int = 1_000_000
 
@@ -151,8 +159,12 @@ class CraftStreamDataset(Dataset[Sample]):
     def draw_pair(self, rng: np.random.Generator, index: int) -> ChangePair:
         """Draw a synthetic or real pair, cropped, turned and maybe time-reversed."""
         if not self.pairs or (self.grounds and rng.random() < self.options.synthetic_share):
-            grounds = self.grounds[int(rng.integers(len(self.grounds)))]
-            ground = grounds[int(rng.integers(len(grounds)))]
+            if rng.random() < self.options.plain_ground_share:
+                size = self.options.size + 32
+                ground = Ground("procedural", procedural_ground(rng, size), rng.uniform(0.3, 1.5))
+            else:
+                grounds = self.grounds[int(rng.integers(len(self.grounds)))]
+                ground = grounds[int(rng.integers(len(grounds)))]
             pair = compose_pair(ground, self.bank, rng, self.synthetic, f"stream_{index}")
         else:
             pairs = self.pairs[int(rng.integers(len(self.pairs)))]

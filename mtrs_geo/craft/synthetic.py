@@ -198,6 +198,32 @@ def procedural_water(rng: np.random.Generator, gsd: float) -> Cutout:
     return Cutout("water", rgb.astype(np.float32), soft_alpha(mask, 1.0), "procedural", gsd)
 
 
+GROUND_PALETTES = np.array(
+    [
+        [[96, 118, 70], [140, 128, 96]],  # crops and bare soil
+        [[70, 96, 60], [110, 130, 84]],  # pasture and woods
+        [[150, 146, 138], [110, 108, 104]],  # paved and concrete
+        [[168, 150, 120], [120, 100, 80]],  # dry ground
+    ],
+    dtype=np.float32,
+)
+
+
+def procedural_ground(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Draw a plain ground image ``(3, size, size)`` uint8: smooth fields, field strips, grain."""
+    low, high = GROUND_PALETTES[rng.integers(len(GROUND_PALETTES))]
+    coarse = ndimage.gaussian_filter(rng.standard_normal((size, size)), rng.uniform(6, 25))
+    coarse = (coarse - coarse.min()) / (np.ptp(coarse) + 1e-6)
+    image = low[:, None, None] + (high - low)[:, None, None] * coarse[None]
+    if rng.random() < 0.5:  # ploughed or cropped strips
+        rows = np.arange(size)[:, None] * np.ones((1, size))
+        period = rng.uniform(4, 14)
+        image += 10 * np.sin(2 * np.pi * rows / period)[None] * rng.uniform(0.3, 1.0)
+        image = np.ascontiguousarray(np.rot90(image, int(rng.integers(4)), axes=(1, 2)))
+    image += rng.normal(0, rng.uniform(2, 6), size=image.shape)
+    return np.clip(image, 0, 255).round().astype(np.uint8)
+
+
 def procedural(cls: str, rng: np.random.Generator, gsd: float) -> Cutout | None:
     """Draw an object of ``cls`` (None for classes that are only cut from real imagery)."""
     if cls == "building":
