@@ -39,4 +39,5 @@ def models(as_json: bool) -> None:
             f"  needs:       {record['needs']}\n"
             f"  size:        {record['size']}\n"
             f"  trained on:  {record['trained_on']}\n"
+            + (f"  understands: {record['understands']}\n" if record["understands"] != "-" else "")
         )

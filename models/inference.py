@@ -96,7 +96,14 @@ def describe_checkpoint(folder: Path, name: str = NAME) -> ModelInfo:
         needs=f"{bands}, text via {text}; CPU or CUDA",
         trained_on=_trained_on(folder),
         size=size,
+        understands=_understands(folder),
     )
+
+
+def _understands(folder: Path) -> str:
+    """Read the vocabulary line of the training metadata (scripts/train_bundled.py writes it)."""
+    value = _read_json(folder / METADATA_FILE).get("understands")
+    return str(value) if value else "-"
 
 
 def _bundled_info() -> ModelInfo:

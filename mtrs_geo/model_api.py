@@ -36,6 +36,7 @@ class ModelInfo:
     needs: str  # human-readable: bands, device, checkpoint
     trained_on: str = "-"
     size: str = "-"
+    understands: str = "-"  # what a query-aware model can be asked (classes, directions, places)
 
 
 class ChangeModel(abc.ABC):

@@ -6,14 +6,20 @@ Steps (every one seeded):
    MTRefSeg-21K-layout triplets, split by scene; its ``val`` and ``test`` splits are held out.
 2. Stage 1 (any change) on the training pairs' change labels (A/ B/ label/ folders, OSCD cities).
 3. Stage 2 (referring) from stage 1 on the training triplets, plus the any-change pairs.
-4. ``mtrs benchmark`` on the held-out splits (cva, stage-1 mode, the new model); the model card
-   (README.md), training_metadata.json and the leaderboard go next to the weights.
+4. Stage 3 (language) from stage 2: ``configs/bundled_language.yaml``, triplets crafted on the fly
+   from synthetic object-level changes over the training scenes of every donor folder and their
+   real pairs (``mtrs_geo.models.data.craft_stream``); hours on 2 CPU cores, resumable
+   (``--resume auto``: rerun the same command after an interruption, on any machine that has the
+   run folder).
+5. ``mtrs benchmark`` on the held-out splits and ``benchmarks/language.py`` on held-out pairs; the
+   model card (README.md), training_metadata.json and both tables go next to the weights, and the
+   README's tables are rewritten.
 
 Usage::
 
-    .venv/bin/python scripts/train_bundled.py --work runs/bundled \
-        --stage1-minutes 25 --stage2-minutes 35 --out models/checkpoints/mtrefseg-r1
-    .venv/bin/python scripts/train_bundled.py --work runs/board --evaluate-only  # the table only
+    .venv/bin/python scripts/train_bundled.py                       # everything, from ImageNet
+    .venv/bin/python scripts/train_bundled.py --base runs/base_init  # stage 3 from a stage-2 model
+    .venv/bin/python scripts/train_bundled.py --evaluate-only        # the README's tables only
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+LANGUAGE_CONFIG = REPO / "configs" / "bundled_language.yaml"
 SHARED = REPO.parent / "shared" / "data"
 HELD_OUT = ("val", "test")
 # source name -> (input folder, craft layout, craft subject)
@@ -107,38 +114,8 @@ def mtrs(*args: str) -> None:
     subprocess.run(command, check=True, cwd=REPO)
 
 
-def main() -> None:
-    """Run the whole recipe."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bundled")
-    parser.add_argument("--out", type=Path, default=REPO / "models" / "checkpoints" / "mtrefseg-r1")
-    parser.add_argument("--stage1-minutes", type=float, default=25.0)
-    parser.add_argument("--stage2-minutes", type=float, default=35.0)
-    parser.add_argument("--stage1-steps", type=int, default=2000)
-    parser.add_argument("--stage2-steps", type=int, default=3000)
-    parser.add_argument("--size", type=int, default=128, help="training crop side, pixels")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--eval-size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--freeze",
-        nargs="*",
-        default=["backbone."],
-        help="parameter-name prefixes kept frozen (default: the ImageNet backbone)",
-    )
-    parser.add_argument(
-        "--evaluate-only",
-        action="store_true",
-        help="only rebuild the held-out triplets and benchmark the bundled checkpoint",
-    )
-    args = parser.parse_args()
-    work = args.work.resolve()
-    started = time.time()
-
-    crafted = craft(work, args.seed)
-    if args.evaluate_only:
-        leaderboard(work, crafted, ["cva", "mtrefseg-r1@any", "mtrefseg-r1"], args.eval_size)
-        return
+def base_stages(work: Path, crafted: dict[str, Path], args: argparse.Namespace) -> Path:
+    """Run stages 1 and 2 (any change, then CRAFT triplets); return stage 2's model folder."""
     any_change = stage1_sources(crafted)
     common = {
         "augment": {"size": args.size, "mode": "crop", "swap_dates": 0.0},
@@ -190,11 +167,82 @@ def main() -> None:
     }
     run_config(work / "stage2.yaml", stage2)
     mtrs("train", "-c", str(work / "stage2.yaml"), "--quiet", "--resume", "auto")
+    return work / "stage2" / "final"
 
-    final = work / "stage2" / "final"
-    models = ["cva", f"mtrefseg-r1@any={final}@any", f"mtrefseg-r1={final}"]
-    splits = leaderboard(work, crafted, models, args.eval_size)
-    write_checkpoint(work, final, args.out.resolve(), time.time() - started, splits)
+
+def language_stage(work: Path, base: Path, args: argparse.Namespace) -> Path:
+    """Stage 3: the crafted triplet stream (configs/bundled_language.yaml); resumable."""
+    command = ["train", "-c", str(LANGUAGE_CONFIG), "--init-from", str(base)]
+    command += ["--out", str(work / "language"), "--quiet", "--resume", "auto"]
+    if args.language_minutes is not None:
+        command += ["--max-time", str(args.language_minutes * 60)]
+    if args.language_steps is not None:
+        command += ["--max-steps", str(args.language_steps)]
+    mtrs(*command)
+    return work / "language" / "final"
+
+
+def main() -> None:
+    """Run the whole recipe (or only the evaluation)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bundled")
+    parser.add_argument("--out", type=Path, default=REPO / "models" / "checkpoints" / "mtrefseg-r1")
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="a stage-2 checkpoint to start the language stage from (skips stages 1 and 2)",
+    )
+    parser.add_argument("--stage1-minutes", type=float, default=25.0)
+    parser.add_argument("--stage2-minutes", type=float, default=35.0)
+    parser.add_argument("--stage1-steps", type=int, default=2000)
+    parser.add_argument("--stage2-steps", type=int, default=3000)
+    parser.add_argument(
+        "--language-minutes", type=float, help="time cap of the language stage (config: 95)"
+    )
+    parser.add_argument("--language-steps", type=int, help="optimizer steps (config: 2000)")
+    parser.add_argument("--size", type=int, default=128, help="stage 1-2 crop side, pixels")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--eval-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--language-pairs", type=int, default=80, help="synthetic held-out pairs")
+    parser.add_argument(
+        "--freeze",
+        nargs="*",
+        default=["backbone."],
+        help="parameter-name prefixes kept frozen (default: the ImageNet backbone)",
+    )
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="only benchmark the bundled checkpoint and rewrite the README's tables",
+    )
+    args = parser.parse_args()
+    work = args.work.resolve()
+    started = time.time()
+
+    crafted = craft(work, args.seed)
+    if args.evaluate_only:
+        out = args.out.resolve()
+        evaluate(work, crafted, out, "mtrefseg-r1", args)
+        update_readme(work)
+        return
+    base = args.base.resolve() if args.base else base_stages(work, crafted, args)
+    final = language_stage(work, base, args)
+    evaluate(work, crafted, final, str(final), args)
+    write_checkpoint(work, base, final, args.out.resolve(), time.time() - started)
+    update_readme(work)
+
+
+def evaluate(
+    work: Path, crafted: dict[str, Path], folder: Path, spec: str, args: argparse.Namespace
+) -> None:
+    """Run the leaderboard (CRAFT held-out splits) and the language benchmark of a checkpoint."""
+    models = ["cva", f"mtrefseg-r1@any={spec}@any", f"mtrefseg-r1={spec}"]
+    leaderboard(work, crafted, models, args.eval_size)
+    command = [sys.executable, str(REPO / "benchmarks" / "language.py"), "--model", spec]
+    command += ["--pairs", str(args.language_pairs), "--out", str(work / "language_board")]
+    print("$ " + " ".join(command[1:]), flush=True)
+    subprocess.run(command, check=True, cwd=REPO)
 
 
 def leaderboard(work: Path, crafted: dict[str, Path], models: list[str], size: int) -> list[str]:
@@ -225,62 +273,121 @@ def _training_summary(run: Path) -> dict[str, object]:
     return json.loads((run / "final" / "training.json").read_text())
 
 
-def write_checkpoint(work: Path, final: Path, out: Path, seconds: float, splits: list[str]) -> None:
-    """Copy the weights, write training_metadata.json, the model card and the leaderboard."""
-    s1, s2 = _training_summary(work / "stage1"), _training_summary(work / "stage2")
+def _base_summaries(base: Path, work: Path) -> dict[str, object]:
+    """Stage 1 and 2 summaries: from this work folder's runs, else from the base's metadata."""
+    if (work / "stage2" / "final" / "training.json").is_file():
+        return {
+            "stage1": _training_summary(work / "stage1"),
+            "stage2": _training_summary(work / "stage2"),
+        }
+    metadata = json.loads((base / "training_metadata.json").read_text())
+    return {"stage1": metadata["stage1"], "stage2": metadata["stage2"]}
+
+
+TRAINED_ON = (
+    "stages 1-2: LEVIR-CD + DSIFN-CD training crops and 4 OSCD cities (any change, then CRAFT "
+    "triplets); stage 3: triplets crafted on the fly from synthetic object-level changes "
+    "(roofs, water, vegetation appearing, vanishing, burnt) over the training scenes of "
+    "LEVIR-CD, EGY-BCD, OMBRIA, SZTAKI AirChange, DSIFN-CD and OSCD plus their real labelled "
+    "pairs, dates swapped with their directions; held-out scenes (mtrs_geo.craft.donors) "
+    "never used"
+)
+
+
+def write_checkpoint(work: Path, base: Path, final: Path, out: Path, seconds: float) -> None:
+    """Copy the weights and configs; write training_metadata.json and the model card."""
+    from mtrs_geo.models import vocabulary
+
+    stages = _base_summaries(base, work)
+    language = _training_summary(work / "language")
     board = json.loads((work / "leaderboard.json").read_text())
-    table = (work / "leaderboard.md").read_text()
+    language_board = json.loads((work / "language_board" / "language.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "model.safetensors"):
         shutil.copyfile(final / name, out / name)
         (out / name).chmod(0o644)
-    shutil.copy2(work / "stage1.yaml", out / "stage1.yaml")
-    shutil.copy2(work / "stage2.yaml", out / "stage2.yaml")
-    shutil.copy2(work / "leaderboard.json", out / "leaderboard.json")
-    trained_on = (
-        "LEVIR-CD + DSIFN-CD crops and 4 OSCD cities from ../shared/data (stage 1), "
-        "CRAFT triplets built from them (stage 2); held-out scenes excluded"
-    )
+    for name in ("stage1.yaml", "stage2.yaml"):
+        source = work / name if (work / name).is_file() else base / name
+        if source.resolve() != (out / name).resolve():
+            shutil.copyfile(source, out / name)
+    shutil.copyfile(work / "language" / "config.yaml", out / "language.yaml")
+    shutil.copyfile(work / "leaderboard.json", out / "leaderboard.json")
+    shutil.copyfile(work / "language_board" / "language.json", out / "language.json")
     metadata = {
-        "trained_on": trained_on,
-        "stage1": s1,
-        "stage2": s2,
-        "total_seconds": round(seconds),
-        "held_out_splits": splits,
+        "trained_on": TRAINED_ON,
+        **stages,
+        "language": language,
+        "total_seconds_this_run": round(seconds),
+        "understands": vocabulary.summary(),
+        "held_out": "mtrs_geo.craft.donors.is_held_out (levir-cd test_77/train_412, dsifn-cd "
+        "5_3/8_3, oscd bordeaux; other donors: 1 scene in 5 by name hash)",
         "leaderboard": board["models"],
+        "language_benchmark": language_board["meta"],
     }
     (out / "training_metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     size_mb = (out / "model.safetensors").stat().st_size / 1e6
-    stage2_config = yaml.safe_load((work / "stage2.yaml").read_text())
-    frozen = ", ".join(stage2_config["model"].get("freeze") or []) or "nothing"
-    crop = stage2_config["augment"]["size"]
-    batch = stage2_config["optim"]["batch_size"]
+    s1, s2 = stages["stage1"], stages["stage2"]  # type: ignore[index]
     card = f"""# MTRefSeg-R1 (base), bundled checkpoint
 
-- Trained on: {trained_on}
-- Size: `base` (EfficientNet-Lite0 ImageNet backbone, all-MiniLM-L6-v2 text encoder from its
-  package, frozen and not stored here); weights {size_mb:.1f} MB.
-- Stage 1 (any change): {s1["steps"]} steps in {s1["seconds"]} s, last loss {s1["last_loss"]:.4f}
-  (stopped early by its time cap: {s1["stopped_early"]}).
-- Stage 2 (referring): {s2["steps"]} steps in {s2["seconds"]} s, last loss {s2["last_loss"]:.4f}
-  (stopped early by its time cap: {s2["stopped_early"]}).
-- Parameters frozen during training: {frozen}; crops {crop} px, batch {batch}.
-- Hardware: CPU only (2 shared cores); total {seconds / 60:.0f} minutes including evaluation.
-- Reproduce: `.venv/bin/python scripts/train_bundled.py` (configs: stage1.yaml, stage2.yaml).
+- Trained on: {TRAINED_ON}.
+- Size: `base` (EfficientNet-Lite0 ImageNet backbone, kept frozen; all-MiniLM-L6-v2 text encoder
+  from its package, frozen and not stored here); weights {size_mb:.1f} MB.
+- Stage 1 (any change): {s1["steps"]} steps in {s1["seconds"]} s. Stage 2 (referring, CRAFT
+  triplets of real pairs): {s2["steps"]} steps in {s2["seconds"]} s.
+- Stage 3 (language: classes, directions, places, no-target): {language["steps"]} steps of 8
+  crops of 192 px in {language["seconds"]} s, last loss {language["last_loss"]:.4f}
+  (stopped early by its time cap: {language["stopped_early"]}); recipe in language.yaml.
+- Hardware: CPU only (2 cores shared with other work), no GPU.
+- Reproduce: `.venv/bin/python scripts/train_bundled.py` (resumable; `--base DIR` skips stages
+  1-2); the tables: `.venv/bin/python scripts/train_bundled.py --evaluate-only`.
 
-## Held-out metrics (percent; scenes never seen in training)
+## What it can be asked
 
-Splits are CRAFT's `val` and `test` scenes of each source; `@any` runs the model with the query
-ignored (stage-1 any-change mode). Predictions scored at the ground truth's resolution.
+{vocabulary.markdown()}
 
-{table}
+## Language on held-out pairs (percent)
+
+{(work / "language_board" / "language.md").read_text()}
+## Held-out leaderboard (CRAFT val/test scenes; percent)
+
+{(work / "leaderboard.md").read_text()}
 ## Limits
 
-Tiny real training set (tens of pairs) and minutes of CPU training: expect coarse masks. It is a
-working starting point for `mtrs train` with your own data, not a model of the paper's quality.
+A small model trained for about an hour and a half of CPU time on tens of real scenes and
+synthetic changes over them: expect coarse masks and misses on imagery unlike the training scenes.
+Train on your own data with `mtrs train` (a `craft_stream` source over your own donor folders, or
+CRAFT triplets).
 """
     (out / "README.md").write_text(card)
     print(f"Wrote {out}")
+
+
+def update_readme(work: Path) -> None:
+    """Rewrite the README's generated tables (between their marker comments)."""
+    from mtrs_geo.models import vocabulary
+
+    meta = json.loads((work / "language_board" / "language.json").read_text())["meta"]
+    blocks = {
+        "leaderboard": (work / "leaderboard.md").read_text(),
+        "language": (
+            f"Measured {meta['date']} on this repository's 2-core CPU machine "
+            f"({meta['synthetic_pairs']} synthetic and {meta['real_pairs']} real held-out pairs, "
+            f"{meta['seconds']} s).\n\n" + (work / "language_board" / "language.md").read_text()
+        ),
+        "vocabulary": vocabulary.markdown() + "\n",
+    }
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    for name, body in blocks.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        if start not in text or end not in text:
+            print(f"README has no {start} ... {end} block; {name} table not written")
+            continue
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{body.strip()}\n{end}{tail}"
+    readme.write_text(text)
+    print(f"Updated {readme}")
 
 
 if __name__ == "__main__":
