@@ -84,6 +84,24 @@ class BandList(click.ParamType):
         return bands
 
 
+class ExtentType(click.ParamType):
+    """``XMIN,YMIN,XMAX,YMAX``: a rectangle in the CRS of ``--extent-crs`` (default: the grid's)."""
+
+    name = "XMIN,YMIN,XMAX,YMAX"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Turn ``"1,2,3,4"`` into ``(1.0, 2.0, 3.0, 4.0)`` (the library checks the order)."""
+        if isinstance(value, tuple):
+            return value
+        try:
+            numbers = tuple(float(part) for part in str(value).split(","))
+        except ValueError:
+            numbers = ()
+        if len(numbers) != 4:
+            self.fail(f"{value!r} is not four comma-separated numbers XMIN,YMIN,XMAX,YMAX")
+        return numbers
+
+
 def check_crs(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Click callback: refuse a ``--crs`` that is not a CRS (the library's check)."""
     if value is None:
@@ -155,6 +173,24 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
             callback=check_crs,
             default=None,
             help="CRS of the common grid (default: the before image's CRS).",
+        ),
+        click.option(
+            "--extent",
+            type=ExtentType(),
+            default=None,
+            help="Process only this rectangle: XMIN,YMIN,XMAX,YMAX (in --extent-crs).",
+        ),
+        click.option(
+            "--extent-crs",
+            callback=check_crs,
+            default=None,
+            help="CRS of --extent (default: the common grid's CRS).",
+        ),
+        click.option(
+            "--aoi",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Process only inside the polygons of this vector file (area of interest).",
         ),
         click.option(
             "--resolution",
@@ -240,6 +276,9 @@ def engine_settings(options: dict[str, Any]) -> dict[str, Any]:
         "min_area": options["min_area"],
         "simplify": options["simplify"],
         "any_change": options["any_change"],
+        "extent": options["extent"],
+        "extent_crs": options["extent_crs"],
+        "aoi": Path(options["aoi"]) if options["aoi"] else None,
     }
 
 

@@ -42,6 +42,12 @@ from mtrs_geo.config import DetectConfig
     "--mask-out", type=click.Path(dir_okay=False), help="Raster output: a Cloud-Optimized GeoTIFF."
 )
 @click.option("--sample", is_flag=True, help="Use the bundled sample pair as BEFORE and AFTER.")
+@click.option(
+    "--before-date", default=None, help="Acquisition date of BEFORE (default: from its tags)."
+)
+@click.option(
+    "--after-date", default=None, help="Acquisition date of AFTER (default: from its tags)."
+)
 @engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print a one-line JSON summary.")
 @click.option(
@@ -54,6 +60,8 @@ def detect(
     output: str | None,
     mask_out: str | None,
     sample: bool,
+    before_date: str | None,
+    after_date: str | None,
     as_json: bool,
     progress_json: bool,
     **options: Any,
@@ -72,6 +80,8 @@ def detect(
             query=query,
             output=Path(output) if output else None,
             mask_out=Path(mask_out) if mask_out else None,
+            before_date=before_date,
+            after_date=after_date,
             **engine_settings(options),
         )
         config.check()  # before the engine (and its libraries) are imported

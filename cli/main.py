@@ -30,6 +30,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "evaluate": ("train", "evaluate", "Score a model or a folder of predictions (mIoU, oIoU)."),
     "benchmark": ("train", "benchmark", "Run several models over the same splits into one table."),
     "craft": ("craft", "craft", "Build and audit MTRS benchmarks from change data (CRAFT)."),
+    "serve": ("serve", "serve", "Keep the engine warm for a front end (JSON lines on stdio)."),
 }
 # Commands whose runs a signal cancels cleanly (the others keep Python's own signal handling).
 _CANCELLABLE = {"detect", "batch"}

@@ -58,6 +58,14 @@ class DetectConfig:
     # follows the panel's width, not the scene's.
     panel_width: int = 4096
     extra_attributes: dict[str, str] = field(default_factory=dict)
+    # Area of interest: only this rectangle (xmin, ymin, xmax, ymax in ``extent_crs``, None: the
+    # common grid's CRS) and/or the polygons of a vector file are processed.
+    extent: tuple[float, float, float, float] | None = None
+    extent_crs: str | None = None
+    aoi: Path | None = None
+    # Acquisition dates written on every polygon (ISO 8601); None: read from the rasters' tags.
+    before_date: str | None = None
+    after_date: str | None = None
 
     def outputs(self) -> list[Path]:
         """Return the files this run writes: the vector output, then the mask raster."""
@@ -155,7 +163,21 @@ def check_config(config: DetectConfig, *, needs_output: bool = True) -> None:
         from mtrs_geo.grid import parse_crs
 
         parse_crs(config.crs)
+    _check_area_and_dates(config)
     _check_outputs(config, needs_output)
+
+
+def _check_area_and_dates(config: DetectConfig) -> None:
+    from mtrs_geo.aoi import check_extent
+    from mtrs_geo.dates import parse_date
+
+    if config.extent is not None:
+        check_extent(config.extent, config.extent_crs)
+    if config.aoi is not None and not Path(config.aoi).is_file():
+        raise InputError(f"area of interest {config.aoi} does not exist")
+    for role, date in (("before", config.before_date), ("after", config.after_date)):
+        if date is not None:
+            parse_date(date, role)
 
 
 def check_model_name(name: str) -> None:

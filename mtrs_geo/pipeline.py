@@ -18,8 +18,11 @@ import numpy as np
 import rasterio
 
 from mtrs_geo.align import AlignedReader
+from mtrs_geo.aoi import AreaOfInterest, area_of_interest
+from mtrs_geo.bands import default_bands, describe_choice
 from mtrs_geo.cancel import begin_commit, check_cancel
 from mtrs_geo.config import DetectConfig, same_file
+from mtrs_geo.dates import pair_dates
 from mtrs_geo.errors import InputError, MtrsError
 from mtrs_geo.grid import (
     Grid,
@@ -180,9 +183,25 @@ def _check_outputs_against_files(
                     )
 
 
-def _open_pair(config: DetectConfig) -> tuple[RasterInfo, RasterInfo]:
-    before = open_raster(config.before, config.bands_before, "before")
+def _open_pair(
+    config: DetectConfig, say: MessageCallback | None = None
+) -> tuple[RasterInfo, RasterInfo]:
+    before_bands = config.bands_before
     after_bands = config.bands_after if config.bands_after is not None else config.bands_before
+    if before_bands is None and after_bands is None:
+        # A 3-band model reads the red, green and blue bands of a multispectral image.
+        registered = _registered_info(config.model)
+        needed = registered.in_channels if registered is not None else None
+        choices = {
+            "before": default_bands(config.before, needed),
+            "after": default_bands(config.after, needed),
+        }
+        for role, choice in choices.items():
+            if choice is not None and say is not None:
+                say(RunMessage("note", describe_choice(role, choice)))
+        before_bands = choices["before"].bands if choices["before"] is not None else None
+        after_bands = choices["after"].bands if choices["after"] is not None else None
+    before = open_raster(config.before, before_bands, "before")
     after = open_raster(config.after, after_bands, "after")
     return before, align_longitudes(before, after)  # a pair across the antimeridian meets
 
@@ -215,14 +234,19 @@ def _pair_info(before: RasterInfo, after: RasterInfo, grid: Grid, config: Detect
     )
 
 
-def _pair_grid(before: RasterInfo, after: RasterInfo, config: DetectConfig) -> Grid:
+def _pair_grid(
+    before: RasterInfo, after: RasterInfo, config: DetectConfig
+) -> tuple[Grid, AreaOfInterest | None]:
     grid = common_grid(before.grid, after.grid, crs=config.crs, resolution=config.resolution)
+    area = area_of_interest(grid, config.extent, config.extent_crs, config.aoi)
+    if area is not None:  # only the area's part of the grid is read, tiled and written
+        grid = area.crop(grid)
     # Memory and grid size are estimated before a window is built: refuse what cannot fit.
     check_resources(
         before, after, grid, config.tile_size, config.overlap, config.batch_size,
         config.prefetch, config.panel_width,
     )  # fmt: skip
-    return grid
+    return grid, area
 
 
 def describe_pair(config: DetectConfig) -> PairInfo:
@@ -235,7 +259,7 @@ def describe_pair(config: DetectConfig) -> PairInfo:
     config.check(needs_output=False)
     before, after = _open_pair(config)
     check_pair(before, after)
-    return _pair_info(before, after, _pair_grid(before, after, config), config)
+    return _pair_info(before, after, _pair_grid(before, after, config)[0], config)
 
 
 def _registered_info(name: str) -> ModelInfo | None:
@@ -316,6 +340,7 @@ def detect(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     messages: MessageCallback | None = None,
+    models: Callable[[str], ChangeModel] | None = None,
 ) -> DetectResult:
     """Run change detection on a pair and write the outputs the config asks for.
 
@@ -333,6 +358,8 @@ def detect(
             :class:`~mtrs_geo.cancel.CancelSwitch` also tells the caller when it is too late.
         messages: receives :class:`RunMessage` lines: what the setup is loading, and notes (a
             query the model ignores).
+        models: returns the model of a name (default: :func:`load_model`); a warm engine passes
+            a cache (:class:`mtrs_geo.serve.ModelCache`).
 
     Returns:
         What was done, with per-step timings (seconds) under ``read``, ``model``, ``stitch``,
@@ -348,7 +375,8 @@ def detect(
     check_cancel(cancel)
     # GDAL's block cache defaults to 5 % of the machine's RAM and would keep every block read.
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(config)):
-        return _detect(config, progress, cancel, messages or (lambda message: None))
+        say = messages or (lambda message: None)
+        return _detect(config, progress, cancel, say, models or load_model)
 
 
 def gdal_cache_bytes(config: DetectConfig) -> int:
@@ -391,6 +419,7 @@ def _detect(
     progress: ProgressCallback | None,
     cancel: threading.Event | None,
     say: MessageCallback,
+    models: Callable[[str], ChangeModel],
 ) -> DetectResult:
     """Run :func:`detect` (inside its GDAL environment)."""
     start = time.perf_counter()
@@ -398,10 +427,10 @@ def _detect(
     # Everything a user can get wrong is checked before the model loads or a tile is read.
     config.check()
     say(RunMessage("stage", "opening the images"))
-    before, after = _open_pair(config)
+    before, after = _open_pair(config, say)
     _check_outputs_against_files(config, before, after)
     check_pair(before, after, _registered_info(config.model))
-    grid = _pair_grid(before, after, config)
+    grid, area = _pair_grid(before, after, config)
     panels = panel_layout(
         tile_windows(grid.width, grid.height, config.tile_size, config.overlap),
         grid.width,
@@ -414,7 +443,7 @@ def _detect(
     if note is not None:  # said before the (possibly slow) model load
         say(RunMessage("note", note))
     say(RunMessage("stage", f"loading model {config.model}"))
-    model = load_model(config.model)
+    model = models(config.model)
     check_pair(before, after, model.info)
     if registered is None and (note := _query_note(config, model.info)) is not None:
         say(RunMessage("note", note))
@@ -498,6 +527,8 @@ def _detect(
                 for window, tile_prob, tile_valid in zip(
                     batch.windows, probabilities, batch.valid, strict=True
                 ):
+                    if area is not None:  # pixels outside the area's polygons count as nodata
+                        tile_valid = area.inside(grid, window, tile_valid)
                     stitcher.add(window, tile_prob, tile_valid)
                 timings["model"] += t1 - t0
                 timings["stitch"] += time.perf_counter() - t1
@@ -523,7 +554,10 @@ def _detect(
             after=after.name,
             min_area_m2=config.min_area,
             simplify_m=config.simplify,
-            extra=dict(config.extra_attributes),
+            extra={
+                **pair_dates(config.before, config.after, config.before_date, config.after_date),
+                **config.extra_attributes,
+            },
         )
         timings["vectorize"] += time.perf_counter() - t0
         check_cancel(cancel)

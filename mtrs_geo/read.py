@@ -166,12 +166,12 @@ def check_pair(before: RasterInfo, after: RasterInfo, info: ModelInfo | None = N
     if nb != na:
         raise InputError(
             f"band count mismatch: {nb} band{'s' if nb != 1 else ''} selected in the before image, "
-            f"{na} in the after image; choose matching bands with --bands"
+            f"{na} in the after image; choose matching bands"
         )
     if info is not None and info.in_channels is not None and info.in_channels != nb:
         raise ModelError(
             f"model {info.name!r} takes {info.in_channels} bands but {nb} are selected; "
-            "choose them with --bands"
+            f"choose {info.in_channels} of them"
         )
 
 

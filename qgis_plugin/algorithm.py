@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qgis.core import (
+    QgsColorRampShader,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
@@ -21,22 +22,30 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputBoolean,
     QgsProcessingOutputString,
+    QgsProcessingParameterBand,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
+    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
     QgsRasterLayer,
+    QgsRasterShader,
+    QgsSingleBandPseudoColorRenderer,
     QgsVectorFileWriter,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt import sip
+from qgis.PyQt.QtGui import QColor, QIcon
 
 from .backend import check_environment, model_names, run_detection
 from .environment import EnvironmentProblem
+from .inputs import export_area, stack_layers
 from .runner import DetectRequest, RunCancelled, RunFailed, RunSummary
 from .settings import DEVICES, current_settings
 
@@ -58,6 +67,17 @@ def layer_name(query: str, summary: RunSummary) -> str:
     return "Changes"
 
 
+# Probability ramp (viridis stops) over [0, 1]; nodata (-1, 255 in a binary mask) stays transparent.
+PROBABILITY_RAMP = (
+    (0.0, "#440154"),
+    (0.25, "#3b528b"),
+    (0.5, "#21918c"),
+    (0.75, "#5ec962"),
+    (1.0, "#fde725"),
+)
+PROBABILITY_OPACITY = 0.8
+
+
 class StyleChangesLayer(QgsProcessingLayerPostProcessorInterface):
     """Applies the plugin's default style to the change polygons once they are loaded."""
 
@@ -68,6 +88,51 @@ class StyleChangesLayer(QgsProcessingLayerPostProcessorInterface):
         if isinstance(layer, QgsVectorLayer) and STYLE_PATH.is_file():
             layer.loadNamedStyle(str(STYLE_PATH))
             layer.triggerRepaint()
+
+
+def probability_renderer(layer: QgsRasterLayer) -> QgsSingleBandPseudoColorRenderer:
+    """Return a graduated ramp over probabilities [0, 1] for band 1 of ``layer`` (clipped)."""
+    ramp = QgsColorRampShader(0.0, 1.0)
+    ramp.setColorRampType(QgsColorRampShader.Interpolated)
+    ramp.setColorRampItemList(
+        [QgsColorRampShader.ColorRampItem(v, QColor(c), f"{v:g}") for v, c in PROBABILITY_RAMP]
+    )
+    ramp.setClip(True)
+    shader = QgsRasterShader(0.0, 1.0)
+    shader.setRasterShaderFunction(ramp)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
+    renderer.setClassificationMin(0.0)
+    renderer.setClassificationMax(1.0)
+    renderer.setOpacity(PROBABILITY_OPACITY)
+    return renderer
+
+
+class StyleProbabilityLayer(QgsProcessingLayerPostProcessorInterface):
+    """Draws the change-probability raster with a ramp over [0, 1], nodata transparent."""
+
+    def postProcessLayer(
+        self, layer: Any, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> None:
+        """Set the ramp renderer on the loaded raster."""
+        if isinstance(layer, QgsRasterLayer) and layer.isValid():
+            layer.dataProvider().setUseSourceNoDataValue(1, True)
+            layer.setRenderer(probability_renderer(layer))
+            layer.triggerRepaint()
+
+
+# QGIS deletes a layer post-processor once it has used it, and keeps only a pointer until then
+# (the algorithm copy is gone by that time): each run makes its own, and Python holds them here
+# until QGIS has deleted them.
+_PENDING_POST_PROCESSORS: list[QgsProcessingLayerPostProcessorInterface] = []
+
+
+def post_processor_for_run(
+    processor: QgsProcessingLayerPostProcessorInterface,
+) -> QgsProcessingLayerPostProcessorInterface:
+    """Keep a fresh post-processor alive until QGIS deletes it after use, and return it."""
+    _PENDING_POST_PROCESSORS[:] = [p for p in _PENDING_POST_PROCESSORS if not sip.isdeleted(p)]
+    _PENDING_POST_PROCESSORS.append(processor)
+    return processor
 
 
 def raster_source(layer: QgsRasterLayer | None, name: str) -> str:
@@ -115,11 +180,6 @@ def export_vector(source: Path, destination: str, context: QgsProcessingContext)
         shutil.rmtree(staging, ignore_errors=True)
 
 
-# QGIS keeps only a pointer to a layer post-processor and applies it after the run's algorithm copy
-# is gone, so the (stateless) styler lives as long as the module.
-STYLE_CHANGES_LAYER = StyleChangesLayer()
-
-
 class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
     """Finds the changes a text query describes between a before and an after raster."""
 
@@ -138,6 +198,14 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
     MASK_TYPE = "MASK_TYPE"
     OUTPUT = "OUTPUT"
     MASK = "MASK"
+    BEFORE_BANDS = "BEFORE_BANDS"
+    AFTER_BANDS = "AFTER_BANDS"
+    BEFORE_MORE = "BEFORE_MORE"
+    AFTER_MORE = "AFTER_MORE"
+    EXTENT = "EXTENT"
+    AREA = "AREA"
+    BEFORE_DATE = "BEFORE_DATE"
+    AFTER_DATE = "AFTER_DATE"
 
     def __init__(self) -> None:
         super().__init__()
@@ -158,9 +226,14 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
             "between a before and an after raster, and writes them as polygons with their ground "
             "area (m²) and mean score. The rasters may differ in CRS and resolution: the after "
             "image is aligned to the before image's grid. Empty query: any change. MODEL picks a "
-            "registered model; a checkpoint folder, when given, overrides it. The engine runs "
-            "inside QGIS when mtrs-geo is installed there, otherwise through the mtrs command of "
-            "the environment set in Processing > Options > Providers > MTRS."
+            "registered model; a checkpoint folder, when given, overrides it. Bands: empty takes "
+            "every band, or the red, green and blue bands (by colour interpretation or band "
+            "description) for a model that takes 3; single-band files (Sentinel-2 B04, B03, B02) "
+            "are stacked in the order given under 'More before/after bands'. Extent and area of "
+            "interest limit the run to a rectangle or to polygons. The engine runs inside QGIS "
+            "when mtrs-geo is installed there, otherwise in a warm worker of the mtrs command of "
+            "the environment set in Processing > Options > Providers > MTRS, which keeps the "
+            "model loaded between runs."
         )
 
     def icon(self) -> QIcon:
@@ -177,6 +250,15 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
         self._models = model_names(settings)
         self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before raster"))
         self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, "After raster"))
+        for name, label, parent in (
+            (self.BEFORE_BANDS, "Before bands (empty: all, or red/green/blue)", self.BEFORE),
+            (self.AFTER_BANDS, "After bands (empty: like the before bands)", self.AFTER),
+        ):
+            self.addParameter(
+                QgsProcessingParameterBand(
+                    name, label, None, parent, optional=True, allowMultiple=True
+                )
+            )
         self.addParameter(
             QgsProcessingParameterString(
                 self.QUERY, "What changed (text query; empty: any change)", "", False, True
@@ -222,7 +304,42 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
                 0.0,
             )
         )
+        self.addParameter(
+            QgsProcessingParameterExtent(
+                self.EXTENT, "Process only this extent (empty: the whole pair)", optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                self.AREA,
+                "Process only inside these polygons (area of interest)",
+                [QgsProcessing.TypeVectorPolygon],
+                optional=True,
+            )
+        )
         advanced = [
+            QgsProcessingParameterMultipleLayers(
+                self.BEFORE_MORE,
+                "More before bands: single-band rasters stacked after the before raster",
+                QgsProcessing.TypeRaster,
+                optional=True,
+            ),
+            QgsProcessingParameterMultipleLayers(
+                self.AFTER_MORE,
+                "More after bands: single-band rasters stacked after the after raster",
+                QgsProcessing.TypeRaster,
+                optional=True,
+            ),
+            QgsProcessingParameterString(
+                self.BEFORE_DATE,
+                "Before acquisition date (YYYY-MM-DD; empty: from the raster's tags)",
+                optional=True,
+            ),
+            QgsProcessingParameterString(
+                self.AFTER_DATE,
+                "After acquisition date (YYYY-MM-DD; empty: from the raster's tags)",
+                optional=True,
+            ),
             QgsProcessingParameterNumber(
                 self.SIMPLIFY,
                 "Simplify tolerance (m)",
@@ -271,9 +388,10 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
         )
         output.setSupportsNonFileBasedOutput(False)  # the engine writes files
         self.addParameter(output)
+        # Written and added to the map by default: the ramp lets a user judge the threshold by eye.
         self.addParameter(
             QgsProcessingParameterRasterDestination(
-                self.MASK, "Change probability raster", optional=True, createByDefault=False
+                self.MASK, "Change probability raster", optional=True, createByDefault=True
             )
         )
 
@@ -289,18 +407,69 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
             return self.parameterAsInt(parameters, name, context)
         return self.parameterAsDouble(parameters, name, context)
 
+    def _image(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        role: str,
+        folder: Path,
+    ) -> tuple[str, tuple[int, ...] | None]:
+        """Return one image's dataset (a stack when more bands are given) and its chosen bands."""
+        layer_name, bands_name, more_name = {
+            "before": (self.BEFORE, self.BEFORE_BANDS, self.BEFORE_MORE),
+            "after": (self.AFTER, self.AFTER_BANDS, self.AFTER_MORE),
+        }[role]
+        source = raster_source(self.parameterAsRasterLayer(parameters, layer_name, context), role)
+        more = self.parameterAsLayerList(parameters, more_name, context)
+        bands = tuple(self.parameterAsInts(parameters, bands_name, context) or ()) or None
+        if more:
+            layers = [source, *(raster_source(layer, role) for layer in more)]
+            return stack_layers(layers, folder, role), None  # the stack's bands, in order
+        return source, bands
+
+    def _area(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, folder: Path
+    ) -> dict[str, Any]:
+        """Return the request's extent and area-of-interest fields."""
+        fields: dict[str, Any] = {}
+        if parameters.get(self.EXTENT) not in (None, ""):
+            rectangle = self.parameterAsExtent(parameters, self.EXTENT, context)
+            if not rectangle.isNull() and not rectangle.isEmpty():
+                crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
+                fields["extent"] = (
+                    rectangle.xMinimum(), rectangle.yMinimum(),
+                    rectangle.xMaximum(), rectangle.yMaximum(),
+                )  # fmt: skip
+                fields["extent_crs"] = (crs.authid() or crs.toWkt()) if crs.isValid() else None
+        if parameters.get(self.AREA) not in (None, ""):
+            source = self.parameterAsSource(parameters, self.AREA, context)
+            if source is not None:
+                fields["aoi"] = export_area(source, folder, context)
+        return fields
+
     def _request(
-        self, parameters: dict[str, Any], context: QgsProcessingContext, output: str, mask: str
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        output: str,
+        mask: str,
+        folder: Path,
     ) -> DetectRequest:
-        before = raster_source(
-            self.parameterAsRasterLayer(parameters, self.BEFORE, context), "BEFORE"
-        )
-        after = raster_source(self.parameterAsRasterLayer(parameters, self.AFTER, context), "AFTER")
+        before, bands_before = self._image(parameters, context, "before", folder)
+        after, bands_after = self._image(parameters, context, "after", folder)
         checkpoint = self.parameterAsFile(parameters, self.CHECKPOINT, context)
         model = checkpoint or self.parameterAsEnumString(parameters, self.MODEL, context)
+        dates = {
+            field: self.parameterAsString(parameters, name, context).strip() or None
+            for field, name in (("before_date", self.BEFORE_DATE), ("after_date", self.AFTER_DATE))
+        }
         return DetectRequest(
             before=before,
             after=after,
+            bands_before=bands_before,
+            bands_after=bands_after,
+            **self._area(parameters, context, folder),
+            **dates,
             query=self.parameterAsString(parameters, self.QUERY, context).strip(),
             output=output,
             mask_out=mask or None,
@@ -327,10 +496,11 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
         if not output or "|" in output or output.startswith(("memory:", "ogr:", "postgis:")):
             raise QgsProcessingException(f"OUTPUT must be a file, got {output!r}")
         native = Path(output).suffix.lower() in ENGINE_VECTOR_EXTENSIONS
-        staging = None if native else tempfile.TemporaryDirectory(prefix="mtrs-qgis-")
+        # The run's own files (a converted output, band stacks, area polygons) live here.
+        scratch = tempfile.TemporaryDirectory(prefix="mtrs-qgis-")
         try:
-            engine_output = output if staging is None else str(Path(staging.name) / "changes.fgb")
-            request = self._request(parameters, context, engine_output, mask)
+            engine_output = output if native else str(Path(scratch.name) / "changes.fgb")
+            request = self._request(parameters, context, engine_output, mask, Path(scratch.name))
             feedback.pushInfo(f"query: {request.query or '(any change)'}; model: {request.model}")
             try:
                 summary = run_detection(
@@ -344,18 +514,22 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
                 raise QgsProcessingException(f"Cancelled: {exc}; earlier files are kept") from exc
             except RunFailed as exc:
                 raise QgsProcessingException(str(exc)) from exc
-            if staging is not None:
+            if not native:
                 export_vector(Path(engine_output), output, context)
         finally:
-            if staging is not None:
-                staging.cleanup()
+            scratch.cleanup()
         if summary.polygons is not None:
             seconds = f" in {summary.seconds:.1f} s" if summary.seconds is not None else ""
             feedback.pushInfo(f"{summary.polygons} change polygons{seconds}")
+        # A post-processor per run and output: QGIS deletes each after its use.
         if context.willLoadLayerOnCompletion(output):
             details = context.layerToLoadOnCompletionDetails(output)
             details.name = layer_name(request.query, summary)
-            details.setPostProcessor(STYLE_CHANGES_LAYER)
+            details.setPostProcessor(post_processor_for_run(StyleChangesLayer()))
+        if mask and context.willLoadLayerOnCompletion(mask):
+            details = context.layerToLoadOnCompletionDetails(mask)
+            details.name = "Change probability"
+            details.setPostProcessor(post_processor_for_run(StyleProbabilityLayer()))
         return {self.OUTPUT: output, self.MASK: mask or None}
 
 

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 
-from .environment import EnvironmentProblem, EnvironmentReport, probe_in_process, probe_subprocess
+from .environment import (
+    EnvironmentProblem,
+    EnvironmentReport,
+    probe_in_process,
+    probe_subprocess,
+    report_from_payload,
+)
 from .runner import (
     CancelledFn,
     DetectRequest,
@@ -21,6 +27,7 @@ from .runner import (
     run_in_process,
 )
 from .settings import BUILTIN_MODELS, PluginSettings, cached_models, remember_models
+from .worker import run_worker, worker_environment, worker_for
 
 MODEL_PROBE_TIMEOUT_SECONDS = 60.0
 NO_ENVIRONMENT = (
@@ -82,7 +89,18 @@ def check_environment(settings: PluginSettings) -> EnvironmentReport:
     executable = settings.mtrs_executable()
     if executable is None:
         raise EnvironmentProblem(NO_ENVIRONMENT)
-    report = probe_subprocess(executable)
+    worker = worker_for(str(executable)) if settings.warm_worker else None
+    if worker is not None and worker.busy.acquire(blocking=False):
+        # Asking the warm worker starts it: the next run finds the engine imported.
+        try:
+            payload = worker_environment(worker)
+        except RunFailed as exc:
+            raise EnvironmentProblem(str(exc)) from exc
+        finally:
+            worker.busy.release()
+        report = report_from_payload(payload, "warm worker (mtrs serve)", str(executable))
+    else:
+        report = probe_subprocess(executable)
     remember_models(executable, list(report.models) or list(BUILTIN_MODELS))
     return report
 
@@ -109,4 +127,16 @@ def run_detection(
     if executable is None:
         raise RunFailed(NO_ENVIRONMENT)
     log(f"running {executable}")
+    worker = worker_for(str(executable)) if settings.warm_worker else None
+    if worker is not None and worker.busy.acquire(blocking=False):
+        try:
+            fresh = not worker.alive()
+            log("starting the warm worker" if fresh else "the warm worker has the engine loaded")
+            return run_worker(
+                worker, request, progress=progress, log=log, is_cancelled=is_cancelled
+            )
+        finally:
+            worker.busy.release()
+    if worker is not None:
+        log("the warm worker is busy with another run: this run starts its own engine")
     return run_cli(str(executable), request, progress=progress, log=log, is_cancelled=is_cancelled)

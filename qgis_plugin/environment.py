@@ -101,23 +101,9 @@ def environment_python(mtrs: Path) -> Path | None:
 
 def collect_environment() -> dict[str, Any]:
     """Versions, CUDA and model names of the Python running this function (imports the engine)."""
-    import torch
+    from mtrs_geo.serve import environment_payload  # the warm worker answers with the same
 
-    import mtrs_geo
-    from mtrs_geo.model_api import registered_names
-
-    cuda = bool(torch.cuda.is_available())
-    devices = (
-        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
-    )
-    return {
-        "python": sys.executable,
-        "mtrs_version": str(getattr(mtrs_geo, "__version__", "unknown")),
-        "torch_version": str(torch.__version__),
-        "cuda_available": cuda,
-        "cuda_devices": devices,
-        "models": list(registered_names()),
-    }
+    return environment_payload()
 
 
 def report_from_payload(payload: dict[str, Any], mode: str, executable: str) -> EnvironmentReport:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from .algorithm import ICON_PATH, CheckEnvironmentAlgorithm, ReferringChangeAlgorithm
+from .algorithm import CheckEnvironmentAlgorithm, ReferringChangeAlgorithm
 from .settings import register_settings, unregister_settings
+from .worker import stop_workers
+
+PROVIDER_ICON_PATH = Path(__file__).resolve().parent / "provider.svg"
 
 
 class MtrsProvider(QgsProcessingProvider):
@@ -25,8 +30,12 @@ class MtrsProvider(QgsProcessingProvider):
         return "MTRS: language-described change detection (mtrs-geo)"
 
     def icon(self) -> QIcon:
-        """Return the plugin icon."""
-        return QIcon(str(ICON_PATH))
+        """Return the provider's own icon (toolbox, Processing options)."""
+        return QIcon(str(PROVIDER_ICON_PATH))
+
+    def svgIconPath(self) -> str:  # noqa: N802 - QGIS API
+        """Return the path of the provider's icon."""
+        return str(PROVIDER_ICON_PATH)
 
     def load(self) -> bool:
         """Register the settings, then the algorithms."""
@@ -35,7 +44,8 @@ class MtrsProvider(QgsProcessingProvider):
         return True
 
     def unload(self) -> None:
-        """Remove the settings from Processing's options."""
+        """Stop the warm engine and remove the settings from Processing's options."""
+        stop_workers()
         unregister_settings()
 
     def loadAlgorithms(self) -> None:

@@ -68,10 +68,20 @@ class DetectRequest:
     threshold: float | None = None
     min_area: float | None = None
     simplify: float | None = None
+    bands_before: tuple[int, ...] | None = None  # 1-based; None: the engine's choice
+    bands_after: tuple[int, ...] | None = None
+    extent: tuple[float, float, float, float] | None = None  # xmin, ymin, xmax, ymax
+    extent_crs: str | None = None  # None: the common grid's CRS
+    aoi: str | None = None  # a polygon vector file: only its features are processed
+    before_date: str | None = None  # ISO 8601; None: from the raster's tags
+    after_date: str | None = None
 
     def options(self) -> dict[str, Any]:
         """Return the options given (not None), by their ``DetectConfig`` field names."""
-        names = ("mask_type", "model", "tile_size", "overlap", "batch_size", "device")
+        names = (
+            "mask_type", "model", "tile_size", "overlap", "batch_size", "device", "bands_before",
+            "bands_after", "extent", "extent_crs", "aoi", "before_date", "after_date",
+        )  # fmt: skip
         numbers = ("threshold", "min_area", "simplify")
         given: dict[str, Any] = {
             name: getattr(self, name) for name in names if getattr(self, name) is not None
@@ -91,13 +101,23 @@ class DetectRequest:
         for name, value in self.options().items():
             if name == "mask_type" and not self.mask_out:
                 continue
-            shown = repr(value) if isinstance(value, float) else str(value)
-            args += [f"--{name.replace('_', '-')}", shown]
+            args += [f"--{CLI_OPTION_NAMES.get(name, name).replace('_', '-')}", cli_value(value)]
         if self.output:
             args += ["--output", self.output]
         if self.mask_out:
             args += ["--mask-out", self.mask_out]
         return args
+
+
+# DetectConfig field -> ``mtrs detect`` option where the names differ.
+CLI_OPTION_NAMES = {"bands_before": "bands", "bands_after": "after_bands"}
+
+
+def cli_value(value: Any) -> str:
+    """Return an option value as ``mtrs detect`` reads it (lists comma-separated)."""
+    if isinstance(value, tuple | list):
+        return ",".join(cli_value(item) for item in value)
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 @dataclass(frozen=True)

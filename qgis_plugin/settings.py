@@ -20,6 +20,7 @@ GROUP = "MTRS"
 ENVIRONMENT = "MTRS_ENVIRONMENT"
 DEVICE = "MTRS_DEVICE"
 IN_PROCESS = "MTRS_IN_PROCESS"
+WARM_WORKER = "MTRS_WARM_WORKER"
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 # The engine's built-in models, offered while the environment is not probed yet (or cannot be).
 BUILTIN_MODELS = ["cva", "mtrefseg-r1"]
@@ -33,6 +34,7 @@ class PluginSettings:
     environment: str  # mtrs executable or environment folder; empty: PATH
     device: str
     in_process: bool  # run the engine inside QGIS when mtrs_geo imports there
+    warm_worker: bool = True  # keep one mtrs serve process with its models loaded between runs
 
     def mtrs_executable(self) -> Path | None:
         """Return the ``mtrs`` command these settings point to (None: not found)."""
@@ -45,8 +47,7 @@ def register_settings() -> None:
         Setting(
             GROUP,
             ENVIRONMENT,
-            "Python environment with mtrs-geo (venv/conda folder or its mtrs executable; "
-            "empty: find mtrs on PATH)",
+            "mtrs-geo environment (empty: mtrs on PATH)",
             "",
             valuetype=Setting.FOLDER,
         )
@@ -57,14 +58,15 @@ def register_settings() -> None:
         )
     )
     ProcessingConfig.addSetting(
-        Setting(GROUP, IN_PROCESS, "Run the engine inside QGIS when mtrs_geo imports there", True)
+        Setting(GROUP, IN_PROCESS, "Run inside QGIS if mtrs_geo imports", True)
     )
+    ProcessingConfig.addSetting(Setting(GROUP, WARM_WORKER, "Keep the engine warm", True))
     ProcessingConfig.readSettings()
 
 
 def unregister_settings() -> None:
     """Remove the plugin's settings from Processing's options dialog."""
-    for name in (ENVIRONMENT, DEVICE, IN_PROCESS):
+    for name in (ENVIRONMENT, DEVICE, IN_PROCESS, WARM_WORKER):
         ProcessingConfig.removeSetting(name)
 
 
@@ -73,10 +75,12 @@ def current_settings() -> PluginSettings:
     environment = ProcessingConfig.getSetting(ENVIRONMENT) or ""
     device = ProcessingConfig.getSetting(DEVICE, readable=True) or "auto"
     in_process = ProcessingConfig.getSetting(IN_PROCESS)
+    warm = ProcessingConfig.getSetting(WARM_WORKER)
     return PluginSettings(
         environment=str(environment),
         device=str(device) if device in DEVICES else "auto",
         in_process=in_process is None or str(in_process).lower() == "true",
+        warm_worker=warm is None or str(warm).lower() == "true",
     )
 
 

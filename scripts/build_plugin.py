@@ -26,6 +26,10 @@ INCLUDED_SUFFIXES = {".py", ".txt", ".svg", ".png", ".qml", ".md"}
 EXCLUDED_PARTS = {"__pycache__", "tests", "test", "build", "dist", ".pytest_cache", ".mypy_cache"}
 # Fixed timestamp for zip entries, so the same sources give the same zip.
 ZIP_DATE = (2024, 1, 1, 0, 0, 0)
+# Every file and folder of the plugin, and the zip itself, readable by everyone (QGIS may run as
+# another user than the one who built it).
+FILE_MODE = 0o644
+FOLDER_MODE = 0o755
 
 
 def plugin_files(source: Path = SOURCE) -> list[Path]:
@@ -58,6 +62,7 @@ def stage_plugin(destination: Path, source: Path = SOURCE) -> Path:
     for relative in plugin_files(source):
         (target / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / relative, target / relative)
+        os.chmod(target / relative, FILE_MODE)
     return target
 
 
@@ -68,12 +73,23 @@ def build_zip(output_dir: Path, source: Path = SOURCE) -> Path:
     handle, temporary = tempfile.mkstemp(prefix=f".{final.name}.", dir=output_dir)
     os.close(handle)
     try:
+        files = plugin_files(source)
+        folders = sorted({parent for path in files for parent in path.parents} - {Path(".")})
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for relative in plugin_files(source):
+            for folder in [Path("."), *folders]:
+                name = f"{PLUGIN_FOLDER}/{folder.as_posix()}/".replace("/./", "/")
+                entry = zipfile.ZipInfo(name, ZIP_DATE)
+                entry.create_system = 3  # Unix: the mode bits below are meaningful
+                entry.external_attr = (0o040000 | FOLDER_MODE) << 16 | 0x10  # a folder
+                archive.writestr(entry, b"")
+            for relative in files:
                 entry = zipfile.ZipInfo(f"{PLUGIN_FOLDER}/{relative.as_posix()}", ZIP_DATE)
                 entry.compress_type = zipfile.ZIP_DEFLATED
-                entry.external_attr = 0o644 << 16
+                entry.create_system = 3
+                entry.external_attr = (0o100000 | FILE_MODE) << 16  # a regular file
                 archive.writestr(entry, (source / relative).read_bytes())
+        # mkstemp made the file private (0600); the zip is for others to install.
+        os.chmod(temporary, FILE_MODE)
         os.replace(temporary, final)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -9,6 +9,7 @@ They skip only where QGIS is truly absent, and never in CI (``CI=true``).
 from __future__ import annotations
 
 import configparser
+import importlib
 import importlib.util
 import os
 import shutil
@@ -104,12 +105,34 @@ def test_zip_leaves_out_caches_tests_and_build_files(tmp_path: Path) -> None:
         (source / name).write_text("junk")
     archive = build_plugin.build_zip(tmp_path / "dist", source)
     with zipfile.ZipFile(archive) as opened:
-        inside = {name.removeprefix(f"{PLUGIN_FOLDER}/") for name in opened.namelist()}
+        inside = {
+            name.removeprefix(f"{PLUGIN_FOLDER}/")
+            for name in opened.namelist()
+            if not name.endswith("/")  # folder entries
+        }
     assert inside.isdisjoint(junk)
     assert inside == {path.as_posix() for path in build_plugin.plugin_files(source)}
     # The same sources give the same bytes.
     again = build_plugin.build_zip(tmp_path / "dist2", source)
     assert again.read_bytes() == archive.read_bytes()
+
+
+def test_zip_and_every_file_in_it_are_readable_by_everyone(tmp_path: Path) -> None:
+    private = tmp_path / "qgis_plugin"
+    shutil.copytree(PLUGIN_SOURCE, private, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in private.rglob("*"):
+        path.chmod(0o700 if path.is_dir() else 0o600)  # a checkout made under umask 077
+    old_umask = os.umask(0o077)
+    try:
+        archive = build_plugin.build_zip(tmp_path / "dist", private)
+    finally:
+        os.umask(old_umask)
+    assert archive.stat().st_mode & 0o777 == 0o644
+    with zipfile.ZipFile(archive) as opened:
+        modes = {info.filename: (info.external_attr >> 16) & 0o777 for info in opened.infolist()}
+    assert {mode for name, mode in modes.items() if name.endswith("/")} == {0o755}
+    assert {mode for name, mode in modes.items() if not name.endswith("/")} == {0o644}
+    assert f"{PLUGIN_FOLDER}/provider.svg" in modes  # the provider's own icon
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +141,23 @@ def test_zip_leaves_out_caches_tests_and_build_files(tmp_path: Path) -> None:
 
 
 def test_cli_arguments_are_options_of_the_real_mtrs_detect() -> None:
-    request = runner.DetectRequest(before="a.tif", after="b.tif", output="o.gpkg", mask_out="m.tif")
+    request = runner.DetectRequest(
+        before="a.tif",
+        after="b.tif",
+        output="o.gpkg",
+        mask_out="m.tif",
+        bands_before=(3, 2, 1),
+        bands_after=(4, 3, 2),
+        extent=(1.0, 2.0, 3.0, 4.0),
+        extent_crs="EPSG:32633",
+        aoi="area.gpkg",
+        before_date="2019-04-01",
+        after_date="2021-06-30",
+    )
+    args = request.cli_args()
+    assert args[args.index("--bands") + 1] == "3,2,1"
+    assert args[args.index("--after-bands") + 1] == "4,3,2"
+    assert args[args.index("--extent") + 1] == "1.0,2.0,3.0,4.0"
     help_text = subprocess.run(
         [str(MTRS), "detect", "--help"], capture_output=True, text=True, env=clean_env()
     ).stdout
@@ -362,3 +401,79 @@ def test_plugin_in_real_headless_qgis(tmp_path: Path) -> None:
     assert done.returncode == 0, output
     for part in ("class_factory", "planted_changes", "qgis_process", "cancel", "engine_message"):
         assert any(part in name for name in names), f"no QGIS test about {part}: {sorted(names)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The warm worker (`mtrs serve --stdio`)
+# ---------------------------------------------------------------------------------------------
+
+
+def load_plugin_package(name: str) -> ModuleType:
+    """Import ``qgis_plugin`` as a package (its modules import each other relatively)."""
+    spec = importlib.util.spec_from_file_location(
+        name, PLUGIN_SOURCE / "__init__.py", submodule_search_locations=[str(PLUGIN_SOURCE)]
+    )
+    assert spec is not None and spec.loader is not None
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[name] = package
+    spec.loader.exec_module(package)
+    return package
+
+
+load_plugin_package("mtrs_qgis_package")
+worker_module = importlib.import_module("mtrs_qgis_package.worker")
+worker_runner = importlib.import_module("mtrs_qgis_package.runner")
+
+
+def test_warm_worker_serves_runs_restarts_when_dead_and_stops(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path / "pair")
+    worker = worker_module.EngineWorker(str(MTRS))
+
+    def run(name: str, cancel: bool = False, **extra: object) -> object:
+        request = worker_runner.DetectRequest(
+            before=str(pair.before), after=str(pair.after), output=str(tmp_path / name), **extra
+        )
+        messages: list[str] = []
+        summary = worker_module.run_worker(
+            worker, request, progress=lambda p: None, log=messages.append,
+            is_cancelled=lambda: cancel,
+        )  # fmt: skip
+        return summary, messages
+
+    try:
+        first, _ = run("a.gpkg", tile_size=64, overlap=8)
+        process = worker.process
+        second, messages = run("b.gpkg", tile_size=64, overlap=8, bands_before=(3, 2, 1))
+        assert worker.process is process and worker.starts == 1  # the same engine process
+        assert first.polygons == second.polygons and first.polygons >= len(pair.changes)
+        with pytest.raises(worker_runner.RunFailed, match="out of range"):
+            run("c.gpkg", bands_before=(1, 2, 9))
+        assert worker.alive()  # a refused input does not end the worker
+        process.kill()
+        process.wait()
+        run("d.gpkg", tile_size=64, overlap=8)
+        assert worker.starts == 2 and (tmp_path / "d.gpkg").is_file()
+    finally:
+        worker.stop()
+    assert worker.process is None and process.poll() is not None
+
+
+def test_warm_worker_cancel_stops_the_run_and_keeps_the_worker(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path / "pair")
+    worker = worker_module.EngineWorker(str(MTRS))
+    progress: list[float] = []
+    request = worker_runner.DetectRequest(
+        before=str(pair.before), after=str(pair.after), output=str(tmp_path / "c.gpkg"),
+        tile_size=32, overlap=0, batch_size=1, model="cva",
+    )  # fmt: skip
+    try:
+        with pytest.raises(worker_runner.RunCancelled):
+            worker_module.run_worker(
+                worker, request, progress=progress.append, log=lambda m: None,
+                is_cancelled=lambda: len(progress) > 2,
+            )  # fmt: skip
+        assert not (tmp_path / "c.gpkg").exists() and worker.alive()
+        environment_payload = worker_module.worker_environment(worker)
+        assert "cva" in environment_payload["models"]
+    finally:
+        worker.stop()

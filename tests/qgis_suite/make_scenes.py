@@ -13,7 +13,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import rasterio  # noqa: E402
 from scenes import BASE_CRS, default_extent, make_pair  # noqa: E402
+
+from mtrs_geo.sample import copy_sample  # noqa: E402
+
+
+def split_bands(image: Path) -> list[str]:
+    """Write each band of ``image`` to its own single-band GeoTIFF (as Sentinel-2 ships them)."""
+    paths = []
+    with rasterio.open(image) as source:
+        profile = source.profile | {"count": 1}
+        for band in range(1, source.count + 1):
+            path = image.with_name(f"{image.stem}_B{band}.tif")
+            with rasterio.open(path, "w", **profile) as target:
+                target.write(source.read(band), 1)
+            paths.append(str(path))
+    return paths
 
 
 def main(out: Path) -> dict[str, object]:
@@ -24,6 +40,8 @@ def main(out: Path) -> dict[str, object]:
     far = make_pair(out / "far", extent=far_extent, changes=[])
     # Large enough (2048 x 2048 px, 4096 tiles of 32 px: seconds of work) to cancel mid-run.
     large = make_pair(out / "large", extent=default_extent(20_480.0))
+    # 6-band Landsat 7 with band descriptions, copied: QGIS writes .aux.xml files beside rasters.
+    sample_before, sample_after = copy_sample(out / "sample")
     return {
         "crs": BASE_CRS,
         "before": str(small.before),
@@ -32,6 +50,10 @@ def main(out: Path) -> dict[str, object]:
         "far_after": str(far.after),
         "large_before": str(large.before),
         "large_after": str(large.after),
+        "before_bands": split_bands(small.before),
+        "after_bands": split_bands(small.after),
+        "sample_before": str(sample_before),
+        "sample_after": str(sample_after),
     }
 
 

@@ -81,3 +81,46 @@ def test_plugin_starts_through_class_factory_with_menu_toolbar_and_dialog(
 
     assert QgsApplication.processingRegistry().providerById("mtrs") is None
     assert iface.removePluginRasterMenu.call_count == 3
+
+
+def test_environment_problem_offers_a_button_that_opens_the_settings(
+    qgis_app: Any, plugin_dir: Path, slot_errors: list[BaseException], tmp_path: Path
+) -> None:
+    import qgis.utils
+    from qgis.core import QgsSettings
+    from qgis.PyQt.QtCore import QTimer
+    from qgis.PyQt.QtWidgets import QApplication
+
+    iface = qgis.utils.iface
+    iface.showOptionsDialog.reset_mock()
+    qgis.utils.plugin_paths = [str(plugin_dir)]
+    qgis.utils.updateAvailablePlugins()
+    assert qgis.utils.loadPlugin(PLUGIN_FOLDER) and qgis.utils.startPlugin(PLUGIN_FOLDER)
+    plugin = qgis.utils.plugins[PLUGIN_FOLDER]
+    key = "Processing/Configuration/MTRS_ENVIRONMENT"
+    saved = QgsSettings().value(key)
+    from processing.core.ProcessingConfig import ProcessingConfig
+
+    ProcessingConfig.setSettingValue("MTRS_ENVIRONMENT", str(tmp_path))  # a folder without mtrs
+    shown: list[str] = []
+
+    def press_settings() -> None:
+        box = QApplication.activeModalWidget()
+        if box is None:
+            QTimer.singleShot(100, press_settings)
+            return
+        shown.append(box.text())
+        (button,) = [b for b in box.buttons() if b.text() == "Settings…"]
+        button.click()
+
+    try:
+        QTimer.singleShot(100, press_settings)
+        plugin.show_environment()
+        assert shown and "mtrs-geo was not found" in shown[0]
+        iface.showOptionsDialog.assert_called_once_with(
+            iface.mainWindow(), currentPage="processingOptions"
+        )
+        assert slot_errors == []
+    finally:
+        ProcessingConfig.setSettingValue("MTRS_ENVIRONMENT", saved or "")
+        assert qgis.utils.unloadPlugin(PLUGIN_FOLDER)

@@ -1,0 +1,63 @@
+"""``mtrs serve --stdio``: JSON lines in and out, one model cache, cancel, errors as events."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from scenes import make_pair
+
+from mtrs_geo.serve import ModelCache, Server, config_from_json
+
+
+def answers(lines: list[dict[str, object]], models: ModelCache | None = None) -> list[dict]:
+    stdin = io.StringIO("".join(json.dumps(line) + "\n" for line in lines))
+    stdout = io.StringIO()
+    assert Server(stdin, stdout, models).serve() == 0
+    return [json.loads(line) for line in stdout.getvalue().splitlines()]
+
+
+def test_two_runs_share_one_loaded_model_and_answer_with_their_ids(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path / "pair")
+    config = {"before": str(pair.before), "after": str(pair.after), "tile_size": 64, "overlap": 8}
+    loads: list[str] = []
+    cache = ModelCache()
+    original = cache.__class__.__call__
+
+    def counting(self: ModelCache, name: str) -> object:
+        if name not in self._models:
+            loads.append(name)
+        return original(self, name)
+
+    cache.__class__.__call__ = counting  # type: ignore[method-assign]
+    try:
+        events = answers(
+            [
+                {"id": "a", "op": "detect", "config": config | {"output": str(tmp_path / "a.fgb")}},
+                {"id": "b", "op": "detect", "config": config | {"output": str(tmp_path / "b.fgb")}},
+                {"id": "c", "op": "detect", "config": config | {"bands_before": [1, 9]}},
+                {"id": "d", "op": "nonsense"},
+            ],
+            cache,
+        )
+    finally:
+        cache.__class__.__call__ = original  # type: ignore[method-assign]
+    assert events[0] == {"event": "ready"}
+    done = {e["id"]: e for e in events if e.get("event") in ("done", "error")}
+    assert done["a"]["event"] == done["b"]["event"] == "done"
+    assert done["a"]["polygons"] == done["b"]["polygons"] > 0
+    assert done["b"]["first_tile_seconds"] is not None
+    assert done["c"]["exit_code"] == 2 and "nothing to write" in done["c"]["message"]
+    assert done["d"]["exit_code"] == 2 and "unknown request" in done["d"]["message"]
+    assert loads == ["cva"]  # loaded once, reused by the second run
+    starts = [e for e in events if e.get("event") == "start"]
+    assert [e["id"] for e in starts] == ["a", "b"]
+
+
+def test_requests_become_the_engine_config() -> None:
+    config = config_from_json(
+        {"before": "a.tif", "after": "b.tif", "bands_before": [3, 2, 1], "extent": [0, 0, 1, 1]}
+    )
+    assert config.before == Path("a.tif") and config.bands_before == (3, 2, 1)
+    assert config.extent == (0, 0, 1, 1)
