@@ -2,12 +2,12 @@
 
 Three sets, none of which the bundled checkpoint was trained on:
 
-* ``synthetic``: object-level changes (roofs, water, vegetation appearing, vanishing, burnt) composed
-  over the *held-out* ground images with objects cut from *held-out* scenes
+* ``synthetic``: object-level changes (roofs, water, vegetation appearing, vanishing, burnt)
+  composed over the *held-out* ground images with objects cut from *held-out* scenes
   (``mtrs_geo.craft.donors``: a fixed scene-level split of ../shared/data);
-* ``real``: the held-out real pairs: LEVIR-CD / EGY-BCD (new buildings; also time-reversed, where
-  the same buildings are "demolished"), OMBRIA (flood water appeared), OSCD cities (new buildings and
-  roads), SZTAKI and DSIFN (any change);
+* ``real``: the held-out real pairs: LEVIR-CD / EGY-BCD (new buildings; also time-reversed,
+  where the same buildings are "demolished"), OMBRIA (flood water appeared), OSCD cities (new
+  buildings and roads), SZTAKI and DSIFN (any change);
 * ``roofs``: generated georeferenced GeoTIFF pairs in which identical roofs appear in some places
   and vanish in others, run through ``mtrs detect`` itself (default threshold), as a user would.
 
@@ -200,7 +200,9 @@ def score_cases(model_spec: str, cases: Iterable[Case], set_name: str) -> dict[s
 # --- generated georeferenced pairs through `mtrs detect` -------------------------------------
 
 
-def roofs_pair(folder: Path, seed: int, size: int = 768) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+def roofs_pair(
+    folder: Path, seed: int, size: int = 768
+) -> tuple[Path, Path, np.ndarray, np.ndarray]:
     """Write a 0.5 m UTM pair where identical roofs appear in some places and vanish in others."""
     import rasterio
     from affine import Affine
@@ -240,15 +242,15 @@ def detect_mask(before: Path, after: Path, query: str, model: str, out: Path) ->
     """Run ``mtrs detect`` (binary mask output, default threshold) and read the mask."""
     import rasterio
 
-    command = [sys.executable, "-m", "mtrs_geo.cli.main", "detect", str(before), str(after),
-               "-q", query, "--model", model, "--mask-out", str(out), "--mask-type", "binary"]  # fmt: skip
+    command = [sys.executable, "-m", "mtrs_geo.cli.main", "detect", str(before), str(after)]
+    command += ["-q", query, "--model", model, "--mask-out", str(out), "--mask-type", "binary"]
     subprocess.run(command, check=True, capture_output=True, cwd=REPO)
     with rasterio.open(out) as src:
         return src.read(1) == 1
 
 
 def roofs_scores(model: str, pairs: int) -> dict[str, object]:
-    """IoU of "newly built buildings" / "demolished buildings" with the appeared and vanished roofs."""
+    """IoU of "newly built buildings" / "demolished buildings" with the appeared/vanished roofs."""
     rows: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -272,10 +274,14 @@ def _fmt(value: object) -> str:
 def markdown(results: list[dict[str, object]]) -> str:
     """The language table(s) of the README."""
     lines = [
-        "| set | query | model | pairs with target | mIoU | F1 | pairs without | area when empty (%) |",
+        "| set | query | model | pairs with target | mIoU | F1 | pairs without "
+        "| area when empty (%) |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    contrast_lines = ["| set | queries | model | IoU between the two masks |", "| --- | --- | --- | ---: |"]
+    contrast_lines = [
+        "| set | queries | model | IoU between the two masks |",
+        "| --- | --- | --- | ---: |",
+    ]
     roof_lines = ["| model | query ~ roofs | IoU |", "| --- | --- | ---: |"]
     for result in results:
         name = Path(str(result["model"])).name
@@ -297,7 +303,9 @@ def markdown(results: list[dict[str, object]]) -> str:
 def main() -> None:
     """Run every set for the model and cva; write JSON and markdown."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="mtrefseg-r1", help="registered name or checkpoint folder")
+    parser.add_argument(
+        "--model", default="mtrefseg-r1", help="registered name or checkpoint folder"
+    )
     parser.add_argument("--pairs", type=int, default=80, help="synthetic held-out pairs")
     parser.add_argument("--roof-pairs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1234)
@@ -317,9 +325,15 @@ def main() -> None:
         results.append(roofs_scores(model, args.roof_pairs))
         print(f"{model}: done at {time.time() - started:.0f} s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"seconds": round(time.time() - started), "synthetic_pairs": args.pairs,
-            "real_pairs": len(real), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
-    (args.out / "language.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    meta = {
+        "seconds": round(time.time() - started),
+        "synthetic_pairs": args.pairs,
+        "real_pairs": len(real),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    (args.out / "language.json").write_text(
+        json.dumps({"meta": meta, "results": results}, indent=1)
+    )
     table = markdown(results)
     (args.out / "language.md").write_text(table)
     print(table)
