@@ -119,6 +119,7 @@ class Server:
         self._write_lock = threading.Lock()
         self._requests: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._running: tuple[str, CancelSwitch] | None = None
+        self._cancelled: set[str] = set()  # cancels that came before their run started
         self._running_lock = threading.Lock()
 
     def send(self, record: dict[str, Any]) -> None:
@@ -142,9 +143,12 @@ class Server:
                     self.send({"event": "error", "message": "not a JSON object", "exit_code": 2})
                     continue
                 if request.get("op") == "cancel":
+                    target = str(request.get("target", ""))
                     with self._running_lock:
-                        if self._running is not None and self._running[0] == request.get("target"):
+                        if self._running is not None and self._running[0] == target:
                             self._running[1].set()
+                        else:
+                            self._cancelled.add(target)
                     continue
                 self._requests.put(request)
                 if request.get("op") == "shutdown":
@@ -203,6 +207,9 @@ class Server:
 
         with self._running_lock:
             self._running = (ident, switch)
+            if ident in self._cancelled:  # cancelled while it waited in the queue
+                self._cancelled.discard(ident)
+                switch.set()
         try:
             result = detect(config, progress, switch, message, models=self.models)
         except Cancelled as exc:

@@ -353,6 +353,9 @@ def engine_importable() -> bool:
     return True
 
 
+_IN_PROCESS_MODELS: Any = None  # mtrs_geo.serve.ModelCache, made on the first in-process run
+
+
 def run_in_process(
     request: DetectRequest,
     *,
@@ -374,6 +377,11 @@ def run_in_process(
     from mtrs_geo.config import DetectConfig
     from mtrs_geo.errors import Cancelled, MtrsError
     from mtrs_geo.pipeline import RunMessage, detect
+    from mtrs_geo.serve import ModelCache
+
+    global _IN_PROCESS_MODELS
+    if _IN_PROCESS_MODELS is None:  # models stay loaded between in-process runs too
+        _IN_PROCESS_MODELS = ModelCache()
 
     cancel = threading.Event()
 
@@ -393,10 +401,16 @@ def run_in_process(
             query=request.query,
             output=Path(request.output) if request.output else None,
             mask_out=Path(request.mask_out) if request.mask_out else None,
-            **request.options(),
+            **(request.options() | ({"aoi": Path(request.aoi)} if request.aoi else {})),
         )
         config.check()
-        result = detect(config, progress=on_progress, cancel=cancel, messages=on_message)
+        result = detect(
+            config,
+            progress=on_progress,
+            cancel=cancel,
+            messages=on_message,
+            models=_IN_PROCESS_MODELS,
+        )
     except Cancelled as exc:
         raise RunCancelled(str(exc) or "cancelled by the user") from exc
     except MtrsError as exc:

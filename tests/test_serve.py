@@ -61,3 +61,17 @@ def test_requests_become_the_engine_config() -> None:
     )
     assert config.before == Path("a.tif") and config.bands_before == (3, 2, 1)
     assert config.extent == (0, 0, 1, 1)
+
+
+def test_a_cancel_that_comes_before_its_run_starts_still_cancels_it(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path / "pair")
+    output = str(tmp_path / "c.fgb")
+    config = {"before": str(pair.before), "after": str(pair.after), "output": output}
+    events = answers(
+        [
+            {"id": "1", "op": "detect", "config": config},
+            {"op": "cancel", "target": "1"},
+        ]
+    )
+    (end,) = [e for e in events if e.get("event") in ("done", "error")]
+    assert end["exit_code"] == 130 and not (tmp_path / "c.fgb").exists()
