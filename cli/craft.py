@@ -60,10 +60,24 @@ def craft() -> None:
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option(
     "--layout",
-    type=click.Choice(["levir-cd", "semantic", "oscd", "scenes"]),
+    type=click.Choice(["levir-cd", "semantic", "oscd", "scenes", "synthetic"]),
     required=True,
-    help="Input layout: A/B/label PNGs, SECOND-style class maps, OSCD cities, or georeferenced "
-    "scenes with change polygons.",
+    help="Input layout: A/B/label PNGs, SECOND-style class maps, OSCD cities, georeferenced "
+    "scenes with change polygons, or synthetic changes over a folder of donor data sets.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="synthetic: number of generated pairs.",
+)
+@click.option(
+    "--donors",
+    type=click.Choice(["train", "held_out", "all"]),
+    default="all",
+    show_default=True,
+    help="synthetic: which side of the donors' scene hold-out split to draw from.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same dataset.")
 @click.option(
@@ -121,6 +135,8 @@ def build_command(
     input_dir: Path,
     output: Path,
     layout: str,
+    count: int,
+    donors: str,
     seed: int,
     gsd: float,
     chip_size: int,
@@ -155,6 +171,9 @@ def build_command(
         to_field=to_field,
         bands=_bands(bands),
         nir_band=nir_band,
+        count=count,
+        seed=seed,
+        donors=donors,
     )
     options = BuildOptions(
         source=source,

@@ -10,6 +10,9 @@ Layouts:
   (1 = no change, 2 = change); georeferenced by the bands, near-infrared from B08.
 - ``scenes``: one folder per scene with ``before.*`` and ``after.*`` georeferenced rasters and one
   vector file of change polygons (any OGR format) with optional from/to class attributes.
+- ``synthetic``: a folder of donor data sets (``levir-cd/``, ``egy-bcd/``, ``ombria-s2/``, ...;
+  see :mod:`mtrs_geo.craft.donors`): ``count`` object-level changes generated over their real
+  images (:mod:`mtrs_geo.craft.synthetic`), with exact masks per class and direction.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from mtrs_geo.normalize import band_stats, percentile_stretch
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".sqlite")
-LAYOUTS = ("levir-cd", "semantic", "oscd", "scenes")
+LAYOUTS = ("levir-cd", "semantic", "oscd", "scenes", "synthetic")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,10 @@ class SourceOptions:
         from_field, to_field: attribute names of the from/to classes in a scene's change polygons.
         bands: 1-based red, green, blue band indexes of ``scenes`` rasters.
         nir_band: 1-based near-infrared band of ``scenes`` rasters, or None.
+        count: number of generated pairs (``synthetic``).
+        seed: seed of the generated pairs (``synthetic``).
+        donors: which side of the donors' hold-out split feeds ``synthetic``: ``train``,
+            ``held_out`` or ``all``.
 
     """
 
@@ -92,6 +99,9 @@ class SourceOptions:
     to_field: str = "to_class"
     bands: tuple[int, int, int] = (1, 2, 3)
     nir_band: int | None = None
+    count: int = 500
+    seed: int = 0
+    donors: str = "all"
 
 
 def read_pairs(root: Path, options: SourceOptions) -> Iterator[ChangePair]:
@@ -107,6 +117,8 @@ def read_pairs(root: Path, options: SourceOptions) -> Iterator[ChangePair]:
         yield from _oscd_pairs(root, options)
     elif options.layout == "scenes":
         yield from _scene_pairs(root, options)
+    elif options.layout == "synthetic":
+        yield from _synthetic_pairs(root, options)
     else:
         raise InputError(f"unknown layout {options.layout!r}; use one of {', '.join(LAYOUTS)}")
 
@@ -590,6 +602,30 @@ def scene_names(root: Path, options: SourceOptions) -> list[str]:
         return sorted(p.name for p in root.iterdir() if (p / "cm").is_dir())
     elif options.layout == "scenes":
         return sorted(p.name for p in root.iterdir() if p.is_dir())
+    elif options.layout == "synthetic":
+        return sorted({pair.scene for pair in _synthetic_pairs(root, options)})
     else:
         raise InputError(f"unknown layout {options.layout!r}; use one of {', '.join(LAYOUTS)}")
     return sorted({scene_of(stem) for stem in stems})
+
+
+def _synthetic_pairs(root: Path, options: SourceOptions) -> Iterator[ChangePair]:
+    from mtrs_geo.craft.donors import SPLITS, load_donors
+    from mtrs_geo.craft.synthetic import Ground, ObjectBank, synthetic_pairs
+
+    sides = SPLITS if options.donors == "all" else (options.donors,)
+    if any(side not in SPLITS for side in sides):
+        raise InputError(f"donors must be one of {', '.join((*SPLITS, 'all'))}")
+    grounds: list[Ground] = []
+    cutouts: dict[str, list] = {}  # type: ignore[type-arg]
+    for side in sides:
+        donors = load_donors(root, side)
+        grounds += donors.grounds
+        for cls, items in donors.bank.cutouts.items():
+            cutouts.setdefault(cls, []).extend(items)
+    if not grounds:
+        raise InputError(
+            f"{root}: no donor folder found (levir-cd/, egy-bcd/, ombria-s2/, sztaki-airchange/, "
+            "dsifn-cd/ or oscd/)"
+        )
+    yield from synthetic_pairs(grounds, ObjectBank(cutouts), options.count, options.seed)
