@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from math import prod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mtrs_geo.device import autocast_context
 from mtrs_geo.errors import ModelError
 from mtrs_geo.model_api import ChangeModel, ModelInfo
 from mtrs_geo.models.loading import quiet_loading
@@ -135,12 +138,15 @@ class MTRefSegChangeModel(TorchChangeModel):
         self.model = model.fuse_for_inference().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.info = info
         self._embeds: TextEmbeds | None = None
+        self._query_embeds: TextEmbeds | None = None  # several queries (prepare_queries)
 
     def move_to(self, device: torch.device) -> None:
         """Move the network (and the encoded query) to ``device``."""
         self.model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self._embeds is not None:
             self._embeds = self._embeds.to(device)
+        if self._query_embeds is not None:
+            self._query_embeds = self._query_embeds.to(device)
 
     def prepare(self, query: str | None) -> None:
         """Encode ``query`` once per run; ``None``/empty selects the stage-1 "any change" mode."""
@@ -154,8 +160,50 @@ class MTRefSegChangeModel(TorchChangeModel):
         except OSError as exc:
             raise ModelError(f"cannot load the text encoder of {self.info.name}: {exc}") from exc
 
+    def prepare_queries(self, queries: Sequence[str | None]) -> None:
+        """Encode several queries at once; :meth:`predict_queries` then runs them in one pass."""
+        texts = tuple((query or "").strip() for query in queries)
+        self._queries = texts
+        self._query_embeds = None
+        if len(texts) <= 1:
+            self.prepare(texts[0] if texts else None)
+            return
+        self._embeds = None
+        try:
+            with quiet_loading(), torch.inference_mode():
+                self._query_embeds = self.model.encode_text(
+                    ["" if is_any_change(text) else text for text in texts]
+                )
+        except OSError as exc:
+            raise ModelError(f"cannot load the text encoder of {self.info.name}: {exc}") from exc
+
+    def predict_queries(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Return ``(Q, B, H, W)``: backbone and fusion once, the language part per query."""
+        if self._query_embeds is None:
+            return self.predict(before, after)[None]
+        with torch.inference_mode(), autocast_context(self.torch_device):
+            probability = self.predict_queries_tensors(self._tensor(before), self._tensor(after))
+        return probability.float().cpu().numpy()
+
+    def predict_queries_tensors(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict_queries` on tensors on the model's device."""
+        assert self._query_embeds is not None, "prepare_queries() comes first"
+        pair, height, width = self._pair(before, after)
+        count = before.shape[0]
+        features = self.model.encode_pair(pair[:count], pair[count:])
+        output = self.model.decode(features, self._query_embeds)
+        probability = output.probabilities()[:, :height, :width].float().clamp(0.0, 1.0)
+        return probability.reshape(len(self._query_embeds), count, height, width)
+
     def predict_tensors(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         """Return the presence-gated probability ``(B, H, W)`` of the referred change."""
+        pair, height, width = self._pair(before, after)
+        count = before.shape[0]
+        output = self.model(pair[:count], pair[count:], text_embeds=self._embeds)
+        return output.probabilities()[:, :height, :width].float().clamp(0.0, 1.0)
+
+    def _pair(self, before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """Both dates in one channels-last batch, padded to the smallest tile; the tiles' size."""
         bands = self.model.config.in_channels
         if before.ndim != 4 or before.shape[1] != bands or after.shape != before.shape:
             raise ModelError(
@@ -167,10 +215,7 @@ class MTRefSegChangeModel(TorchChangeModel):
         pair = torch.cat([before, after], 0).float()  # already on the device (the base class)
         if pad_h or pad_w:
             pair = F.pad(pair, (0, pad_w, 0, pad_h), mode="replicate")
-        pair = pair.contiguous(memory_format=torch.channels_last)
-        count = before.shape[0]
-        output = self.model(pair[:count], pair[count:], text_embeds=self._embeds)
-        return output.probabilities()[:, :height, :width].float().clamp(0.0, 1.0)
+        return pair.contiguous(memory_format=torch.channels_last), int(height), int(width)
 
 
 def load_checkpoint(path: Path) -> ChangeModel:

@@ -15,7 +15,7 @@ Data flow for a batch of tile pairs ``(B, C, H, W)`` (percentile-stretched to [0
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -69,6 +69,44 @@ class MTRefSegR1Output(ModelOutput):
         """Return the gated change probability ``(B, H, W)`` (what the engine stitches)."""
         assert self.logits is not None and self.presence_logits is not None
         return gated_probabilities(self.logits, self.presence_logits)
+
+
+@dataclass
+class PairFeatures:
+    """The query-independent features of a batch of tile pairs (:meth:`MTRefSegR1.encode_pair`).
+
+    Attributes:
+        fused: the fused change features of the four levels, ``(B, C_l, H_l, W_l)``.
+        before_coarse: the coarsest projected before features (the LLM's image tokens).
+        after_coarse: the coarsest projected after features.
+        size: ``(H, W)`` of the input tiles, pixels.
+        pad: ``(pad_h, pad_w)`` reflection padding added to reach a multiple of 32, pixels.
+
+    """
+
+    fused: tuple[torch.Tensor, ...]
+    before_coarse: torch.Tensor
+    after_coarse: torch.Tensor
+    size: tuple[int, int]
+    pad: tuple[int, int]
+
+    @property
+    def batch(self) -> int:
+        """Number of tile pairs."""
+        return int(self.fused[0].shape[0])
+
+    def repeat(self, count: int) -> PairFeatures:
+        """Return the features of every pair ``count`` times over, query-major (``q * B + b``)."""
+
+        def tile(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.repeat(count, *([1] * (tensor.ndim - 1)))
+
+        return replace(
+            self,
+            fused=tuple(tile(f) for f in self.fused),
+            before_coarse=tile(self.before_coarse),
+            after_coarse=tile(self.after_coarse),
+        )
 
 
 class MTRefSegR1PreTrainedModel(PreTrainedModel):
@@ -197,7 +235,7 @@ class MTRefSegR1(MTRefSegR1PreTrainedModel):
 
         """
         self._check_images(image_a, image_b)
-        batch, _, height, width = image_a.shape
+        batch = image_a.shape[0]
         device = image_a.device
         if text_embeds is None:
             if texts is None:
@@ -205,34 +243,10 @@ class MTRefSegR1(MTRefSegR1PreTrainedModel):
             else:
                 text_embeds = self.encode_text(texts)
         text_embeds = text_embeds.to(device).expand(batch)
-
-        pad_h, pad_w = (-height) % PAD_MULTIPLE, (-width) % PAD_MULTIPLE
-        both = self._normalize(torch.cat([image_a, image_b], 0))
-        if pad_h or pad_w:
-            both = F.pad(both, (0, pad_w, 0, pad_h), mode="reflect")
-        levels = self.backbone(both)
-
-        fused, before_coarse, after_coarse = [], None, None
-        for fusion, feature in zip(self.fusions, levels, strict=True):
-            out, f1, f2 = fusion(feature[:batch], feature[batch:])
-            fused.append(out)
-            before_coarse, after_coarse = f1, f2
-        assert before_coarse is not None and after_coarse is not None
-        words, word_mask, query = self.text(text_embeds, before_coarse, after_coarse)
-        words = words.to(fused[0].dtype)
-        fused = [pwam(f, words, word_mask) for pwam, f in zip(self.pixel_word, fused, strict=True)]
-        mask_features, memory = self.pixel_decoder(fused)
-        predictions, presence = self.decoder(query, memory, mask_features, words, word_mask)
-
-        padded = (height + pad_h, width + pad_w)
+        features = self.encode_pair(image_a, image_b)
         want_aux = self.training or labels is not None
-        upsampled = [
-            F.interpolate(p[:, None], padded, mode="bilinear", align_corners=False)[
-                :, 0, :height, :width
-            ]
-            for p in (predictions if want_aux else predictions[-1:])
-        ]
-        logits, aux = upsampled[-1], tuple(upsampled[:-1])
+        logits, aux, presence = self._decode(features, text_embeds, want_aux)
+        height, width = features.size
         output = MTRefSegR1Output(
             logits=logits, presence_logits=presence, aux_logits=aux if want_aux else None
         )
@@ -257,6 +271,84 @@ class MTRefSegR1(MTRefSegR1PreTrainedModel):
             output.mask_loss, output.aux_loss = parts["mask"], parts["aux"]
             output.presence_loss = parts["presence"]
         return output
+
+    def encode_pair(self, image_a: torch.Tensor, image_b: torch.Tensor) -> PairFeatures:
+        """Run the query-independent part once: backbone over both dates and bi-temporal fusion.
+
+        Args:
+            image_a: before tiles ``(B, C, H, W)``, float, percentile-stretched to [0, 1].
+            image_b: after tiles, same shape.
+
+        Returns:
+            The fused features that :meth:`decode` turns into a mask per query.
+
+        """
+        self._check_images(image_a, image_b)
+        batch, _, height, width = image_a.shape
+        pad_h, pad_w = (-height) % PAD_MULTIPLE, (-width) % PAD_MULTIPLE
+        both = self._normalize(torch.cat([image_a, image_b], 0))
+        if pad_h or pad_w:
+            both = F.pad(both, (0, pad_w, 0, pad_h), mode="reflect")
+        levels = self.backbone(both)
+
+        fused, before_coarse, after_coarse = [], None, None
+        for fusion, feature in zip(self.fusions, levels, strict=True):
+            out, f1, f2 = fusion(feature[:batch], feature[batch:])
+            fused.append(out)
+            before_coarse, after_coarse = f1, f2
+        assert before_coarse is not None and after_coarse is not None
+        return PairFeatures(
+            tuple(fused), before_coarse, after_coarse, (height, width), (pad_h, pad_w)
+        )
+
+    def decode(self, features: PairFeatures, text_embeds: TextEmbeds) -> MTRefSegR1Output:
+        """Run the language-dependent part: every query of ``text_embeds`` over every pair.
+
+        Args:
+            features: :meth:`encode_pair` output for ``B`` tile pairs.
+            text_embeds: :meth:`encode_text` output for ``Q`` queries (``Q = 1``: one query).
+
+        Returns:
+            Logits ``(Q * B, H, W)`` and presence logits ``(Q * B,)``, query-major (query ``q`` of
+            pair ``b`` at ``q * B + b``): the same numbers as one :meth:`forward` call per query.
+
+        """
+        batch = features.batch
+        device = features.fused[0].device
+        text_embeds = text_embeds.to(device)
+        count = len(text_embeds)
+        if count > 1:
+            features = features.repeat(count)
+            index = torch.arange(count, device=device).repeat_interleave(batch)
+            text_embeds = text_embeds.select(index)
+        text_embeds = text_embeds.expand(features.batch)
+        logits, _, presence = self._decode(features, text_embeds, want_aux=False)
+        return MTRefSegR1Output(logits=logits, presence_logits=presence)
+
+    def _decode(
+        self, features: PairFeatures, text_embeds: TextEmbeds, want_aux: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
+        """Text branch, pixel-word attention and decoders: ``(logits, aux logits, presence)``."""
+        words, word_mask, query = self.text(
+            text_embeds, features.before_coarse, features.after_coarse
+        )
+        words = words.to(features.fused[0].dtype)
+        fused = [
+            pwam(f, words, word_mask)
+            for pwam, f in zip(self.pixel_word, features.fused, strict=True)
+        ]
+        mask_features, memory = self.pixel_decoder(fused)
+        predictions, presence = self.decoder(query, memory, mask_features, words, word_mask)
+
+        (height, width), (pad_h, pad_w) = features.size, features.pad
+        padded = (height + pad_h, width + pad_w)
+        upsampled = [
+            F.interpolate(p[:, None], padded, mode="bilinear", align_corners=False)[
+                :, 0, :height, :width
+            ]
+            for p in (predictions if want_aux else predictions[-1:])
+        ]
+        return upsampled[-1], tuple(upsampled[:-1]), presence
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.config.image_mean, device=images.device, dtype=images.dtype)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import importlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,8 @@ class ChangeModel(abc.ABC):
     device: str = "cpu"  # where the model runs, as torch names it ("cpu", "cuda:0", ...)
     # True: the engine streams every tile of the scene through calibrate_scene() before predicting.
     scene_pass: bool = False
+    # The queries of prepare_queries(), in order (one None: the single query of prepare()).
+    _queries: tuple[str | None, ...] = (None,)
 
     def to(self, device: str) -> ChangeModel:
         """Run on ``device`` (``auto | cpu | cuda[:N] | mps``) and return the model.
@@ -68,6 +70,32 @@ class ChangeModel(abc.ABC):
 
     def prepare(self, query: str | None) -> None:  # noqa: B027 - optional hook
         """Encode the query once per run; ``None`` or empty means "any change" (stage-1 mode)."""
+
+    def prepare_queries(self, queries: Sequence[str | None]) -> None:
+        """Take several queries for :meth:`predict_queries` (once per run).
+
+        This default prepares a single query with :meth:`prepare`; with several, a model that
+        ignores queries predicts once, and a query-aware one runs one query after another.
+        Query-aware models override it (and :meth:`predict_queries`) to share the query-free work.
+        """
+        self._queries = tuple(queries) or (None,)
+        if len(self._queries) == 1 or not self.info.query_aware:
+            self.prepare(self._queries[0])
+
+    def predict_queries(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Return the float32 probability ``(Q, B, H, W)`` of each query of :meth:`prepare_queries`.
+
+        The engine may modify the returned array in place.
+        """
+        if len(self._queries) == 1:
+            return self.predict(before, after)[None]
+        if not self.info.query_aware:  # one answer, whatever the question
+            return np.repeat(self.predict(before, after)[None], len(self._queries), axis=0)
+        answers = []
+        for query in self._queries:
+            self.prepare(query)
+            answers.append(self.predict(before, after))
+        return np.stack(answers)
 
     def calibrate(  # noqa: B027 - optional hook
         self, before: np.ndarray, after: np.ndarray, valid: np.ndarray
