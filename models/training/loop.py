@@ -11,6 +11,12 @@ Multi-GPU and multi-node: launch with ``torchrun`` (``torchrun --nproc_per_node 
 mtrs_geo.cli.main train --config run.yaml``); ranks read disjoint slices of every global batch and
 the model is wrapped in ``DistributedDataParallel``. Mixed precision: bf16 autocast on CUDA (fp16 +
 grad scaler where bf16 is missing). Logs: ``log.csv`` (and TensorBoard when installed), a tqdm bar.
+
+:func:`train` runs a :class:`Trainer`, whose methods are the steps of a run: set-up (ranks, device,
+network, optimizer, resumed states), the optimizer step, logging, the stop rules (SIGTERM,
+``run.max_time``), checkpoints, evaluation and the final save. A run folder holds ``config.yaml``,
+``log.csv``, ``eval.csv``, ``checkpoints/step_<n>/`` (``model/``, ``trainer_state.pt``,
+``config.yaml``) and ``final/`` (the model folder and ``training.json``).
 """
 
 from __future__ import annotations
@@ -36,12 +42,14 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from mtrs_geo.device import autocast_dtype
 from mtrs_geo.errors import InputError
 from mtrs_geo.models.augment import AugmentedDataset, collate_samples
 from mtrs_geo.models.data.sample import Sample
 from mtrs_geo.models.loading import quiet_loading
 from mtrs_geo.models.training.config import TrainConfig, dump_config
 from mtrs_geo.models.training.sources import build_sources
+from mtrs_geo.write import atomic_directory
 
 STATE_FILE = "trainer_state.pt"
 MODEL_DIR = "model"
@@ -139,13 +147,18 @@ def _select_device(name: str, local_rank: int) -> torch.device:
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "32" or (precision == "auto" and device.type != "cuda"):
+    """Return the autocast dtype of ``run.precision`` on ``device`` (None: full precision).
+
+    ``auto`` follows the engine's rule (:func:`mtrs_geo.device.autocast_dtype`) on CUDA and trains
+    in fp32 elsewhere: the grad scaler that fp16 training needs exists for CUDA only.
+    """
+    if precision == "32":
         return None
     if precision == "16":
         return torch.float16
     if precision == "bf16":
         return torch.bfloat16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return autocast_dtype(device) if device.type == "cuda" else None
 
 
 def seed_everything(seed: int) -> None:
@@ -298,6 +311,18 @@ def _save_model_folder(network: torch.nn.Module, folder: Path, config: TrainConf
     (folder / "config.yaml").write_text(dump_config(config), encoding="utf-8")
 
 
+@contextlib.contextmanager
+def _staged_folder(path: Path) -> Iterator[Path]:
+    """:func:`~mtrs_geo.write.atomic_directory`, with the permissions a plain ``mkdir`` gives.
+
+    The staging folder is made private (0700); the folder gets its parent's mode instead, as the
+    folders of older versions had (a shared run folder stays readable by its group).
+    """
+    with atomic_directory(path) as staging:
+        staging.chmod(path.parent.stat().st_mode & 0o777)
+        yield staging
+
+
 def _save_checkpoint(
     out: Path,
     step: int,
@@ -306,19 +331,17 @@ def _save_checkpoint(
     config: TrainConfig,
     keep: int,
 ) -> Path:
-    """Write ``checkpoints/step_<n>/`` atomically (a temporary folder renamed when complete)."""
+    """Write ``checkpoints/step_<n>/`` atomically (a staging folder renamed when complete)."""
     root = out / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    # Staging folders of a killed run (this version's and older ones'); only rank 0 writes here.
+    for stale in [*root.glob(".step_*.partial-*"), *root.glob(".partial_step_*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step_{step:07d}"
-    partial = root / f".partial_step_{step:07d}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    _save_model_folder(network, partial / MODEL_DIR, config)
-    torch.save(state, partial / STATE_FILE)
-    (partial / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-    if final.exists():
-        shutil.rmtree(final)
-    partial.rename(final)
+    with _staged_folder(final) as staging:
+        _save_model_folder(network, staging / MODEL_DIR, config)
+        torch.save(state, staging / STATE_FILE)
+        (staging / "config.yaml").write_text(dump_config(config), encoding="utf-8")
     for old in sorted(root.glob("step_*"))[: -max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -364,13 +387,14 @@ def _batch_loader(
     return iter(loader)
 
 
-def train(
-    config: TrainConfig,
-    resume: Path | None = None,
-    progress: bool = True,
-    stop_after: int | None = None,
-) -> TrainResult:
-    """Run (or resume) one training stage; return what it reached.
+class Trainer:
+    """One training stage (or its resumption); :meth:`run` does the steps below in order.
+
+    Construction sets up in the order exact resume relies on: devices and ranks, seeds, dataset,
+    network, optimizer, then the states of a resumed checkpoint (which overwrite the RNGs).
+    :meth:`run` opens the logs, trains until ``optim.max_steps``, a stop (SIGTERM,
+    ``run.max_time``) or ``stop_after``, writes checkpoints and evaluations when due, and saves the
+    final model folder.
 
     Args:
         config: the run configuration.
@@ -380,210 +404,355 @@ def train(
             for tests of exact resume.
 
     """
-    started = time.monotonic()
-    out = Path(config.run.out)
-    device_guess = (
-        "cuda"
-        if config.run.device.startswith("cuda")
-        or (config.run.device == "auto" and torch.cuda.is_available())
-        else "cpu"
-    )
-    ddp = _init_distributed(device_guess)
-    device = _select_device(config.run.device, ddp.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    seed_everything(config.run.seed + ddp.rank)
 
-    dataset = build_sources(config.data.train, seed=config.run.seed, training=True)
-    if config.data.repeat > 1:
-        from torch.utils.data import ConcatDataset
+    def __init__(
+        self,
+        config: TrainConfig,
+        resume: Path | None = None,
+        progress: bool = True,
+        stop_after: int | None = None,
+    ) -> None:
+        self.config, self.progress, self.stop_after = config, progress, stop_after
+        self.started = time.monotonic()
+        self.out = Path(config.run.out)
+        self.ddp, self.device = self._setup_distributed()
+        seed_everything(config.run.seed + self.ddp.rank)
+        self.dataset = self._build_dataset()
+        resume = Path(resume) if resume is not None else None
+        state = load_trainer_state(resume) if resume is not None else None
+        self.network = self._build_network(resume, state)
+        self.params = [p for p in self.network.parameters() if p.requires_grad]
+        self.optimizer, self.scheduler = self._build_optimizer()
+        self.amp_dtype = _autocast_dtype(config.run.precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.step = 0
+        self.elapsed_before = 0.0  # training seconds of the runs this one resumes
+        if state is not None:
+            self._restore(state)
+        self.model = self._wrap_distributed()
+        self.writer: Any = None  # TensorBoard, when installed (main rank)
+        self.stop_requested = False
+        self.window_start, self.window_samples = time.monotonic(), 0  # throughput of a log row
 
-        dataset = ConcatDataset([dataset] * config.data.repeat)
+    # Set-up -------------------------------------------------------------------------------------
 
-    state: dict[str, Any] | None = None
-    if resume is not None:
-        resume = Path(resume)
-        state = load_trainer_state(resume)
-        from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
+    def _setup_distributed(self) -> tuple[_Dist, torch.device]:
+        """Join the torchrun process group (if any) and pick this rank's device."""
+        name = self.config.run.device
+        cuda = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+        ddp = _init_distributed("cuda" if cuda else "cpu")
+        device = _select_device(name, ddp.local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        return ddp, device
 
-        with quiet_loading():
-            network: torch.nn.Module = MTRefSegR1.from_pretrained(
-                resume / MODEL_DIR, local_files_only=True
-            )
-    else:
-        network = build_network(config)
-    network.to(device)
-    freeze_parameters(network, config.model.freeze)
-    if state is not None:
-        # The optimizer's parameter list must be the one that was saved, whatever loading does
-        # to requires_grad.
-        trainable = set(state["trainable"])
-        for name, parameter in network.named_parameters():
-            parameter.requires_grad_(name in trainable)
-    train_mode(network, config.model.freeze)
-    params = [p for p in network.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=config.optim.lr, weight_decay=config.optim.weight_decay
-    )
-    optim_cfg = config.optim
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: lr_factor(s, optim_cfg.warmup_steps, optim_cfg.max_steps, optim_cfg.min_lr_ratio),
-    )
-    amp_dtype = _autocast_dtype(config.run.precision, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    step = 0
-    elapsed_before = 0.0  # training seconds of the runs this one resumes
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step = int(state["step"])
-        elapsed_before = float(state.get("seconds", 0.0))
-        _set_rng_state(state["rng"][min(ddp.rank, len(state["rng"]) - 1)])
+    def _build_dataset(self) -> Dataset[Sample]:
+        dataset = build_sources(self.config.data.train, seed=self.config.run.seed, training=True)
+        if self.config.data.repeat > 1:
+            from torch.utils.data import ConcatDataset
 
-    model: torch.nn.Module = network
-    if ddp.world > 1:
+            dataset = ConcatDataset([dataset] * self.config.data.repeat)
+        return dataset
+
+    def _build_network(self, resume: Path | None, state: dict[str, Any] | None) -> torch.nn.Module:
+        """Load the checkpoint's network (else build one) on the device; freeze; training mode."""
+        if resume is not None:
+            from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
+
+            with quiet_loading():
+                network: torch.nn.Module = MTRefSegR1.from_pretrained(
+                    resume / MODEL_DIR, local_files_only=True
+                )
+        else:
+            network = build_network(self.config)
+        network.to(self.device)
+        freeze_parameters(network, self.config.model.freeze)
+        if state is not None:
+            # The optimizer's parameter list must be the one that was saved, whatever loading does
+            # to requires_grad.
+            trainable = set(state["trainable"])
+            for name, parameter in network.named_parameters():
+                parameter.requires_grad_(name in trainable)
+        train_mode(network, self.config.model.freeze)
+        return network
+
+    def _build_optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        """AdamW on the trainable parameters; warm-up then cosine decay (:func:`lr_factor`)."""
+        optim = self.config.optim
+        optimizer = torch.optim.AdamW(self.params, lr=optim.lr, weight_decay=optim.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda s: lr_factor(s, optim.warmup_steps, optim.max_steps, optim.min_lr_ratio),
+        )
+        return optimizer, scheduler
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's optimizer, scheduler, scaler, step, time and RNG states."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.elapsed_before = float(state.get("seconds", 0.0))
+        _set_rng_state(state["rng"][min(self.ddp.rank, len(state["rng"]) - 1)])
+
+    def _wrap_distributed(self) -> torch.nn.Module:
+        """Return the module the steps call: the network, or its ``DistributedDataParallel``."""
+        if self.ddp.world == 1:
+            return self.network
         from torch.nn.parallel import DistributedDataParallel
 
-        model = DistributedDataParallel(
-            network,
-            device_ids=[device.index] if device.type == "cuda" else None,
+        return DistributedDataParallel(
+            self.network,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
             find_unused_parameters=True,
         )
 
-    log_path = out / "log.csv"
-    writer = None
-    if ddp.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-        _log_rows(log_path, step)
-        writer = _tensorboard(out)
+    def _open_logs(self) -> None:
+        """Write ``config.yaml``, trim ``log.csv`` to the step, open TensorBoard (rank 0)."""
+        if not self.ddp.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(dump_config(self.config), encoding="utf-8")
+        _log_rows(self.out / "log.csv", self.step)
+        self.writer = _tensorboard(self.out)
 
-    micro_start = step * optim_cfg.accumulate
-    batches = _batch_loader(dataset, config, micro_start, ddp.rank, ddp.world)
-    result = TrainResult(steps=step)
-    stop_requested = {"flag": False}
-    previous_handler = None
-    if ddp.main and hasattr(signal, "SIGTERM"):
+    @contextlib.contextmanager
+    def _sigterm_stops(self) -> Iterator[None]:
+        """Let SIGTERM ask for a checkpoint and a stop after the current step (rank 0)."""
+        previous = None
+        if self.ddp.main and hasattr(signal, "SIGTERM"):
+            try:
+                previous = signal.signal(signal.SIGTERM, self._request_stop)
+            except (
+                ValueError
+            ):  # not the main thread: no graceful SIGTERM, periodic checkpoints only
+                previous = None
         try:
-            previous_handler = signal.signal(
-                signal.SIGTERM, lambda *_: stop_requested.update(flag=True)
-            )
-        except ValueError:  # not the main thread: no graceful SIGTERM, periodic checkpoints only
-            previous_handler = None
+            yield
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
-    from tqdm import tqdm
+    def _request_stop(self, *_: object) -> None:
+        self.stop_requested = True
 
-    bar = tqdm(
-        total=optim_cfg.max_steps, initial=step, disable=not (progress and ddp.main), unit="step"
-    )
-    window_start, window_samples = time.monotonic(), 0
-    try:
-        while step < optim_cfg.max_steps:
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(optim_cfg.accumulate):
-                batch = next(batches)
-                texts = None if config.stage == 1 else list(batch["text"])
-                sync = micro == optim_cfg.accumulate - 1 or ddp.world == 1
-                context = model.no_sync() if not sync else contextlib.nullcontext()  # type: ignore[operator]
-                with context:
-                    with torch.autocast(
-                        device.type,
-                        dtype=amp_dtype or torch.float32,
-                        enabled=amp_dtype is not None,
-                    ):
-                        output = model(
-                            batch["image_a"].to(device, non_blocking=True),
-                            batch["image_b"].to(device, non_blocking=True),
-                            texts=texts,
-                            labels=batch["mask"].to(device, non_blocking=True),
-                            target_present=batch["target_present"].to(device),
-                        )
-                        loss = output.loss / optim_cfg.accumulate
-                    scaler.scale(loss).backward()
-                loss_sum += loss.detach()
-                window_samples += batch["mask"].shape[0] * ddp.world
-            if optim_cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, optim_cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            if ddp.world > 1:
-                dist.all_reduce(loss_sum)
-                loss_sum /= ddp.world
-            loss_value = float(loss_sum)
-            if not math.isfinite(loss_value):
-                raise RuntimeError(f"loss is {loss_value} at step {step}: lower optim.lr")
-            result.losses.append((step, loss_value))
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-            if ddp.main and (step % config.run.log_every == 0 or step == optim_cfg.max_steps):
-                elapsed = time.monotonic() - window_start
-                row = {
-                    "step": step,
-                    "loss": f"{loss_value:.6f}",
-                    "lr": f"{scheduler.get_last_lr()[0]:.3e}",
-                    "samples": step * optim_cfg.accumulate * optim_cfg.batch_size * ddp.world,
-                    "seconds": f"{time.monotonic() - started + elapsed_before:.1f}",
-                    "samples_per_second": f"{window_samples / max(elapsed, 1e-9):.2f}",
-                }
-                _append_log(log_path, row)
-                if writer is not None:
-                    writer.add_scalar("train/loss", loss_value, step)
-                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                window_start, window_samples = time.monotonic(), 0
-            if stop_after is not None and step >= stop_after:
-                result.stopped_early = True
-                break
-            stop = stop_requested["flag"] or (
-                config.run.max_time is not None and time.monotonic() - started > config.run.max_time
-            )
-            if ddp.world > 1:  # every rank must agree, or the checkpoint's gather would hang
-                flag = torch.tensor([float(stop)], device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                stop = bool(flag.item())
-            due = step % config.run.checkpoint_every == 0 or step == optim_cfg.max_steps
-            if due or stop:
-                seconds = time.monotonic() - started + elapsed_before
-                result.last_checkpoint = _checkpoint(
-                    out, step, network, optimizer, scheduler, scaler, config, ddp, seconds
+    # The loop -----------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        """Train to ``optim.max_steps`` (or a stop) and save the final model; return the result."""
+        optim = self.config.optim
+        self._open_logs()
+        batches = _batch_loader(
+            self.dataset, self.config, self.step * optim.accumulate, self.ddp.rank, self.ddp.world
+        )
+        result = TrainResult(steps=self.step)
+        from tqdm import tqdm
+
+        with self._sigterm_stops():
+            shown = self.progress and self.ddp.main
+            bar = tqdm(total=optim.max_steps, initial=self.step, disable=not shown, unit="step")
+            self.window_start, self.window_samples = time.monotonic(), 0
+            try:
+                while self.step < optim.max_steps:
+                    loss = self._optimizer_step(batches)
+                    result.losses.append((self.step, loss))
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                    self._log(loss)
+                    if self.stop_after is not None and self.step >= self.stop_after:
+                        result.stopped_early = True
+                        break
+                    stop = self._stop_wanted()
+                    if stop or self._checkpoint_due():
+                        result.last_checkpoint = self._checkpoint()
+                    if self._evaluation_due():
+                        self._evaluate(self.writer)
+                        train_mode(self.network, self.config.model.freeze)
+                    if stop:
+                        result.stopped_early = True
+                        break
+            finally:
+                bar.close()
+                if self.writer is not None:
+                    self.writer.close()
+        result.steps = self.step
+        result.seconds = time.monotonic() - self.started
+        if self.ddp.main and not (result.stopped_early and self.stop_after is not None):
+            self._save_final(result)
+        return result
+
+    def _optimizer_step(self, batches: Iterator[dict[str, Any]]) -> float:
+        """One optimizer step over ``optim.accumulate`` micro-batches; return its mean loss."""
+        optim = self.config.optim
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(optim.accumulate):
+            batch = next(batches)
+            loss_sum += self._micro_step(batch, sync=micro == optim.accumulate - 1)
+            self.window_samples += batch["mask"].shape[0] * self.ddp.world
+        if optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        if self.ddp.world > 1:
+            dist.all_reduce(loss_sum)
+            loss_sum /= self.ddp.world
+        loss = float(loss_sum)
+        if not math.isfinite(loss):
+            raise RuntimeError(f"loss is {loss} at step {self.step}: lower optim.lr")
+        return loss
+
+    def _micro_step(self, batch: dict[str, Any], sync: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch (gradients synced across ranks on the last)."""
+        device = self.device
+        texts = None if self.config.stage == 1 else list(batch["text"])
+        sync = sync or self.ddp.world == 1
+        context = self.model.no_sync() if not sync else contextlib.nullcontext()  # type: ignore[operator]
+        with context:
+            with torch.autocast(
+                device.type,
+                dtype=self.amp_dtype or torch.float32,
+                enabled=self.amp_dtype is not None,
+            ):
+                output = self.model(
+                    batch["image_a"].to(device, non_blocking=True),
+                    batch["image_b"].to(device, non_blocking=True),
+                    texts=texts,
+                    labels=batch["mask"].to(device, non_blocking=True),
+                    target_present=batch["target_present"].to(device),
                 )
-            if config.run.eval_every and step % config.run.eval_every == 0 and ddp.main:
-                _evaluate_into(network, config, out, step, writer)
-                train_mode(network, config.model.freeze)
-            if stop:
-                result.stopped_early = True
-                break
-    finally:
-        bar.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
-        if writer is not None:
-            writer.close()
-    result.steps = step
-    result.seconds = time.monotonic() - started
-    if ddp.main and not (result.stopped_early and stop_after is not None):
-        final = out / "final"
-        if final.exists():
-            shutil.rmtree(final)
-        _save_model_folder(network, final, config)
+                loss = output.loss / self.config.optim.accumulate
+            self.scaler.scale(loss).backward()
+        return loss.detach()
+
+    def _log(self, loss: float) -> None:
+        """Append a ``log.csv`` row (and TensorBoard) every ``run.log_every`` steps (rank 0)."""
+        step, optim = self.step, self.config.optim
+        if not self.ddp.main or not (
+            step % self.config.run.log_every == 0 or step == optim.max_steps
+        ):
+            return
+        elapsed = time.monotonic() - self.window_start
+        lr = self.scheduler.get_last_lr()[0]
+        row = {
+            "step": step,
+            "loss": f"{loss:.6f}",
+            "lr": f"{lr:.3e}",
+            "samples": step * optim.accumulate * optim.batch_size * self.ddp.world,
+            "seconds": f"{time.monotonic() - self.started + self.elapsed_before:.1f}",
+            "samples_per_second": f"{self.window_samples / max(elapsed, 1e-9):.2f}",
+        }
+        _append_log(self.out / "log.csv", row)
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/lr", lr, step)
+        self.window_start, self.window_samples = time.monotonic(), 0
+
+    def _stop_wanted(self) -> bool:
+        """SIGTERM or ``run.max_time``; all ranks agree (or the checkpoint's gather would hang)."""
+        max_time = self.config.run.max_time
+        stop = self.stop_requested or (
+            max_time is not None and time.monotonic() - self.started > max_time
+        )
+        if self.ddp.world > 1:
+            flag = torch.tensor([float(stop)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
+
+    def _checkpoint_due(self) -> bool:
+        every, last = self.config.run.checkpoint_every, self.config.optim.max_steps
+        return self.step % every == 0 or self.step == last
+
+    def _evaluation_due(self) -> bool:
+        every = self.config.run.eval_every
+        return bool(every) and self.step % every == 0 and self.ddp.main
+
+    # Saving and evaluation ----------------------------------------------------------------------
+
+    def _checkpoint(self) -> Path | None:
+        """Every rank: gather the RNG states; main rank: write ``checkpoints/step_<n>/``."""
+        rng = [_rng_state()]
+        if self.ddp.world > 1:
+            gathered: list[Any] = [None] * self.ddp.world
+            dist.all_gather_object(gathered, rng[0])
+            rng = gathered
+        if not self.ddp.main:
+            return None
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "world": self.ddp.world,
+            "seconds": time.monotonic() - self.started + self.elapsed_before,
+            "trainable": [n for n, p in self.network.named_parameters() if p.requires_grad],
+        }
+        keep = self.config.run.keep_checkpoints
+        return _save_checkpoint(self.out, self.step, self.network, state, self.config, keep)
+
+    def _save_final(self, result: TrainResult) -> None:
+        """Write ``final/`` (model folder, ``training.json``) and the last evaluation."""
+        final = self.out / "final"
+        with _staged_folder(final) as staging:
+            _save_model_folder(self.network, staging, self.config)
         result.final_dir = final
-        if config.data.val:
-            result.metrics = _evaluate_into(network, config, out, step, None)
+        if self.config.data.val:
+            result.metrics = self._evaluate(None)
         summary = {
-            "stage": config.stage,
-            "steps": step,
+            "stage": self.config.stage,
+            "steps": self.step,
             "seconds": round(result.seconds, 1),
             "last_loss": result.losses[-1][1] if result.losses else None,
             "stopped_early": result.stopped_early,
             "metrics": result.metrics,
         }
         (final / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return result
+
+    def _evaluate(self, writer: Any) -> dict[str, Any]:
+        """Score the model on each validation source; append to ``eval.csv``, return the metrics."""
+        from mtrs_geo.model_api import ModelInfo
+        from mtrs_geo.models.evaluate import evaluate_model
+        from mtrs_geo.models.inference import MTRefSegChangeModel
+        from mtrs_geo.models.training.sources import build_source
+
+        config, network = self.config, self.network
+        info = ModelInfo("mtrefseg-r1@training", "model being trained", True, 3, "-")
+        wrapped = MTRefSegChangeModel(network, info)  # type: ignore[arg-type]
+        wrapped.to(next(network.parameters()).device)
+        metrics: dict[str, Any] = {}
+        for number, source in enumerate(config.data.val):
+            name = (
+                source.get("name") or f"{source['type']}:{Path(str(source.get('root', ''))).name}"
+            )
+            if source.get("split"):
+                name += f"/{source['split']}"
+            dataset = build_source(source, seed=config.run.seed + number, training=False)
+            metrics[name] = evaluate_model(
+                wrapped,
+                dataset,
+                ignore_query=config.stage == 1,
+                input_size=config.run.eval_input_size,
+            )
+            if writer is not None:
+                for key in ("mIoU", "oIoU"):
+                    writer.add_scalar(f"val/{name}/{key}", metrics[name][key], self.step)
+        _append_eval(self.out / "eval.csv", self.step, metrics)
+        return metrics
+
+
+def train(
+    config: TrainConfig,
+    resume: Path | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Run (or resume) one training stage; return what it reached (see :class:`Trainer`)."""
+    return Trainer(config, resume, progress, stop_after).run()
 
 
 def _append_log(path: Path, row: dict[str, Any]) -> None:
@@ -595,69 +764,12 @@ def _append_log(path: Path, row: dict[str, Any]) -> None:
         writer.writerow(row)
 
 
-def _checkpoint(
-    out: Path,
-    step: int,
-    network: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler,
-    config: TrainConfig,
-    ddp: _Dist,
-    seconds: float,
-) -> Path | None:
-    rng = [_rng_state()]
-    if ddp.world > 1:
-        gathered: list[Any] = [None] * ddp.world
-        dist.all_gather_object(gathered, rng[0])
-        rng = gathered
-    if not ddp.main:
-        return None
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "rng": rng,
-        "world": ddp.world,
-        "seconds": seconds,
-        "trainable": [n for n, p in network.named_parameters() if p.requires_grad],
-    }
-    return _save_checkpoint(out, step, network, state, config, config.run.keep_checkpoints)
-
-
-def _evaluate_into(
-    network: torch.nn.Module, config: TrainConfig, out: Path, step: int, writer: Any
-) -> dict[str, Any]:
-    """Score the model on each validation source; append to ``eval.csv`` and return the metrics."""
-    from mtrs_geo.model_api import ModelInfo
-    from mtrs_geo.models.evaluate import evaluate_model
-    from mtrs_geo.models.inference import MTRefSegChangeModel
-    from mtrs_geo.models.training.sources import build_source
-
-    info = ModelInfo("mtrefseg-r1@training", "model being trained", True, 3, "-")
-    wrapped = MTRefSegChangeModel(network, info)  # type: ignore[arg-type]
-    wrapped.to(next(network.parameters()).device)
-    metrics: dict[str, Any] = {}
-    for number, source in enumerate(config.data.val):
-        name = source.get("name") or f"{source['type']}:{Path(str(source.get('root', ''))).name}"
-        if source.get("split"):
-            name += f"/{source['split']}"
-        dataset = build_source(source, seed=config.run.seed + number, training=False)
-        ignore_query = config.stage == 1
-        metrics[name] = evaluate_model(
-            wrapped, dataset, ignore_query=ignore_query, input_size=config.run.eval_input_size
-        )
-        if writer is not None:
-            for key in ("mIoU", "oIoU"):
-                writer.add_scalar(f"val/{name}/{key}", metrics[name][key], step)
-    eval_path = out / "eval.csv"
-    new = not eval_path.is_file()
-    with eval_path.open("a", newline="", encoding="utf-8") as handle:
+def _append_eval(path: Path, step: int, metrics: dict[str, Any]) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="", encoding="utf-8") as handle:
         fields = ["step", "source", "mIoU", "oIoU", "Pr@50", "Pr@70", "Pr@90", "samples"]
         csv_writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         if new:
             csv_writer.writeheader()
         for name, m in metrics.items():
             csv_writer.writerow({"step": step, "source": name, **m})
-    return metrics
