@@ -221,7 +221,12 @@ def audit_command(
     Each auditor gets a link with a secret token, new at every start: the link is the auditor's
     identity, so give each one only their own.
     """
-    from mtrs_geo.craft.audit_app import audit_links, make_audit_server
+    try:
+        from mtrs_geo.craft.audit_app import audit_links, make_audit_server
+    except ModuleNotFoundError as exc:  # the extra ``craft`` is missing: say how to install it
+        if exc.name not in ("flask", "werkzeug"):
+            raise
+        raise InputError(str(exc)) from exc
 
     names = list(auditors) or [_default_auditor()]
     server = make_audit_server(dataset, names, port=port, db_path=db)

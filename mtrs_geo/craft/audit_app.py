@@ -23,10 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flask import Flask, Response, abort, g, jsonify, request, send_file
 from PIL import Image
-from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.serving import BaseWSGIServer, make_server
+
+try:  # Flask is the optional extra ``craft``: a core install builds and exports without it
+    from flask import Flask, Response, abort, g, jsonify, request, send_file
+    from werkzeug.exceptions import RequestEntityTooLarge
+    from werkzeug.serving import BaseWSGIServer, make_server
+except ModuleNotFoundError as exc:
+    raise ModuleNotFoundError(
+        f"the CRAFT audit page needs Flask ({exc.name} is not installed): "
+        "pip install 'mtrs-geo[craft]'",
+        name=exc.name,
+    ) from exc
 
 from mtrs_geo.craft.audit_store import (
     DB_NAME,
