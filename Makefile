@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 OUT    ?= out
 
-.PHONY: venv system-deps demo test lint typecheck unit plugin benchmark clean
+.PHONY: venv system-deps demo test lint typecheck unit unit-fast plugin benchmark clean
 
 # pip takes torch/torchvision from the local wheel cache where the machine has one; constraints.txt pins
 # every transitive version that was tested.
@@ -38,6 +38,11 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+# For local runs: the suite without the tests marked slow (two-process DDP training, headless
+# Chromium, the real QGIS). `make test` (CI) runs every test.
+unit-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 system-deps:
 	bash scripts/system-deps.sh

@@ -18,6 +18,8 @@ from mtrs_geo.craft.builder import BuildOptions, build
 from mtrs_geo.craft.export import export
 from mtrs_geo.craft.sources import SourceOptions
 
+pytestmark = pytest.mark.slow  # a headless Chromium: `make unit-fast` leaves it out
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from scenes import BASE_CRS, ImageSpec, ScenePair, default_extent, make_pair
 from shapely.geometry import Polygon, box
 
 from mtrs_geo.baselines.cva import build_model
 from mtrs_geo.config import DetectConfig
 from mtrs_geo.grid import sample_windows
 from mtrs_geo.pipeline import detect
-from tests.scenes import BASE_CRS, ImageSpec, ScenePair, default_extent, make_pair
 
 SPARSE_SIZE_PX = 1024
 SPARSE_PIXEL_M = 0.5

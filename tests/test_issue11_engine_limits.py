@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from affine import Affine
 from rasterio.windows import Window
+from scenes import ImageSpec, make_pair
 
 from mtrs_geo.areas import min_region_pixels
 from mtrs_geo.config import DetectConfig
@@ -17,7 +18,6 @@ from mtrs_geo.grid import GIB, Grid, check_run_size, parse_crs, run_size
 from mtrs_geo.pipeline import describe_pair, detect
 from mtrs_geo.read import open_raster
 from mtrs_geo.tiling import TileStream, check_resources, machine_memory_bytes
-from tests.scenes import ImageSpec, make_pair
 
 
 def test_a_huge_batch_of_huge_tiles_is_refused_with_the_figure() -> None:

@@ -19,7 +19,7 @@ import pyogrio
 import pytest
 import rasterio.shutil
 from cli_run import files_in, run_mtrs
-from scenes import make_pair
+from scenes import ScenePair, make_pair
 
 from mtrs_geo.errors import OutputError
 from mtrs_geo.write import check_tiff_complete
@@ -29,8 +29,7 @@ OLD_VECTORS = b'{"type": "FeatureCollection", "features": []}'
 
 
 @pytest.fixture
-def run_folder(tmp_path: Path) -> Iterator[tuple[object, Path]]:
-    pair = make_pair(tmp_path / "data")
+def run_folder(tmp_path: Path, pair: ScenePair) -> Iterator[tuple[object, Path]]:
     out = tmp_path / "out"
     out.mkdir()
     (out / "mask.tif").write_bytes(OLD_MASK)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from cli_run import run_mtrs
-from scenes import make_pair
 from test_qgis_plugin import runner
 
 from mtrs_geo import config as engine_config
@@ -29,11 +28,6 @@ from mtrs_geo.pipeline import RunMessage
 
 REPO = Path(__file__).resolve().parent.parent
 FLAG = re.compile(r"(^|[\s'\"(])(--[a-z]|-o\b)")
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    return make_pair(tmp_path_factory.mktemp("pair"))
 
 
 def bad_configs(pair, tmp_path: Path) -> dict[str, DetectConfig]:  # type: ignore[no-untyped-def]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from cli_run import files_in, run_mtrs
-from scenes import make_pair
 
 from mtrs_geo.config import DetectConfig
 from mtrs_geo.errors import InputError
@@ -17,11 +16,6 @@ from mtrs_geo.pipeline import detect
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def pair(tmp_path: Path):  # type: ignore[no-untyped-def]
-    return make_pair(tmp_path / "data")
 
 
 @pytest.mark.parametrize("how", ["same-path", "symlink", "hard-link", "relative-path"])

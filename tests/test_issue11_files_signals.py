@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from cli_run import files_in, run_mtrs
-from scenes import default_extent, make_pair
+from scenes import ScenePair, default_extent, make_pair
 
 from mtrs_geo import write
 from mtrs_geo.cancel import CancelSwitch
@@ -29,8 +29,7 @@ OLD = b"the previous run's file"
 
 
 @pytest.fixture
-def outputs(tmp_path: Path) -> tuple[object, Path, Path]:
-    pair = make_pair(tmp_path / "data")
+def outputs(tmp_path: Path, pair: ScenePair) -> tuple[object, Path, Path]:
     vectors, mask = tmp_path / "changes.gpkg", tmp_path / "mask.tif"
     vectors.write_bytes(OLD)
     mask.write_bytes(OLD)

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
+from cli_run import run_mtrs
+from scenes import ImageSpec, make_pair
 
+from mtrs_geo import pipeline
+from mtrs_geo.config import DetectConfig
 from mtrs_geo.errors import ModelError
 from mtrs_geo.model_api import ChangeModel, load_model, model_info
 from mtrs_geo.models import inference
@@ -135,10 +140,6 @@ def test_the_device_is_resolved_by_name_and_reported(wrapped: ChangeModel) -> No
 
 
 def test_engine_runs_a_tiny_checkpoint_end_to_end(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    pipeline = pytest.importorskip("mtrs_geo.pipeline")
-    from mtrs_geo.config import DetectConfig
-    from tests.scenes import make_pair
-
     pair = make_pair(tmp_path / "scene")
     output = tmp_path / "changes.geojson"
     mask = tmp_path / "probability.tif"
@@ -160,8 +161,6 @@ def test_engine_runs_a_tiny_checkpoint_end_to_end(tiny_checkpoint: Path, tmp_pat
     assert output.is_file() and mask.is_file()
     features = json.loads(output.read_text())["features"]
     assert features and features[0]["properties"]["model"].startswith("mtrefseg-r1")
-    import rasterio
-
     with rasterio.open(mask) as raster:
         values = raster.read(1)
     valid = values[values != raster.nodata]
@@ -171,10 +170,6 @@ def test_engine_runs_a_tiny_checkpoint_end_to_end(tiny_checkpoint: Path, tmp_pat
 def test_cli_detect_with_a_checkpoint_folder_and_any_change(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    pytest.importorskip("mtrs_geo.pipeline")
-    from tests.cli_run import run_mtrs
-    from tests.scenes import make_pair
-
     pair = make_pair(tmp_path / "scene")
     common = ["--model", tiny_checkpoint, "--tile-size", 128, "--overlap", 16, "--device", "cpu"]
     for extra in (["-q", "new buildings"], ["--any-change"]):
@@ -190,10 +185,6 @@ def test_cli_detect_with_a_checkpoint_folder_and_any_change(
 def test_cli_rejects_a_band_count_the_checkpoint_was_not_trained_for(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    pytest.importorskip("mtrs_geo.pipeline")
-    from tests.cli_run import run_mtrs
-    from tests.scenes import ImageSpec, make_pair
-
     pair = make_pair(tmp_path / "scene4", before=ImageSpec(bands=4))
     output = tmp_path / "changes.geojson"
     result = run_mtrs(

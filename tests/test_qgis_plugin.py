@@ -361,6 +361,8 @@ def qgis_present() -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.slow
+@pytest.mark.qgis
 def test_plugin_in_real_headless_qgis(tmp_path: Path) -> None:
     if not qgis_present():
         message = "QGIS's Python bindings are missing: run scripts/system-deps/qgis.sh as root"

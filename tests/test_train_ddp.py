@@ -3,9 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from fixtures_train.builders import make_mtrefseg
-from test_train import TINY_TEXT
+from fixtures_train.tiny_models import TINY_TEXT
+
+pytestmark = pytest.mark.slow  # two torchrun processes: `make unit-fast` leaves it out
 
 
 def test_two_process_ddp_run_on_cpu_trains_and_resumes_exactly(tmp_path: Path) -> None:
