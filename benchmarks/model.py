@@ -30,13 +30,12 @@ from typing import Any
 
 import torch
 
-from mtrs_geo.models.configuration_mtrefseg import (
-    TINY_DECODER,
-    TINY_LLM_CONFIG,
-    TINY_SWIN_CONFIG,
-    MTRefSegR1Config,
-)
+from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
 from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
+
+# The tiny random configs of the large design are test fixtures (tests/fixtures_train/).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from fixtures_train.tiny_models import TINY_DECODER, TINY_LLM_CONFIG, TINY_SWIN_CONFIG  # noqa: E402
 
 QUERY = "new buildings"
 

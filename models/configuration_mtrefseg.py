@@ -35,38 +35,6 @@ SWIN_BASE_CONFIG: dict[str, Any] = {
     "out_features": ["stage1", "stage2", "stage3", "stage4"],
 }
 
-# Tiny random configurations of the ``large`` design's classes (Swin backbone, Llama-style causal
-# LM) and a small decoder: the large wiring, runnable in seconds without its weights (tests and the
-# model benchmark use them; they are no substitute for the real sizes).
-TINY_SWIN_CONFIG: dict[str, Any] = {
-    "model_type": "swin",
-    "image_size": 64,
-    "patch_size": 4,
-    "embed_dim": 16,
-    "depths": [1, 1, 1, 1],
-    "num_heads": [1, 2, 2, 4],
-    "window_size": 2,
-    "out_features": ["stage1", "stage2", "stage3", "stage4"],
-}
-TINY_LLM_CONFIG: dict[str, Any] = {
-    "model_type": "llama",
-    "vocab_size": 30522,  # the MiniLM tokenizer's vocabulary (the default tokenizer)
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-}
-TINY_DECODER: dict[str, Any] = {
-    "hidden_size": 32,
-    "fusion_dims": [16, 16, 32, 32],
-    "num_decoder_layers": 2,
-    "num_attention_heads": 2,
-    "num_latent_queries": 2,
-    "decoder_ffn_dim": 64,
-}
-
 _SIZE_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "backbone_type": "convnet",

@@ -52,15 +52,6 @@ class TileBatch:
     tiles_done: int
 
 
-def normalize_tile(data: np.ndarray, stats: BandStats) -> np.ndarray:
-    """Apply :func:`percentile_stretch` to ``(C, h, w)`` data in the image's own dtype.
-
-    Integer tiles are stretched directly (one float32 copy and in-place arithmetic): several times
-    faster than a per-band lookup table, whose gather costs more than the arithmetic it replaces.
-    """
-    return percentile_stretch(data, stats)
-
-
 def prepare_tile(
     before: tuple[np.ndarray, np.ndarray],
     after: tuple[np.ndarray, np.ndarray],

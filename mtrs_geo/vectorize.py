@@ -14,15 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
-import rasterio
 import shapely
 from affine import Affine
 from rasterio.features import shapes
-from rasterio.windows import Window
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -268,23 +265,6 @@ def strip_bounds(height: int, block_rows: int, block_height: int) -> list[tuple[
     return bounds
 
 
-def _strips(
-    dataset: rasterio.io.DatasetReader, block_rows: int
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Read band 1 of ``dataset`` in strips of ``block_rows`` whole rows.
-
-    Reads are whole rows of the file's blocks, so each compressed block is decoded once whatever
-    the size of GDAL's block cache; the strips are views into them.
-    """
-    block_height = max(1, dataset.block_shapes[0][0])
-    chunk = -(-block_rows // block_height) * block_height
-    for row in range(0, dataset.height, chunk):
-        height = min(chunk, dataset.height - row)
-        values = dataset.read(1, window=Window(0, row, dataset.width, height))
-        for start in range(0, height, block_rows):
-            yield row + start, values[start : start + block_rows]
-
-
 def to_map_coordinates(geometry: np.ndarray, transform: Affine) -> np.ndarray:
     """Map geometries from pixel ``(column, row)`` coordinates to the raster's CRS."""
     a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
@@ -316,30 +296,6 @@ def region_table(
         geometry=gpd.GeoSeries(geometry, crs=crs),
         crs=crs,
     )
-
-
-def polygons_from_probability(
-    prob_path: Path, threshold: float, block_rows: int | None = None
-) -> gpd.GeoDataFrame:
-    """Polygonize the changed regions of a single-band probability raster, strip by strip.
-
-    Args:
-        prob_path: probability GeoTIFF (float32 in [0, 1], nodata -1).
-        threshold: probability at or above which a pixel is changed.
-        block_rows: rows read at a time; ``None`` picks about 2 Mpx per strip.
-
-    Returns:
-        A GeoDataFrame in the raster's CRS with columns ``mean_score`` (mean probability of the
-        region's pixels), ``pixel_count`` and ``geometry`` (one polygon per 4-connected region,
-        holes kept), ordered top to bottom by where each region ends.
-
-    """
-    with rasterio.open(prob_path) as dataset:
-        rows = block_rows or default_block_rows(dataset.width)
-        nodata = dataset.nodata if dataset.nodata is not None else PROBABILITY_NODATA
-        regions = list(iter_regions(_strips(dataset, rows), threshold, nodata))
-        transform, crs = dataset.transform, dataset.crs
-    return region_table(regions, transform, crs)
 
 
 Region = tuple[shapely.Geometry, float, int]  # (polygon in pixel coordinates, mean score, pixels)

@@ -7,13 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_train.tiny_models import TINY_DECODER, TINY_LLM_CONFIG, TINY_SWIN_CONFIG
 
-from mtrs_geo.models.configuration_mtrefseg import (
-    TINY_DECODER,
-    TINY_LLM_CONFIG,
-    TINY_SWIN_CONFIG,
-    MTRefSegR1Config,
-)
+from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
 from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1, MTRefSegR1Output, gated_probabilities
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from polygons_from_raster import polygons_from_probability
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 from scenes import ImageSpec, ScenePair, make_pair, reproject_geometry
 
@@ -17,7 +18,6 @@ from mtrs_geo.config import DetectConfig
 from mtrs_geo.errors import Cancelled, InputError, ModelError
 from mtrs_geo.model_api import ModelInfo
 from mtrs_geo.pipeline import describe_pair, detect
-from mtrs_geo.vectorize import polygons_from_probability
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RGB_BYTE = SHARED / "geotiff" / "RGB.byte.tif"

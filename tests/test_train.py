@@ -10,6 +10,7 @@ import yaml
 from cli_run import run_mtrs
 from click.testing import CliRunner
 from fixtures_train.builders import make_change_folder, make_mtrefseg
+from fixtures_train.tiny_models import TINY_TEXT
 
 from mtrs_geo.cli.main import cli
 from mtrs_geo.errors import InputError
@@ -24,16 +25,6 @@ from mtrs_geo.models.training.loop import (
     load_trainer_state,
     train,
 )
-
-# A one-layer random text encoder (the MiniLM tokenizer): keeps the test fast.
-TINY_TEXT = {
-    "model_type": "bert",
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "vocab_size": 30522,
-}
 
 
 def _config(path: Path, stage: int, train_source: dict, out: Path, **model: object) -> Path:

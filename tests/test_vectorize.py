@@ -11,6 +11,7 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
+from polygons_from_raster import polygons_from_probability
 from rasterio.features import shapes
 from scipy import ndimage
 
@@ -20,7 +21,6 @@ from mtrs_geo.vectorize import (
     default_block_rows,
     iter_regions,
     join_at_seam,
-    polygons_from_probability,
     strip_bounds,
 )
 
