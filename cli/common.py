@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -390,3 +390,32 @@ def error_event(exc: BaseException) -> dict[str, Any]:
         code = 130
     message = str(exc) or type(exc).__name__
     return {"event": "error", "message": message, "exit_code": code}
+
+
+# --------------------------------------------------------------------------------------------------
+# Time series and several queries
+# --------------------------------------------------------------------------------------------------
+
+
+class DateList(click.ParamType):
+    """A comma-separated list of acquisition dates, one per image (``2019-05-01,2021-06-01``)."""
+
+    name = "DATES"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, ...]:
+        """Split the list; the library checks each date."""
+        if isinstance(value, tuple):
+            return value
+        dates = tuple(date.strip() for date in str(value).split(","))
+        if not all(dates):
+            self.fail(f"{value!r} is not a comma-separated list of dates (e.g. 2019,2021-06-01)")
+        return dates
+
+
+def image_paths(images: Sequence[str], sample: bool) -> tuple[Path | str, ...]:
+    """Return the input images, ``BEFORE AFTER [LATER...]``, or the bundled pair (``--sample``)."""
+    before = images[0] if images else None
+    after = images[1] if len(images) > 1 else None
+    return (*pair_paths(before, after, sample), *images[2:])

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from mtrs_geo.cli.common import (
+    DateList,
     EngineCommand,
     MessagePrinter,
     ProgressReporter,
@@ -22,7 +23,7 @@ from mtrs_geo.cli.common import (
     engine_options,
     engine_settings,
     error_event,
-    pair_paths,
+    image_paths,
     progress_mode,
     summary_line,
 )
@@ -30,10 +31,14 @@ from mtrs_geo.config import DetectConfig
 
 
 @click.command(cls=EngineCommand)
-@click.argument("before", required=False)
-@click.argument("after", required=False)
+@click.argument("images", nargs=-1, metavar="BEFORE AFTER [LATER]...")
 @click.option(
-    "-q", "--query", default="", help="The change to find, in words (e.g. 'new buildings')."
+    "-q",
+    "--query",
+    "queries",
+    multiple=True,
+    help="The change to find, in words (e.g. 'new buildings'); repeat it (or separate with ';') "
+    "for several queries in one pass.",
 )
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False), help="Polygons: .geojson .gpkg .fgb .shp"
@@ -48,36 +53,51 @@ from mtrs_geo.config import DetectConfig
 @click.option(
     "--after-date", default=None, help="Acquisition date of AFTER (default: from its tags)."
 )
+@click.option(
+    "--dates",
+    type=DateList(),
+    default=None,
+    help="Acquisition dates of every image, in order, comma-separated (default: their tags).",
+)
 @engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print a one-line JSON summary.")
 @click.option(
     "--progress-json", is_flag=True, help="Print progress as JSON lines (for front ends)."
 )
 def detect(
-    before: str | None,
-    after: str | None,
-    query: str,
+    images: tuple[str, ...],
+    queries: tuple[str, ...],
     output: str | None,
     mask_out: str | None,
     sample: bool,
     before_date: str | None,
     after_date: str | None,
+    dates: tuple[str, ...] | None,
     as_json: bool,
     progress_json: bool,
     **options: Any,
 ) -> None:
-    """Find the changes described by a text query between BEFORE and AFTER (two rasters).
+    """Find the changes described by text queries between BEFORE and AFTER (and LATER dates).
 
-    Writes change polygons (-o) and/or a probability or mask COG (--mask-out). Example:
+    Writes change polygons (-o) and/or a probability or mask COG (--mask-out). With several
+    queries (-q A -q B) the polygons of every query share one output (a `query` attribute) and the
+    mask has a band per query. With more than two images (in time order) each consecutive pair
+    is compared and polygons carry `from_date` and `to_date`. Examples:
 
         mtrs detect before.tif after.tif -q "new buildings" -o changes.geojson
+
+        mtrs detect 2019.tif 2021.tif 2023.tif -q "new buildings" -q "new roads" -o changes.gpkg
     """
+    from mtrs_geo.multiquery import query_settings
+
     try:
-        before_path, after_path = pair_paths(before, after, sample)
+        paths = image_paths(images, sample)
         config = DetectConfig(
-            before=before_path,
-            after=after_path,
-            query=query,
+            before=paths[0],
+            after=paths[1],
+            more_images=paths[2:],
+            dates=dates or (),
+            **query_settings(";".join(queries)),
             output=Path(output) if output else None,
             mask_out=Path(mask_out) if mask_out else None,
             before_date=before_date,

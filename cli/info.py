@@ -14,10 +14,11 @@ from mtrs_geo.cli.common import (
     OVERLAP_OPTION,
     TILE_SIZE_OPTION,
     BandList,
+    DateList,
     EngineCommand,
     check_crs,
     emit_json,
-    pair_paths,
+    image_paths,
 )
 from mtrs_geo.config import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, DetectConfig
 
@@ -58,6 +59,11 @@ def format_pair_info(description: Any) -> str:
         bands_b = ",".join(str(b) for b in info.pop("bands_before"))
         bands_a = ",".join(str(b) for b in info.pop("bands_after"))
         lines.append(("bands", f"before {bands_b}; after {bands_a}"))
+        images, dates = info.pop("images", None) or [], info.pop("dates", None) or []
+        if len(images) > 2:  # a time series: every image, in time order
+            lines.append(("images", ", ".join(str(image) for image in images)))
+        if dates:
+            lines.append(("dates", ", ".join(date or "unknown" for date in dates)))
     for key, value in info.items():
         shown = json.dumps(value) if isinstance(value, list | dict) else str(value)
         lines.append((key.replace("_", " "), shown))
@@ -66,9 +72,11 @@ def format_pair_info(description: Any) -> str:
 
 
 @click.command(cls=EngineCommand)
-@click.argument("before", required=False)
-@click.argument("after", required=False)
+@click.argument("images", nargs=-1, metavar="BEFORE AFTER [LATER]...")
 @click.option("--sample", is_flag=True, help="Describe the bundled sample pair.")
+@click.option(
+    "--dates", type=DateList(), default=None, help="Acquisition dates of every image, in order."
+)
 @click.option("--bands", type=BandList(), default=None, help="1-based bands of the before image.")
 @click.option(
     "--after-bands", type=BandList(), default=None, help="1-based bands of the after image."
@@ -89,9 +97,9 @@ def format_pair_info(description: Any) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the description as one JSON line.")
 def info(
-    before: str | None,
-    after: str | None,
+    images: tuple[str, ...],
     sample: bool,
+    dates: tuple[str, ...] | None,
     bands: tuple[int, ...] | None,
     after_bands: tuple[int, ...] | None,
     crs: str | None,
@@ -100,13 +108,15 @@ def info(
     overlap: int,
     as_json: bool,
 ) -> None:
-    """Show the common grid of BEFORE and AFTER: CRS, size, pixel size, overlap area, tile count."""
+    """Show the common grid of BEFORE and AFTER (and LATER dates): CRS, size, area, tiles, dates."""
     from mtrs_geo.pipeline import describe_pair
 
-    before_path, after_path = pair_paths(before, after, sample)
+    paths = image_paths(images, sample)
     config = DetectConfig(
-        before=before_path,
-        after=after_path,
+        before=paths[0],
+        after=paths[1],
+        more_images=paths[2:],
+        dates=dates or (),
         bands_before=bands,
         bands_after=after_bands,
         crs=crs,

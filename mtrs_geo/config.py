@@ -66,6 +66,29 @@ class DetectConfig:
     # Acquisition dates written on every polygon (ISO 8601); None: read from the rasters' tags.
     before_date: str | None = None
     after_date: str | None = None
+    # Several queries answered in one pass (backbone and fusion run once per tile); empty: those
+    # of ``query`` (one, or several separated by ";" or line breaks).
+    queries: tuple[str, ...] = ()
+    # A time series: the images after ``after``, in time order; each consecutive pair is compared.
+    more_images: tuple[Path | str, ...] = ()
+    # Acquisition dates of every image in order (before, after, more_images); empty: from tags.
+    dates: tuple[str, ...] = ()
+
+    def query_list(self) -> tuple[str, ...]:
+        """Return the run's queries, stripped: ``queries``, else those of ``query``.
+
+        ``query`` may list several queries, separated by ``;`` or line breaks (what a batch CSV's
+        query column or the QGIS query field holds): see :func:`mtrs_geo.multiquery.split_queries`.
+        """
+        if self.queries:
+            return tuple(query.strip() for query in self.queries)
+        from mtrs_geo.multiquery import split_queries
+
+        return split_queries(self.query)
+
+    def images(self) -> tuple[Path | str, ...]:
+        """Return every input image in time order: before, after, then ``more_images``."""
+        return (self.before, self.after, *self.more_images)
 
     def outputs(self) -> list[Path]:
         """Return the files this run writes: the vector output, then the mask raster."""
@@ -164,6 +187,7 @@ def check_config(config: DetectConfig, *, needs_output: bool = True) -> None:
 
         parse_crs(config.crs)
     _check_area_and_dates(config)
+    _check_queries_and_series(config)
     _check_outputs(config, needs_output)
 
 
@@ -192,3 +216,29 @@ def check_model_name(name: str) -> None:
     if name not in registered_names() and not Path(name).is_dir():
         known = ", ".join(registered_names())
         raise ModelError(f"unknown model {name!r}: use one of {known} or a checkpoint folder")
+
+
+def _check_queries_and_series(config: DetectConfig) -> None:
+    """Refuse duplicate queries, dates that do not match the images, outputs over later images."""
+    from mtrs_geo.dates import parse_date
+
+    queries = config.query_list()
+    if len(set(queries)) != len(queries):
+        raise InputError(f"a query is asked twice: {', '.join(repr(q) for q in queries)}")
+    images = config.images()
+    if config.dates:
+        if len(config.dates) != len(images):
+            raise InputError(
+                f"{len(config.dates)} dates for {len(images)} images: give one date per image"
+            )
+        if config.before_date is not None or config.after_date is not None:
+            raise InputError("give the dates of all images or the before and after dates, not both")
+        for index, date in enumerate(config.dates, start=1):
+            parse_date(date, f"image {index}")
+    for path in config.outputs():
+        for index, image in enumerate(config.more_images, start=3):
+            if same_file(path, Path(image)):
+                raise InputError(
+                    f"output {path} is image {index} ({image}): writing it would destroy the "
+                    "input; choose another name"
+                )

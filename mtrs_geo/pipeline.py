@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,10 +25,9 @@ from mtrs_geo.bands import default_bands, describe_choice
 from mtrs_geo.cancel import begin_commit, check_cancel
 from mtrs_geo.config import DetectConfig, same_file
 from mtrs_geo.dates import pair_dates
-from mtrs_geo.errors import InputError, MtrsError
+from mtrs_geo.errors import InputError, ModelError, MtrsError
 from mtrs_geo.grid import (
     Grid,
-    common_grid,
     grid_offset,
     panel_layout,
     same_lattice,
@@ -45,6 +46,7 @@ from mtrs_geo.read import (
 )
 from mtrs_geo.stitch import PROBABILITY_BLOCK, StripStitcher
 from mtrs_geo.tiling import TileStream, check_resources, prepare_tile_into, scene_batches
+from mtrs_geo.timeseries import interval_label, series_dates, series_grid
 from mtrs_geo.write import (
     StagedOutputs,
     write_failure,
@@ -103,10 +105,15 @@ class PairInfo:
     bands_after: tuple[int, ...]
     before_read: str  # "window" (plain window reads) or "warp" (WarpedVRT)
     after_read: str
+    # Every image in time order (the pair, or a time series) and its acquisition date ("": none).
+    images: tuple[str, ...] = ()
+    dates: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-serializable dict."""
         return {
+            "images": list(self.images),
+            "dates": list(self.dates),
             "before": self.before,
             "after": self.after,
             "crs": self.crs,
@@ -141,10 +148,14 @@ class DetectResult:
     model: str = ""
     device: str = ""
     query_used: bool = False  # False: no query, any-change mode, or a model that ignores queries
+    queries: tuple[str, ...] = ()  # the queries answered, in order
+    intervals: int = 1  # consecutive pairs compared (a time series of n images: n - 1)
 
     def to_json(self) -> dict[str, Any]:
         """Return the one-line summary ``mtrs detect --json`` prints."""
         return {
+            "queries": list(self.queries),
+            "intervals": self.intervals,
             "tiles": self.tiles_total,
             "tiles_run": self.tiles_run,
             "tiles_skipped": self.tiles_skipped,
@@ -206,12 +217,15 @@ def _open_pair(
     return before, align_longitudes(before, after)  # a pair across the antimeridian meets
 
 
-def _pair_info(before: RasterInfo, after: RasterInfo, grid: Grid, config: DetectConfig) -> PairInfo:
+def _pair_info(
+    images: Sequence[RasterInfo], grid: Grid, config: DetectConfig, dates: Sequence[str]
+) -> PairInfo:
     import geopandas as gpd
     import shapely
 
     from mtrs_geo.areas import ground_areas
 
+    before, after = images[0], images[-1]
     footprint = gpd.GeoDataFrame(geometry=[shapely.box(*grid.bounds)], crs=grid.crs)
     t = grid.transform
     return PairInfo(
@@ -231,35 +245,58 @@ def _pair_info(before: RasterInfo, after: RasterInfo, grid: Grid, config: Detect
         bands_after=after.bands,
         before_read="window" if same_lattice(before.grid, grid) else "warp",
         after_read="window" if same_lattice(after.grid, grid) else "warp",
+        images=tuple(str(image.path) for image in images),
+        dates=tuple(dates),
     )
 
 
+def _open_images(config: DetectConfig, say: MessageCallback | None = None) -> list[RasterInfo]:
+    """Open every input image: the pair, then each later image of a time series."""
+    images = list(_open_pair(config, say))
+    later_bands = config.bands_after if config.bands_after is not None else config.bands_before
+    for image in config.more_images:
+        # Opened as the after image of a pair with the first one: its bands, its longitudes.
+        later = replace(config, after=image, bands_after=later_bands)
+        images.append(_open_pair(later)[1])
+    return images
+
+
+def _image_dates(config: DetectConfig) -> list[str]:
+    """Acquisition dates of every image (``""`` unknown), checked to be in time order."""
+    if not config.more_images and not config.dates:
+        dates = pair_dates(config.before, config.after, config.before_date, config.after_date)
+        return [dates["before_date"], dates["after_date"]]  # a pair may run backwards in time
+    return series_dates(config.images(), config.dates)
+
+
 def _pair_grid(
-    before: RasterInfo, after: RasterInfo, config: DetectConfig
+    images: Sequence[RasterInfo], config: DetectConfig
 ) -> tuple[Grid, AreaOfInterest | None]:
-    grid = common_grid(before.grid, after.grid, crs=config.crs, resolution=config.resolution)
+    grid = series_grid([image.grid for image in images], config.crs, config.resolution)
     area = area_of_interest(grid, config.extent, config.extent_crs, config.aoi)
     if area is not None:  # only the area's part of the grid is read, tiled and written
         grid = area.crop(grid)
     # Memory and grid size are estimated before a window is built: refuse what cannot fit.
-    check_resources(
-        before, after, grid, config.tile_size, config.overlap, config.batch_size,
-        config.prefetch, config.panel_width,
-    )  # fmt: skip
+    for before, after in itertools.pairwise(images):
+        check_resources(
+            before, after, grid, config.tile_size, config.overlap, config.batch_size,
+            config.prefetch, config.panel_width,
+        )  # fmt: skip
     return grid, area
 
 
 def describe_pair(config: DetectConfig) -> PairInfo:
-    """Open and check a pair, and describe its common grid and tiling (no model is run).
+    """Open and check a pair (or time series), describe its common grid and tiling (no model).
 
     Raises:
         InputError: unreadable images, no CRS, bad bands, disjoint footprints, bad tiling options.
 
     """
     config.check(needs_output=False)
-    before, after = _open_pair(config)
-    check_pair(before, after)
-    return _pair_info(before, after, _pair_grid(before, after, config)[0], config)
+    images = _open_images(config)
+    for before, after in itertools.pairwise(images):
+        check_pair(before, after)
+    return _pair_info(images, _pair_grid(images, config)[0], config, _image_dates(config))
 
 
 def _registered_info(name: str) -> ModelInfo | None:
@@ -408,10 +445,185 @@ def gdal_cache_bytes(config: DetectConfig) -> int:
 
 def _query_note(config: DetectConfig, info: ModelInfo) -> str | None:
     """Say that the model cannot use the query (None when it is used or absent)."""
-    query = config.query.strip()
-    if not query or config.any_change or info.query_aware:
+    queries = [query for query in config.query_list() if query]
+    if not queries or config.any_change or info.query_aware:
         return None
-    return f"note: model {info.name!r} ignores the query {query!r}: it finds any change"
+    if len(queries) > 1:
+        named = ", ".join(repr(query) for query in queries)
+        return f"note: model {info.name!r} ignores the queries {named}: it finds any change"
+    return f"note: model {info.name!r} ignores the query {queries[0]!r}: it finds any change"
+
+
+@dataclass
+class _Interval:
+    """What the model made of one pair of dates: a probability raster and polygons per query."""
+
+    polygons: list[Any]  # GeoDataFrames (mean_score + geometry), one per query
+    probabilities: list[Path | None]  # the stitched rasters (only with a mask output)
+    tiles_run: int
+    tiles_skipped: int
+
+
+@dataclass
+class _RunState:
+    """The parts of one run that every interval of it shares."""
+
+    config: DetectConfig
+    grid: Grid
+    area: AreaOfInterest | None
+    panels: list[Any]
+    windows: list[Window]
+    model: ChangeModel
+    scratch: Path
+    timings: dict[str, float]
+    progress: ProgressCallback | None
+    cancel: threading.Event | None
+    say: MessageCallback
+    total: int  # tiles of the whole run (every interval)
+
+
+def _predict_interval(
+    run: _RunState, before: RasterInfo, after: RasterInfo, index: int, done_before: int
+) -> _Interval:
+    """Predict every query of the run over one pair of dates; stitch and vectorize each answer.
+
+    Args:
+        run: the run's shared state (the model has its queries already).
+        before: the earlier image.
+        after: the later image.
+        index: the interval's position (0: the first pair).
+        done_before: tiles done in the earlier intervals (for the progress callback).
+
+    """
+    config, grid, model, timings = run.config, run.grid, run.model, run.timings
+    from mtrs_geo.areas import min_region_pixels
+    from mtrs_geo.vectorize import StreamingVectorizer
+
+    queries = config.query_list()
+    t_setup = time.perf_counter()
+    stream = TileStream(
+        before, after, grid, run.windows, config.tile_size, config.batch_size, config.prefetch
+    )
+    try:
+        run.say(RunMessage("stage", "reading scene samples"))
+        samples_b, stats_b, samples_a, stats_a = _pair_samples(
+            before, after, grid, min(SAMPLE_SIZE, config.tile_size)
+        )
+        # The first tiles are read while the model takes the queries and the samples (not during
+        # the sample reads: three readers on two cores and a shared block cache slow all down).
+        stream.start()
+        if index == 0:
+            run.say(RunMessage("stage", "preparing the model"))
+            model.prepare_queries(
+                [None if config.any_change or not query else query for query in queries]
+            )
+        _calibrate(model, samples_b, samples_a, stats_b, stats_a)
+        del samples_b, samples_a  # scene samples are done with; do not hold them through the run
+        if model.scene_pass:  # a streamed first pass over the whole scene (cva's histogram)
+            run.say(RunMessage("stage", "first pass over the whole scene"))
+            model.calibrate_scene(
+                scene_batches(
+                    before,
+                    after,
+                    grid,
+                    config.tile_size,
+                    config.batch_size,
+                    stats_b,
+                    stats_a,
+                    config.panel_width,
+                    run.cancel,
+                )
+            )
+            _check_cancel(run.cancel)
+        timings["setup"] += time.perf_counter() - t_setup
+
+        # Polygons are built from the stitched rows as they are finished; the probability raster
+        # is written only when a mask raster is asked for.
+        one = len(queries) == 1 and index == 0
+        paths: list[Path | None] = [
+            None
+            if config.mask_out is None
+            else run.scratch / ("probability.tif" if one else f"probability-{index}-{q}.tif")
+            for q in range(len(queries))
+        ]
+        min_pixels = min_region_pixels(grid, config.min_area, config.simplify)
+        vectorizers = [
+            StreamingVectorizer(
+                grid.width,
+                grid.height,
+                grid.transform,
+                grid.crs,
+                config.threshold,
+                PROBABILITY_BLOCK,
+                panels=run.panels,
+                min_pixels=min_pixels,
+            )
+            for _ in queries
+        ]
+        vectorize_seconds = 0.0
+
+        def rows_to(vectorizer: StreamingVectorizer) -> Callable[[int, int, np.ndarray], None]:
+            def vectorize_rows(first_row: int, first_col: int, rows: np.ndarray) -> None:
+                nonlocal vectorize_seconds
+                t = time.perf_counter()
+                vectorizer.add_rows(first_row, rows, first_col)
+                vectorize_seconds += time.perf_counter() - t
+
+            return vectorize_rows
+
+        tiles_run = 0
+        stitch_start = timings["stitch"]
+        with model.session(), contextlib.ExitStack() as stack:
+            stitchers = [
+                stack.enter_context(
+                    StripStitcher(
+                        path,
+                        grid,
+                        config.tile_size,
+                        config.overlap,
+                        rows_to(vectorizer),
+                        run.panels,
+                    )
+                )
+                for path, vectorizer in zip(paths, vectorizers, strict=True)
+            ]
+            done = 0
+            for batch in stream.batches(stats_b, stats_a):
+                check_cancel(run.cancel)
+                t0 = time.perf_counter()
+                answers = model.predict_queries(batch.before, batch.after)
+                t1 = time.perf_counter()
+                if answers.shape[0] != len(stitchers):
+                    raise ModelError(
+                        f"model {model.info.name!r} answered {answers.shape[0]} queries of "
+                        f"{len(stitchers)}"
+                    )
+                for tile, (window, tile_valid) in enumerate(
+                    zip(batch.windows, batch.valid, strict=True)
+                ):
+                    if run.area is not None:  # pixels outside the area's polygons are nodata
+                        tile_valid = run.area.inside(grid, window, tile_valid)
+                    for stitcher, answer in zip(stitchers, answers, strict=True):
+                        stitcher.add(window, answer[tile], tile_valid)
+                timings["model"] += t1 - t0
+                timings["stitch"] += time.perf_counter() - t1
+                tiles_run += len(batch.windows)
+                done = batch.tiles_done
+                if run.progress is not None:
+                    run.progress(done_before + done, run.total)
+            check_cancel(run.cancel)
+            t0 = time.perf_counter()
+        timings["stitch"] += time.perf_counter() - t0
+        # The rows vectorized while stitching count as vectorizing, not stitching.
+        timings["stitch"] = max(stitch_start, timings["stitch"] - vectorize_seconds)
+        timings["vectorize"] += vectorize_seconds
+        timings["read"] += stream.read_seconds
+        t0 = time.perf_counter()
+        polygons = [vectorizer.result() for vectorizer in vectorizers]
+        timings["vectorize"] += time.perf_counter() - t0
+        return _Interval(polygons, paths, tiles_run, stream.skipped)
+    finally:
+        stream.close()
 
 
 def _detect(
@@ -427,150 +639,118 @@ def _detect(
     # Everything a user can get wrong is checked before the model loads or a tile is read.
     config.check()
     say(RunMessage("stage", "opening the images"))
-    before, after = _open_pair(config, say)
-    _check_outputs_against_files(config, before, after)
-    check_pair(before, after, _registered_info(config.model))
-    grid, area = _pair_grid(before, after, config)
+    images = _open_images(config, say)
+    registered = _registered_info(config.model)
+    for before, after in itertools.pairwise(images):
+        _check_outputs_against_files(config, before, after)
+        check_pair(before, after, registered)
+    dates = _image_dates(config)
+    grid, area = _pair_grid(images, config)
     panels = panel_layout(
         tile_windows(grid.width, grid.height, config.tile_size, config.overlap),
         grid.width,
         config.panel_width,
     )
     windows = [window for panel in panels for window in panel.windows]
-    pair = _pair_info(before, after, grid, config)
-    registered = _registered_info(config.model)
+    pair = _pair_info(images, grid, config, dates)
     note = _query_note(config, registered) if registered is not None else None
     if note is not None:  # said before the (possibly slow) model load
         say(RunMessage("note", note))
     say(RunMessage("stage", f"loading model {config.model}"))
     model = models(config.model)
-    check_pair(before, after, model.info)
+    for before, after in itertools.pairwise(images):
+        check_pair(before, after, model.info)
     if registered is None and (note := _query_note(config, model.info)) is not None:
         say(RunMessage("note", note))
     say(RunMessage("stage", f"moving model {model.info.name} to device {config.device}"))
     model = model.to(config.device)
     check_cancel(cancel)
 
-    from mtrs_geo.areas import min_region_pixels
-    from mtrs_geo.vectorize import StreamingVectorizer
+    from mtrs_geo.multiquery import add_query_layers, combine_tables, write_band_cog
     from mtrs_geo.write import change_table
 
-    total = len(windows)
-    stream = TileStream(
-        before, after, grid, windows, config.tile_size, config.batch_size, config.prefetch
-    )
-    tiles_run = 0
-    outputs: list[Path] = []
-    query = config.query.strip()
-    query_used = bool(query) and not config.any_change and model.info.query_aware
+    queries = config.query_list()
+    intervals = list(itertools.pairwise(range(len(images))))
+    total = len(windows) * len(intervals)
+    query_used = any(queries) and not config.any_change and model.info.query_aware
     staged = StagedOutputs()
     # Scratch files live beside the outputs (hidden; stale ones of killed runs are removed).
     first_output = config.mask_out if config.mask_out is not None else config.outputs()[0]
     output_folder = Path(first_output).parent
+    tiles_run = tiles_skipped = 0
+    outputs: list[Path] = []
     try:
-        scratch = staged.scratch(output_folder)
-        say(RunMessage("stage", "reading scene samples"))
-        samples_b, stats_b, samples_a, stats_a = _pair_samples(
-            before, after, grid, min(SAMPLE_SIZE, config.tile_size)
-        )
-        # The first tiles are read while the model takes the query and the samples (not during
-        # the sample reads: three readers on two cores and a shared block cache slow all down).
-        stream.start()
-        say(RunMessage("stage", "preparing the model"))
-        model.prepare(None if config.any_change or not query else query)
-        _calibrate(model, samples_b, samples_a, stats_b, stats_a)
-        del samples_b, samples_a  # scene samples are done with; do not hold them through the run
-        if model.scene_pass:  # a streamed first pass over the whole scene (cva's histogram)
-            say(RunMessage("stage", "first pass over the whole scene"))
-            model.calibrate_scene(
-                scene_batches(
-                    before,
-                    after,
-                    grid,
-                    config.tile_size,
-                    config.batch_size,
-                    stats_b,
-                    stats_a,
-                    config.panel_width,
-                    cancel,
-                )  # fmt: skip
-            )
-            _check_cancel(cancel)
-        timings["setup"] = time.perf_counter() - start
-
-        # Polygons are built from the stitched rows as they are finished; the probability raster
-        # is written only when a mask raster is asked for.
-        prob_path = scratch / "probability.tif" if config.mask_out is not None else None
-        vectorizer = StreamingVectorizer(
-            grid.width, grid.height, grid.transform, grid.crs, config.threshold,
-            PROBABILITY_BLOCK, panels=panels,
-            min_pixels=min_region_pixels(grid, config.min_area, config.simplify),
+        run = _RunState(
+            config, grid, area, panels, windows, model, staged.scratch(output_folder), timings,
+            progress, cancel, say, total,
         )  # fmt: skip
-
-        def vectorize_rows(first_row: int, first_col: int, rows: np.ndarray) -> None:
-            t = time.perf_counter()
-            vectorizer.add_rows(first_row, rows, first_col)
-            timings["vectorize"] += time.perf_counter() - t
-
-        with (
-            model.session(),
-            StripStitcher(
-                prob_path, grid, config.tile_size, config.overlap, vectorize_rows, panels
-            ) as stitcher,
-        ):
-            done = 0
-            for batch in stream.batches(stats_b, stats_a):
-                check_cancel(cancel)
-                t0 = time.perf_counter()
-                probabilities = model.predict(batch.before, batch.after)
-                t1 = time.perf_counter()
-                for window, tile_prob, tile_valid in zip(
-                    batch.windows, probabilities, batch.valid, strict=True
-                ):
-                    if area is not None:  # pixels outside the area's polygons count as nodata
-                        tile_valid = area.inside(grid, window, tile_valid)
-                    stitcher.add(window, tile_prob, tile_valid)
-                timings["model"] += t1 - t0
-                timings["stitch"] += time.perf_counter() - t1
-                tiles_run += len(batch.windows)
-                done = batch.tiles_done
-                if progress is not None:
-                    progress(done, total)
-            check_cancel(cancel)
-            t0 = time.perf_counter()
-        timings["stitch"] += time.perf_counter() - t0
-        timings["stitch"] -= timings["vectorize"]  # the rows vectorized while stitching
-        timings["read"] = stream.read_seconds
-        if progress is not None and done < total:
+        timings["setup"] = time.perf_counter() - start  # the intervals add samples, calibration
+        results: list[tuple[int, int, _Interval]] = []
+        for index, (first, second) in enumerate(intervals):
+            if len(intervals) > 1:
+                label = interval_label(
+                    dates[first], dates[second], images[first].name, images[second].name
+                )
+                say(RunMessage("stage", f"interval {index + 1} of {len(intervals)}: {label}"))
+            done_before = index * len(windows)
+            result = _predict_interval(run, images[first], images[second], index, done_before)
+            results.append((first, second, result))
+            tiles_run += result.tiles_run
+            tiles_skipped += result.tiles_skipped
+        if progress is not None and tiles_run + tiles_skipped < total:
             progress(total, total)
 
         t0 = time.perf_counter()
-        polygons = vectorizer.result()
-        table = change_table(
-            polygons,
-            query=config.query,
-            model=model.info.name,
-            before=before.name,
-            after=after.name,
-            min_area_m2=config.min_area,
-            simplify_m=config.simplify,
-            extra={
-                **pair_dates(config.before, config.after, config.before_date, config.after_date),
-                **config.extra_attributes,
-            },
-        )
+        tables, probabilities, descriptions = [], [], []
+        for first, second, result in results:
+            if len(images) == 2:  # a pair: the dates of its two images
+                when = {"before_date": dates[0], "after_date": dates[1]}
+            else:  # a time series: the interval in which the change happened
+                when = {"from_date": dates[first], "to_date": dates[second]}
+            for label, polygons, path in zip(
+                queries, result.polygons, result.probabilities, strict=True
+            ):
+                tables.append(
+                    change_table(
+                        polygons,
+                        query=label,
+                        model=model.info.name,
+                        before=images[first].name,
+                        after=images[second].name,
+                        min_area_m2=config.min_area,
+                        simplify_m=config.simplify,
+                        extra={**when, **config.extra_attributes},
+                    )
+                )
+                probabilities.append(path)
+                text = label or "any change"
+                if len(images) > 2:
+                    span = interval_label(
+                        dates[first], dates[second], images[first].name, images[second].name
+                    )
+                    text = f"{span}: {text}"
+                descriptions.append(text)
+        table = combine_tables(tables)
         timings["vectorize"] += time.perf_counter() - t0
         check_cancel(cancel)
 
         t0 = time.perf_counter()
         if config.output is not None:
             write_vectors(table, Path(config.output), staged)
+            if len(queries) > 1:
+                add_query_layers(table, Path(config.output), staged)
             check_cancel(cancel)
         if config.mask_out is not None:
-            assert prob_path is not None
-            write_probability_cog(
-                prob_path, Path(config.mask_out), config.mask_type, config.threshold, staged
-            )
+            rasters = [path for path in probabilities if path is not None]
+            if len(rasters) == 1:
+                write_probability_cog(
+                    rasters[0], Path(config.mask_out), config.mask_type, config.threshold, staged
+                )
+            else:  # a band per query (and interval), described by it
+                write_band_cog(
+                    rasters, descriptions, Path(config.mask_out), config.mask_type,
+                    config.threshold, staged,
+                )  # fmt: skip
         # The commit: from here on the run finishes (a cancel is too late), and before it every
         # file the outputs would replace is untouched.
         begin_commit(cancel)
@@ -585,13 +765,12 @@ def _detect(
             raise failure from exc
         raise
     finally:
-        stream.close()
         staged.close()
 
     return DetectResult(
         tiles_total=total,
         tiles_run=tiles_run,
-        tiles_skipped=stream.skipped,
+        tiles_skipped=tiles_skipped,
         polygons=len(table),
         seconds=time.perf_counter() - start,
         outputs=outputs,
@@ -600,4 +779,6 @@ def _detect(
         model=model.info.name,
         device=model.device,
         query_used=query_used,
+        queries=queries,
+        intervals=len(intervals),
     )

@@ -58,6 +58,14 @@ MASK_TYPES = ["probability", "binary"]
 ENGINE_DEFAULT = "empty: the engine's default"
 
 
+def query_list_text(text: str) -> str:
+    """Return the query field as one line: several queries (one per line) joined with ``; ``.
+
+    The engine answers every query of a ``;``-separated list in one pass.
+    """
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def layer_name(query: str, summary: RunSummary) -> str:
     """Name of the loaded changes layer: the query only when the model used it."""
     if query and summary.raw.get("query_used") is True:
@@ -261,7 +269,12 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
             )
         self.addParameter(
             QgsProcessingParameterString(
-                self.QUERY, "What changed (text query; empty: any change)", "", False, True
+                self.QUERY,
+                "What changed (text query; several: one per line or separated by ';'; "
+                "empty: any change)",
+                "",
+                True,
+                True,
             )
         )
         default_model = "cva" if "cva" in self._models else self._models[0]
@@ -470,7 +483,7 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
             bands_after=bands_after,
             **self._area(parameters, context, folder),
             **dates,
-            query=self.parameterAsString(parameters, self.QUERY, context).strip(),
+            query=query_list_text(self.parameterAsString(parameters, self.QUERY, context)),
             output=output,
             mask_out=mask or None,
             mask_type=self.parameterAsEnumString(parameters, self.MASK_TYPE, context) or None,
