@@ -1,7 +1,10 @@
 """``mtrs train``, ``evaluate``, ``benchmark``: thin click shells over :mod:`mtrs_geo.models`.
 
-The work happens in :mod:`mtrs_geo.models.training.loop` and :mod:`mtrs_geo.models.evaluate`;
-this module turns options into their arguments and prints results.
+The work happens in :mod:`mtrs_geo.models.training.loop` (``train`` runs a ``Trainer``) and
+:mod:`mtrs_geo.models.evaluate`. This module applies the command-line overrides to the YAML run
+configuration (``--out``, ``--stage``, ``--init-from``, ``--max-steps``, ``--max-time``,
+``--device``, ``--seed``), resolves ``--resume auto`` to the run's latest checkpoint, picks the
+splits to score, and prints the results (under ``torchrun``, rank 0 only).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def _splits(root: Path, given: tuple[str, ...]) -> list[str]:
 )
 @click.option("--max-steps", type=click.IntRange(min=1), help="Override optim.max_steps.")
 @click.option("--max-time", type=float, help="Override run.max_time (seconds; saves, then stops).")
-@click.option("--device", help="Override run.device (auto, cpu, cuda, cuda:N).")
+@click.option("--device", help="Override run.device (auto, cpu, cuda, cuda:N, mps).")
 @click.option("--seed", type=int, help="Override run.seed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(

@@ -2,17 +2,21 @@
 
 A split is a folder::
 
-    <split>/A/<name>.png                      before image
-    <split>/B/<name>.png                      after image
-    <split>/masks/<name>.png                  change mask of the referred change (may be all zero)
+    <split>/A/<name>.<ext>                    before image
+    <split>/B/<name>.<ext>                    after image
+    <split>/masks/<name>.<ext>                change mask of the referred change (may be all zero)
     <split>/referring_expression/<stem>.json  {"img_A": ..., "img_B": ...,
                                                "referring_expressions": ["...", ...],
                                                "mask": [{"path": ...}, ...]}
 
-``mask`` holds either one entry per expression (same order) or a single entry shared by all of
-them; an entry whose path is empty or null is an empty mask. Paths in the JSON may be absolute,
-relative to the split folder, or bare file names found in ``A/``, ``B/`` and ``masks/``. Splits are
-named by their path under the dataset root (``train``, ``val``, ``RS/val``, ...);
+Images and masks are PNG, JPEG or BMP files, or GDAL rasters (``.tif``, ``.tiff``, ``.img``,
+``.vrt``; :mod:`mtrs_geo.models.data.images`); masks may be 0/1 or 0/255. The JSON files are
+read in file-name order, one sample per expression. ``referring_expressions`` is a list or a
+single string. ``mask`` holds one entry per expression (same order) or a single entry shared by
+all of them; an entry is ``{"path": ...}`` or a bare path, and an empty or null path, like a
+missing ``mask``, is an empty mask. Paths in the JSON may be absolute, relative to the split
+folder, or names found in ``A/``, ``B/`` and ``masks/``. Splits are named by their path under the
+dataset root (``train``, ``val``, ``RS/val``, ...; ``.`` for the root itself);
 :func:`list_splits` finds them.
 """
 
@@ -180,7 +184,8 @@ class MTRefSegDataset(Dataset[Sample]):
     Args:
         root: the dataset folder.
         split: the split's path under ``root`` (``"train"``, ``"RS/val"``; ``"."`` for ``root``).
-        transform: applied to each item dict (e.g. :class:`mtrs_geo.models.augment.PairAugment`).
+        transform: applied to each item dict (training wraps the dataset in
+            :class:`mtrs_geo.models.augment.AugmentedDataset` instead).
         normalize: apply the engine's per-image percentile stretch.
 
     """
