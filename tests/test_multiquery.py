@@ -10,6 +10,8 @@ import pyogrio
 import pytest
 import rasterio
 import torch
+from cli_run import run_mtrs
+from scenes import make_pair
 
 from mtrs_geo.batch import batch_configs
 from mtrs_geo.config import DetectConfig
@@ -18,8 +20,6 @@ from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
 from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
 from mtrs_geo.multiquery import layer_names, query_settings, split_queries
 from mtrs_geo.pipeline import detect
-from tests.cli_run import run_mtrs
-from tests.scenes import make_pair
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

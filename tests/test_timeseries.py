@@ -10,7 +10,9 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
+from cli_run import run_mtrs
 from rasterio.crs import CRS
+from scenes import default_changes, default_extent, make_pair
 
 from mtrs_geo.config import DetectConfig
 from mtrs_geo.errors import InputError
@@ -23,8 +25,6 @@ from mtrs_geo.timeseries import (
     series_grid,
     write_series_sample,
 )
-from tests.cli_run import run_mtrs
-from tests.scenes import default_changes, default_extent, make_pair
 
 
 def _series(folder: Path) -> tuple[list[Path], list[shapely.Geometry]]:
