@@ -84,6 +84,23 @@ class BandList(click.ParamType):
         return bands
 
 
+class AssetList(click.ParamType):
+    """A comma-separated list of STAC asset keys (``red,green,blue``)."""
+
+    name = "ASSETS"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, ...]:
+        """Split the list; refuse an empty key."""
+        if isinstance(value, tuple):
+            return value
+        keys = tuple(key.strip() for key in str(value).split(","))
+        if not all(keys):
+            self.fail(f"{value!r} is not a comma-separated list of asset keys (e.g. red,blue)")
+        return keys
+
+
 class ExtentType(click.ParamType):
     """``XMIN,YMIN,XMAX,YMAX``: a rectangle in the CRS of ``--extent-crs`` (default: the grid's)."""
 
@@ -167,6 +184,17 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
             type=BandList(),
             default=None,
             help="1-based bands of the after image, in the same order as --bands.",
+        ),
+        click.option(
+            "--assets",
+            type=AssetList(),
+            default=None,
+            help="STAC items: the assets stacked as bands, in order (e.g. red,green,blue).",
+        ),
+        click.option(
+            "--pixel-grid",
+            is_flag=True,
+            help="Pair images without georeferencing (PNG, JPEG) pixel by pixel; pixel units.",
         ),
         click.option(
             "--crs",
@@ -266,6 +294,8 @@ def engine_settings(options: dict[str, Any]) -> dict[str, Any]:
         "model": options["model"],
         "bands_before": options["bands"],
         "bands_after": options["after_bands"],
+        "assets": options["assets"],
+        "pixel_grid": options["pixel_grid"],
         "crs": options["crs"],
         "resolution": options["resolution"],
         "tile_size": options["tile_size"],
@@ -282,8 +312,13 @@ def engine_settings(options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def pair_paths(before: str | None, after: str | None, sample: bool) -> tuple[Path, Path]:
-    """Return the input pair: the two arguments, or the bundled sample with ``--sample``."""
+def pair_paths(
+    before: str | None, after: str | None, sample: bool
+) -> tuple[Path | str, Path | str]:
+    """Return the input pair: the two arguments, or the bundled sample with ``--sample``.
+
+    The arguments stay strings: a URL or a list of files is not a path.
+    """
     if sample:
         if before or after:
             raise InputError("give either BEFORE and AFTER or --sample, not both")
@@ -292,7 +327,7 @@ def pair_paths(before: str | None, after: str | None, sample: bool) -> tuple[Pat
         return sample_pair()
     if not before or not after:
         raise InputError("give the BEFORE and AFTER images (or --sample for the bundled pair)")
-    return Path(before), Path(after)
+    return before, after
 
 
 # --------------------------------------------------------------------------------------------------

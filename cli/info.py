@@ -13,6 +13,7 @@ import click
 from mtrs_geo.cli.common import (
     OVERLAP_OPTION,
     TILE_SIZE_OPTION,
+    AssetList,
     BandList,
     DateList,
     EngineCommand,
@@ -81,6 +82,8 @@ def format_pair_info(description: Any) -> str:
 @click.option(
     "--after-bands", type=BandList(), default=None, help="1-based bands of the after image."
 )
+@click.option("--assets", type=AssetList(), default=None, help="STAC assets stacked as bands.")
+@click.option("--pixel-grid", is_flag=True, help="Pair images without georeferencing by pixel.")
 @click.option("--crs", callback=check_crs, default=None, help="CRS of the common grid.")
 @click.option(
     "--resolution", type=click.FloatRange(min=0, min_open=True), default=None, help="Pixel size."
@@ -102,6 +105,8 @@ def info(
     dates: tuple[str, ...] | None,
     bands: tuple[int, ...] | None,
     after_bands: tuple[int, ...] | None,
+    assets: tuple[str, ...] | None,
+    pixel_grid: bool,
     crs: str | None,
     resolution: float | None,
     tile_size: int,
@@ -119,6 +124,8 @@ def info(
         dates=dates or (),
         bands_before=bands,
         bands_after=after_bands,
+        assets=assets,
+        pixel_grid=pixel_grid,
         crs=crs,
         resolution=resolution,
         tile_size=tile_size,

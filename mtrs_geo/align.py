@@ -7,11 +7,13 @@ neighbour for the validity mask), so a scene is never reprojected whole in memor
 
 from __future__ import annotations
 
+import warnings
 from types import TracebackType
 
 import numpy as np
 import rasterio
 from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -37,7 +39,9 @@ class AlignedReader:
         self.on_lattice = same_lattice(info.grid, grid)
         # Only floating-point bands can hold NaN or infinity.
         self._float_source = np.dtype(info.dtype).kind == "f"
-        self._src: DatasetReader = rasterio.open(info.path)
+        with warnings.catch_warnings():  # an image on a pixel grid has no georeferencing
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            self._src: DatasetReader = rasterio.open(info.dataset)
         self._validity = _validity_source(self._src, self.bands)
         self._data_vrt: WarpedVRT | None = None
         self._mask_vrt: WarpedVRT | None = None

@@ -86,8 +86,15 @@ def _local_crs_for(gdf: gpd.GeoDataFrame) -> CRS:
     return local_equal_area_crs(lon, lat)
 
 
+def _is_local(crs: CRS) -> bool:
+    """Whether ``crs`` is an engineering CRS (a pixel grid): planar, not tied to the Earth."""
+    return bool(crs.is_engineering)
+
+
 def ground_areas(gdf: gpd.GeoDataFrame) -> np.ndarray:
     """Ground area of each geometry in square metres (local equal-area projection, never degrees).
+
+    In an engineering CRS (images paired on a pixel grid) areas are planar, in square CRS units.
 
     Args:
         gdf: geometries with a CRS.
@@ -101,6 +108,8 @@ def ground_areas(gdf: gpd.GeoDataFrame) -> np.ndarray:
     if len(gdf) == 0:
         return np.zeros(0, dtype=np.float64)
     crs = CRS.from_user_input(gdf.crs)
+    if _is_local(crs):
+        return np.asarray(gdf.geometry.area, dtype=np.float64)
     dense = gpd.GeoSeries(_densify(gdf.geometry.to_numpy(), crs), crs=crs)
     return np.asarray(dense.to_crs(_local_crs_for(gdf)).area, dtype=np.float64)
 
@@ -118,7 +127,7 @@ def simplify_metres(gdf: gpd.GeoDataFrame, tolerance_m: float) -> gpd.GeoDataFra
         raise ValueError("simplify_metres needs geometries with a CRS")
     crs = CRS.from_user_input(gdf.crs)
     result = gdf.copy()
-    if _is_metric(crs):
+    if _is_metric(crs) or _is_local(crs):  # a pixel grid: the tolerance is in its units
         simplified = gdf.geometry.simplify(tolerance_m, preserve_topology=True)
     else:
         local = _local_crs_for(gdf)

@@ -17,6 +17,7 @@ from typing import Any
 from mtrs_geo.cancel import CancelSwitch, check_cancel
 from mtrs_geo.config import DetectConfig, same_file
 from mtrs_geo.errors import Cancelled, InputError, MtrsError
+from mtrs_geo.sources import local_inputs, resolve_in
 
 BATCH_COLUMNS = ("before", "after", "query", "output")
 
@@ -24,7 +25,8 @@ BATCH_COLUMNS = ("before", "after", "query", "output")
 def read_pairs_csv(path: Path) -> list[dict[str, str]]:
     """Read a batch CSV (columns before, after, query, output; optional mask_out).
 
-    Relative paths are resolved against the CSV's folder.
+    Relative paths are resolved against the CSV's folder (each file of a comma-separated list of
+    rasters too; URLs are kept as they are).
 
     Raises:
         InputError: unreadable file, missing columns, or no rows.
@@ -51,7 +53,9 @@ def read_pairs_csv(path: Path) -> list[dict[str, str]]:
         raise InputError(f"{Path(path).name} has no rows")
     base = Path(path).parent
     for row in rows:
-        for column in ("before", "after", "output", "mask_out"):
+        for column in ("before", "after"):
+            row[column] = resolve_in(row.get(column, ""), base)
+        for column in ("output", "mask_out"):
             if row.get(column):
                 row[column] = str(base / Path(row[column]).expanduser())
     return rows
@@ -87,8 +91,8 @@ def batch_configs(
             mask_out = Path(mask_out_dir) / (Path(output).stem + ".tif")
         config = replace(
             template,
-            before=Path(row["before"]),
-            after=Path(row["after"]),
+            before=row["before"],
+            after=row["after"],
             query=row.get("query", ""),
             output=Path(output) if output else None,
             mask_out=mask_out,
@@ -111,7 +115,7 @@ def check_batch(rows: list[BatchRow]) -> None:
             continue
         for output in row.config.outputs():
             for role, image in (("before", row.config.before), ("after", row.config.after)):
-                if same_file(output, image):
+                if any(same_file(output, Path(name)) for name in local_inputs(image)):
                     raise InputError(
                         f"row {row.number} writes {output} over its {role} image: choose "
                         "another output name"

@@ -34,8 +34,10 @@ class DetectConfig:
     Distances are in metres, areas in square metres, sizes in pixels of the common grid.
     """
 
-    before: Path
-    after: Path
+    # Inputs: a file, a URL (http, https, s3, gs, az), a STAC item (.json) or a comma-separated
+    # list of single-band rasters (see mtrs_geo.sources).
+    before: Path | str
+    after: Path | str
     query: str = ""
     output: Path | None = None  # vector output (.geojson, .gpkg, .fgb, .shp); None: no vectors
     mask_out: Path | None = None  # raster output (Cloud-Optimized GeoTIFF)
@@ -43,6 +45,8 @@ class DetectConfig:
     model: str = DEFAULT_MODEL
     bands_before: tuple[int, ...] | None = None  # 1-based band indexes; None: all bands
     bands_after: tuple[int, ...] | None = None  # None: same as bands_before
+    assets: tuple[str, ...] | None = None  # STAC asset keys stacked in band order; None: visual
+    pixel_grid: bool = False  # pair the images pixel by pixel (no georeferencing; pixel units)
     crs: str | None = None  # common grid CRS; None: the before image's CRS
     resolution: float | None = None  # common grid pixel size in CRS units; None: before's
     tile_size: int = DEFAULT_TILE_SIZE
@@ -139,6 +143,7 @@ def _check_numbers(config: DetectConfig) -> None:
 
 
 def _check_outputs(config: DetectConfig, needs_output: bool) -> None:
+    from mtrs_geo.sources import local_inputs
     from mtrs_geo.write import check_raster_output, vector_format
 
     outputs = config.outputs()
@@ -152,7 +157,7 @@ def _check_outputs(config: DetectConfig, needs_output: bool) -> None:
         raise InputError(f"the polygons and the mask raster would be one file: {outputs[0]}")
     for path in outputs:
         for role, image in (("before", config.before), ("after", config.after)):
-            if same_file(path, Path(image)):
+            if any(same_file(path, Path(name)) for name in local_inputs(image)):
                 raise InputError(
                     f"output {path} is the {role} image {image}: writing it would destroy the "
                     "input; choose another name"
@@ -182,6 +187,7 @@ def check_config(config: DetectConfig, *, needs_output: bool = True) -> None:
     if config.mask_type not in MASK_TYPES:
         raise InputError(f"unknown mask type {config.mask_type!r}: use probability or binary")
     check_model_name(config.model)
+    _check_pixel_grid(config)
     if config.crs is not None:
         from mtrs_geo.grid import parse_crs
 
@@ -202,6 +208,22 @@ def _check_area_and_dates(config: DetectConfig) -> None:
     for role, date in (("before", config.before_date), ("after", config.after_date)):
         if date is not None:
             parse_date(date, role)
+
+
+def _check_pixel_grid(config: DetectConfig) -> None:
+    """Refuse what a pair on a pixel grid cannot do: another CRS or pixel size, GeoJSON."""
+    if not config.pixel_grid:
+        return
+    if config.crs is not None or config.resolution is not None:
+        raise InputError(
+            "images paired on a pixel grid keep their pixels: a target CRS or resolution does "
+            "not apply"
+        )
+    if config.output is not None and Path(config.output).suffix.lower() in (".geojson", ".json"):
+        raise InputError(
+            f"cannot write {Path(config.output).name}: GeoJSON holds longitude and latitude, "
+            "which images on a pixel grid do not have; write .gpkg (or .fgb, .shp) instead"
+        )
 
 
 def check_model_name(name: str) -> None:

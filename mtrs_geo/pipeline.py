@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import rasterio
+from rasterio.errors import NotGeoreferencedWarning
 
 from mtrs_geo.align import AlignedReader
 from mtrs_geo.aoi import AreaOfInterest, area_of_interest
@@ -44,6 +46,7 @@ from mtrs_geo.read import (
     read_overview_sample,
     sample_stats,
 )
+from mtrs_geo.sources import local_inputs, quiet_open, remote_options, resolve_source
 from mtrs_geo.stitch import PROBABILITY_BLOCK, StripStitcher
 from mtrs_geo.tiling import TileStream, check_resources, prepare_tile_into, scene_batches
 from mtrs_geo.timeseries import interval_label, series_dates, series_grid
@@ -181,10 +184,12 @@ def _check_outputs_against_files(
     """
     for role, info in (("before", before), ("after", after)):
         try:
-            with rasterio.open(info.path) as ds:
+            with rasterio.open(info.dataset) as ds:
                 files = [Path(name) for name in ds.files]
         except rasterio.errors.RasterioError:
-            continue
+            files = []
+        # A stack (list of files, STAC assets) is a VRT document that names no file itself.
+        files += [Path(name) for name in local_inputs(info.source.files if info.source else [])]
         for output in config.outputs():
             for name in files:
                 if same_file(output, name):
@@ -212,8 +217,9 @@ def _open_pair(
                 say(RunMessage("note", describe_choice(role, choice)))
         before_bands = choices["before"].bands if choices["before"] is not None else None
         after_bands = choices["after"].bands if choices["after"] is not None else None
-    before = open_raster(config.before, before_bands, "before")
-    after = open_raster(config.after, after_bands, "after")
+    grid, assets = config.pixel_grid, config.assets
+    before = open_raster(config.before, before_bands, "before", on_pixel_grid=grid, assets=assets)
+    after = open_raster(config.after, after_bands, "after", on_pixel_grid=grid, assets=assets)
     return before, align_longitudes(before, after)  # a pair across the antimeridian meets
 
 
@@ -293,10 +299,11 @@ def describe_pair(config: DetectConfig) -> PairInfo:
 
     """
     config.check(needs_output=False)
-    images = _open_images(config)
-    for before, after in itertools.pairwise(images):
-        check_pair(before, after)
-    return _pair_info(images, _pair_grid(images, config)[0], config, _image_dates(config))
+    with rasterio.Env(**remote_options(*config.images())):
+        images = _open_images(config)
+        for before, after in itertools.pairwise(images):
+            check_pair(before, after)
+        return _pair_info(images, _pair_grid(images, config)[0], config, _image_dates(config))
 
 
 def _registered_info(name: str) -> ModelInfo | None:
@@ -411,7 +418,10 @@ def detect(
     """
     check_cancel(cancel)
     # GDAL's block cache defaults to 5 % of the machine's RAM and would keep every block read.
-    with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(config)):
+    remote = remote_options(*config.images())
+    with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(config), **remote), warnings.catch_warnings():
+        # Images on a pixel grid have no georeferencing: rasterio would warn at every open.
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         say = messages or (lambda message: None)
         return _detect(config, progress, cancel, say, models or load_model)
 
@@ -429,12 +439,14 @@ def gdal_cache_bytes(config: DetectConfig) -> int:
     tight makes GDAL evict input blocks a later window still needs and decode them twice.
     """
     try:
-        with rasterio.open(config.before) as b, rasterio.open(config.after) as a:
+        names = [resolve_source(image, assets=config.assets).dataset
+                 for image in (config.before, config.after)]  # fmt: skip
+        with quiet_open(names[0]) as b, quiet_open(names[1]) as a:
             block_height = max(ds.block_shapes[0][0] for ds in (b, a))
             block_width = max(ds.block_shapes[0][1] for ds in (b, a))
             width = min(max(b.width, a.width), config.panel_width + 2 * block_width)
             input_bytes = sum(ds.count * np.dtype(ds.dtypes[0]).itemsize for ds in (b, a))
-    except rasterio.errors.RasterioIOError:
+    except (rasterio.errors.RasterioIOError, InputError):
         return MIN_GDAL_CACHE  # the run reports the unreadable file itself
     # The probability raster is only written for --mask-out (polygons come from the rows in memory).
     output_rows = 2 * PROBABILITY_BLOCK if config.mask_out is not None else 0

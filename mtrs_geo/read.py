@@ -1,7 +1,9 @@
 """Open and validate the input rasters; band selection; sampled normalization statistics.
 
 Everything GDAL opens is accepted (GeoTIFF/COG, VRT, JP2, ENVI, ...), in any numeric dtype, with
-nodata values, per-band or per-dataset masks. Statistics never come from a full-scene read: from
+nodata values, per-band or per-dataset masks, from a local file, a URL, a STAC item or a list of
+single-band files (:mod:`mtrs_geo.sources`). Images without georeferencing are read on a pixel grid
+when asked to. Statistics never come from a full-scene read: from
 overviews when the file has them, otherwise from a seeded sample of windows of the common grid.
 """
 
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from affine import Affine
+from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window, from_bounds
 
@@ -22,6 +26,7 @@ from mtrs_geo.errors import InputError, ModelError
 from mtrs_geo.grid import Grid, footprint_in, unwrap_longitudes
 from mtrs_geo.model_api import ModelInfo
 from mtrs_geo.normalize import BandStats, band_stats
+from mtrs_geo.sources import PIXEL_GRID_CRS, Source, resolve_source
 
 # Largest side, in pixels, of the overview read used for statistics.
 STATS_OVERVIEW_SIZE = 1024
@@ -31,9 +36,13 @@ _POLE_SLACK = 1e-6
 
 @dataclass(frozen=True)
 class RasterInfo:
-    """What the engine needs to know about one input raster (no open handle is kept)."""
+    """What the engine needs to know about one input raster (no open handle is kept).
 
-    path: Path
+    ``path`` is the input as the user gave it (a file, a URL, ...); ``source.dataset`` is what
+    GDAL opens.
+    """
+
+    path: str
     grid: Grid
     band_count: int  # bands in the file
     bands: tuple[int, ...]  # selected 1-based band indexes
@@ -41,30 +50,50 @@ class RasterInfo:
     nodata: float | None
     has_overviews: bool
     block_shape: tuple[int, int] = (1, 1)  # (rows, columns) of the file's blocks (band 1)
+    source: Source | None = None  # None: ``path`` is a local file GDAL opens as it is
+
+    @property
+    def dataset(self) -> str:
+        """What :func:`rasterio.open` takes for this image."""
+        return self.source.dataset if self.source is not None else self.path
 
     @property
     def name(self) -> str:
-        """The file name, as written in the output attributes."""
-        return self.path.name
+        """The file name (item id, list of names), as written in the output attributes."""
+        return self.source.name if self.source is not None else Path(self.path).name
+
+
+def pixel_grid(width: int, height: int) -> Grid:
+    """Return the grid of an image paired pixel by pixel: one unit per pixel, y up (y = -row)."""
+    return Grid(CRS.from_wkt(PIXEL_GRID_CRS), Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0), width, height)
 
 
 def open_raster(
-    path: Path | str, bands: Sequence[int] | None = None, role: str = "image"
+    path: Path | str | Source,
+    bands: Sequence[int] | None = None,
+    role: str = "image",
+    *,
+    on_pixel_grid: bool = False,
+    assets: Sequence[str] | None = None,
 ) -> RasterInfo:
-    """Open ``path``, check it is usable and describe it.
+    """Open an input image, check it is usable and describe it.
 
     Args:
-        path: any raster GDAL can open.
+        path: a raster GDAL can open, a URL, a STAC item, a comma-separated list of single-band
+            rasters (see :func:`mtrs_geo.sources.resolve_source`) or an already resolved source.
         bands: 1-based band indexes to use; None: all bands.
         role: "before" or "after", used in error messages.
+        on_pixel_grid: pair images pixel by pixel: any georeferencing is ignored and the image
+            lies on :func:`pixel_grid` (for plain PNG/JPEG pairs).
+        assets: STAC asset keys to stack, in band order.
 
     Raises:
         InputError: unreadable file, no CRS, no geotransform, a band index out of range.
 
     """
-    path = Path(path)
-    if not path.exists() and not str(path).startswith("/vsi"):  # GDAL virtual paths pass through
-        raise InputError(f"{role} image {path} does not exist")
+    source = path if isinstance(path, Source) else resolve_source(path, role, assets)
+    text = source.text
+    path = source.dataset
     try:
         # A file without geotransform warns on open; it gets a clear InputError below instead.
         with warnings.catch_warnings():
@@ -80,39 +109,44 @@ def open_raster(
                 block_shape = tuple(ds.block_shapes[0]) if count > 0 else (1, 1)
     except RasterioIOError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "not a raster GDAL can open"
-        raise InputError(f"cannot read {role} image {path}: {reason}") from exc
-    if crs is None:
-        raise InputError(
-            f"{role} image {path} has no coordinate reference system (CRS); "
-            "assign one first, e.g. gdal_edit.py -a_srs EPSG:XXXX"
+        raise InputError(f"cannot read {role} image {text}: {reason}") from exc
+    if on_pixel_grid:
+        crs, transform = pixel_grid(width, height).crs, pixel_grid(width, height).transform
+    elif crs is None or transform.is_identity:
+        problem = (
+            "has no coordinate reference system (CRS)"
+            if crs is None
+            else "is not georeferenced (no geotransform)"
         )
-    if transform.is_identity:
-        raise InputError(f"{role} image {path} is not georeferenced (no geotransform)")
+        raise InputError(
+            f"{role} image {text} {problem}: georeference it (e.g. gdal_edit.py -a_srs EPSG:XXXX), "
+            "or pair images without georeferencing pixel by pixel on a pixel grid"
+        )
     grid = Grid(crs, transform, width, height)
     if crs.is_geographic:
         _, south, _, north = grid.bounds
         if south < -90.0 - _POLE_SLACK or north > 90.0 + _POLE_SLACK:
             raise InputError(
-                f"{role} image {path} reaches latitude {south if south < -90 else north:.6g}, "
+                f"{role} image {text} reaches latitude {south if south < -90 else north:.6g}, "
                 "beyond a pole: its geotransform is wrong for a geographic CRS"
             )
     if count == 0:
-        raise InputError(f"{role} image {path} has no bands")
+        raise InputError(f"{role} image {text} has no bands")
     selected = tuple(range(1, count + 1)) if bands is None else tuple(int(b) for b in bands)
     if not selected:
         raise InputError(f"no band selected for the {role} image")
     bad = [b for b in selected if not 1 <= b <= count]
     if bad:
         raise InputError(
-            f"band {bad[0]} is out of range for {role} image {path.name}, which has {count} "
+            f"band {bad[0]} is out of range for {role} image {source.name}, which has {count} "
             f"band{'s' if count != 1 else ''} (bands are numbered from 1)"
         )
     kinds = {np.dtype(dtypes[b - 1]).kind for b in selected}
     if kinds - {"u", "i", "f"}:
-        raise InputError(f"{role} image {path.name} has non-numeric bands ({', '.join(dtypes)})")
-    _check_last_block(path, role, selected, width, height, block_shape)
+        raise InputError(f"{role} image {source.name} has non-numeric bands ({', '.join(dtypes)})")
+    _check_last_block(path, text, role, selected, width, height, block_shape)
     return RasterInfo(
-        path=path,
+        path=text,
         grid=grid,
         band_count=count,
         bands=selected,
@@ -120,17 +154,19 @@ def open_raster(
         nodata=nodata,
         has_overviews=has_overviews,
         block_shape=(int(block_shape[0]), int(block_shape[1])),
+        source=source,
     )
 
 
-def read_failure(path: Path, exc: Exception, role: str = "image") -> InputError:
+def read_failure(path: Path | str, exc: Exception, role: str = "image") -> InputError:
     """Return the one-line error for a file GDAL opened but cannot decode (truncated, corrupt)."""
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return InputError(f"cannot read {role} {path}: the file is truncated or corrupt ({reason})")
 
 
 def _check_last_block(
-    path: Path,
+    path: str,
+    text: str,
     role: str,
     bands: tuple[int, ...],
     width: int,
@@ -142,10 +178,12 @@ def _check_last_block(
     row0, col0 = (height - 1) // rows * rows, (width - 1) // cols * cols
     window = Window(col0, row0, min(cols, width - col0), min(rows, height - row0))
     try:
-        with rasterio.open(path) as ds:
-            ds.read(bands[0], window=window)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                ds.read(bands[0], window=window)
     except (RasterioIOError, rasterio.errors.RasterioError) as exc:
-        raise read_failure(path, exc, f"{role} image") from exc
+        raise read_failure(text, exc, f"{role} image") from exc
 
 
 def align_longitudes(before: RasterInfo, after: RasterInfo) -> RasterInfo:
@@ -158,10 +196,18 @@ def check_pair(before: RasterInfo, after: RasterInfo, info: ModelInfo | None = N
     """Check the selected bands of both images fit each other and the model.
 
     Raises:
-        InputError: band counts differ after selection.
+        InputError: band counts differ after selection, or images paired on a pixel grid differ
+            in size.
         ModelError: the model needs a different number of bands.
 
     """
+    pixel_crs = pixel_grid(1, 1).crs
+    sizes = [(info.grid.width, info.grid.height) for info in (before, after)]
+    if before.grid.crs == pixel_crs and after.grid.crs == pixel_crs and sizes[0] != sizes[1]:
+        raise InputError(
+            "images paired pixel by pixel must have one size: the before image is "
+            f"{sizes[0][0]} x {sizes[0][1]} px, the after image {sizes[1][0]} x {sizes[1][1]} px"
+        )
     nb, na = len(before.bands), len(after.bands)
     if nb != na:
         raise InputError(
@@ -198,7 +244,7 @@ def read_overview_sample(info: RasterInfo, grid: Grid) -> tuple[np.ndarray, np.n
         max(1, int(image_window.width / scale)),
     )
     try:
-        with rasterio.open(info.path) as ds:
+        with rasterio.open(info.dataset) as ds:
             data = ds.read(
                 list(info.bands), window=image_window, out_shape=(len(info.bands), *out_shape)
             )
