@@ -248,6 +248,11 @@ def _check_queries_and_series(config: DetectConfig) -> None:
     if len(set(queries)) != len(queries):
         raise InputError(f"a query is asked twice: {', '.join(repr(q) for q in queries)}")
     images = config.images()
+    if config.more_images and (config.before_date is not None or config.after_date is not None):
+        raise InputError(
+            "a time series takes the dates of all its images, one per image, not a before and an "
+            "after date"
+        )
     if config.dates:
         if len(config.dates) != len(images):
             raise InputError(

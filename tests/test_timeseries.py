@@ -138,3 +138,15 @@ def test_dates_for_the_wrong_number_of_images_is_a_usage_error(tmp_path: Path) -
     images = write_series_sample(tmp_path / "series")
     done = run_mtrs("detect", *images, "-o", tmp_path / "c.gpkg", "--dates", "2000,2003")
     assert done.code == 2 and "2 dates for 3 images" in done.err
+
+
+def test_a_series_takes_all_its_dates_not_a_before_and_after_date(tmp_path: Path) -> None:
+    config = DetectConfig(
+        before=tmp_path / "a.tif",
+        after=tmp_path / "b.tif",
+        more_images=(tmp_path / "c.tif",),
+        before_date="2019",
+        output=tmp_path / "changes.gpkg",
+    )
+    with pytest.raises(InputError, match="one per image"):
+        config.check()
