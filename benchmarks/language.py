@@ -311,18 +311,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "language_board")
     parser.add_argument("--skip-cva", action="store_true")
+    parser.add_argument("--sets", default="synthetic,real,roofs", help="comma-separated subset")
     args = parser.parse_args()
     started = time.time()
     import torch
 
     torch.set_num_threads(max(torch.get_num_threads(), 1))
-    synthetic, real = synthetic_cases(args.pairs, args.seed), real_cases()
+    sets = set(args.sets.split(","))
+    synthetic = synthetic_cases(args.pairs, args.seed) if "synthetic" in sets else []
+    real = real_cases() if "real" in sets else []
     models = [args.model] + ([] if args.skip_cva else ["cva"])
     results: list[dict[str, object]] = []
     for model in models:
-        results.append(score_cases(model, synthetic, "synthetic"))
-        results.append(score_cases(model, real, "real"))
-        results.append(roofs_scores(model, args.roof_pairs))
+        if synthetic:
+            results.append(score_cases(model, synthetic, "synthetic"))
+        if real:
+            results.append(score_cases(model, real, "real"))
+        if "roofs" in sets:
+            results.append(roofs_scores(model, args.roof_pairs))
         print(f"{model}: done at {time.time() - started:.0f} s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {

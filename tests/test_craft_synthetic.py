@@ -248,3 +248,17 @@ def torch_equal(a, b) -> bool:  # type: ignore[no-untyped-def]
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def test_expressions_are_picked_per_kind_not_per_candidate() -> None:
+    from mtrs_geo.craft.quality import Candidate
+    from mtrs_geo.models.data.craft_stream import KIND_WEIGHTS, pick_expression
+
+    empty, full = np.zeros((4, 4), bool), np.ones((4, 4), bool)
+    candidates = [Candidate("p", f"new thing {i}", "no_target", empty, ()) for i in range(30)]
+    candidates.append(Candidate("p", "new buildings", "direction", full, (1,)))
+    rng = np.random.default_rng(0)
+    picks = [pick_expression(candidates, rng) for _ in range(2000)]
+    share = np.mean([p is not None and p.kind == "no_target" for p in picks])
+    expected = KIND_WEIGHTS["no_target"] / (KIND_WEIGHTS["no_target"] + KIND_WEIGHTS["direction"])
+    assert abs(share - expected) < 0.05

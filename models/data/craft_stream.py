@@ -44,9 +44,9 @@ KIND_WEIGHTS = {
     "instance": 1.0,
     "count": 0.5,
     "spectral": 0.4,
-    "no_target": 1.6,
+    "no_target": 1.0,
 }
-TRANSITION_NO_TARGET_WEIGHT = 0.15  # "farmland turned into water" when no class map exists
+TRANSITION_NO_TARGET_WEIGHT = 0.15  # share of "farmland turned into water"-style no-targets
 ANY_CHANGE_SHARE = 0.3  # "all" expressions given as the empty any-change query
 SYNONYMS = {
     "buildings": ("buildings", "houses", "structures", "buildings"),
@@ -121,17 +121,26 @@ def with_synonyms(text: str, rng: np.random.Generator) -> str:
 
 
 def pick_expression(candidates: list[Candidate], rng: np.random.Generator) -> Candidate | None:
-    """One expression, weighted by kind (few no-target class transitions)."""
+    """One expression: a kind first (weighted, whatever its number of candidates), then one of it.
+
+    Picking per kind keeps the share of no-target expressions near its weight: a pair has many
+    more no-target expressions (every class, direction and place that did not change) than
+    expressions with a target, and picking per candidate would teach mostly empty masks.
+    """
     if not candidates:
         return None
-    weights = np.array(
-        [
-            KIND_WEIGHTS.get(c.kind, 1.0)
-            * (TRANSITION_NO_TARGET_WEIGHT if c.kind == "no_target" and "->" in c.label else 1.0)
-            for c in candidates
-        ]
-    )
-    return candidates[int(rng.choice(len(candidates), p=weights / weights.sum()))]
+    by_kind: dict[str, list[Candidate]] = {}
+    for candidate in candidates:
+        by_kind.setdefault(candidate.kind, []).append(candidate)
+    kinds = sorted(by_kind)
+    weights = np.array([KIND_WEIGHTS.get(kind, 1.0) for kind in kinds])
+    kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+    pool = by_kind[kind]
+    if kind == "no_target":
+        plain = [c for c in pool if "->" not in c.label]
+        if plain and (len(plain) == len(pool) or rng.random() > TRANSITION_NO_TARGET_WEIGHT):
+            pool = plain
+    return pool[int(rng.integers(len(pool)))]
 
 
 class CraftStreamDataset(Dataset[Sample]):
