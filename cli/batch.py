@@ -20,6 +20,20 @@ from mtrs_geo.cli.common import (
     summary_line,
 )
 from mtrs_geo.config import DetectConfig
+from mtrs_geo.errors import InputError
+
+
+def _check_scheduler(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: refuse a scheduler that is neither an address nor local:N."""
+    if value is None:
+        return None
+    from mtrs_geo.distributed import parse_scheduler
+
+    try:
+        parse_scheduler(value)
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    return value
 
 
 @click.command(cls=EngineCommand)
@@ -31,14 +45,24 @@ from mtrs_geo.config import DetectConfig
     default=None,
     help="Also write each row's mask COG here, named after its output.",
 )
+@click.option(
+    "--scheduler",
+    default=None,
+    callback=_check_scheduler,
+    help="Run rows as Dask tasks: a scheduler address (tcp://host:8786) or local:N workers.",
+)
 @engine_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per row, then a summary line.")
-def batch(pairs_csv: str, mask_out_dir: str | None, as_json: bool, **options: Any) -> None:
+def batch(
+    pairs_csv: str, mask_out_dir: str | None, scheduler: str | None, as_json: bool, **options: Any
+) -> None:
     """Run detect for every row of PAIRS.csv (columns before, after, query, output).
 
     Relative paths are resolved against the CSV's folder; an optional mask_out column names a mask
     COG per row. Rows that would write one file, or over their own input, are refused before any
     work (exit 2). A failing row is reported and the batch goes on; exit code 1 if any row failed.
+    With --scheduler the rows run on a Dask cluster (each worker reads its row's images from the
+    shared path or URL) and are reported as they finish.
     """
     from mtrs_geo.batch import batch_configs, read_pairs_csv, run_batch
 
@@ -66,13 +90,18 @@ def batch(pairs_csv: str, mask_out_dir: str | None, as_json: bool, **options: An
             click.echo(f"row {outcome.number}: FAILED: {outcome.message}", err=True)
 
     try:
-        outcomes = run_batch(
-            rows,
-            on_row=on_row,
-            progress_for=progress_for,
-            cancel=cancel_switch(),
-            messages=MessagePrinter(mode, quiet),
-        )
+        if scheduler is not None:
+            from mtrs_geo.distributed import run_batch_on_cluster
+
+            outcomes = run_batch_on_cluster(rows, scheduler, on_row=on_row, cancel=cancel_switch())
+        else:
+            outcomes = run_batch(
+                rows,
+                on_row=on_row,
+                progress_for=progress_for,
+                cancel=cancel_switch(),
+                messages=MessagePrinter(mode, quiet),
+            )
     finally:
         for reporter in reporters.values():
             reporter.close()

@@ -89,7 +89,12 @@ def _process_alive(pid: int) -> bool:
         return False
     except OSError:  # it exists but belongs to someone else
         return True
-    return True
+    # A killed process whose parent has not reaped it yet (a zombie) still answers signal 0.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
 
 
 def _scratch_is_stale(folder: Path) -> bool:

@@ -1,0 +1,219 @@
+"""Batches on a real Dask cluster: a scheduler and two workers on 127.0.0.1, started by the tests.
+
+Results must equal the serial run; a worker killed mid-row has its row run again elsewhere, and no
+partial file is left either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from cli_run import run_mtrs
+from scenes import ImageSpec, make_pair
+
+from mtrs_geo.batch import BatchRow, RowOutcome, batch_configs, read_pairs_csv
+from mtrs_geo.config import DetectConfig
+from mtrs_geo.distributed import parse_scheduler, run_batch_on_cluster
+from mtrs_geo.errors import InputError
+
+DASK = Path(sys.executable).with_name("dask")
+START_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A ``dask scheduler`` and two ``dask worker`` processes (no nanny); the scheduler address."""
+    folder = tmp_path_factory.mktemp("dask")
+    info = folder / "scheduler.json"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    common = ["--no-dashboard"]
+    processes = [
+        subprocess.Popen(
+            [
+                str(DASK),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--scheduler-file",
+                str(info),
+                *common,
+            ],
+            **quiet,
+        )  # fmt: skip
+    ]
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not info.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(info.read_text())["address"]
+        for name in ("w1", "w2"):
+            processes.append(
+                subprocess.Popen(
+                    [
+                        str(DASK),
+                        "worker",
+                        address,
+                        "--no-nanny",
+                        "--nthreads",
+                        "1",
+                        "--name",
+                        name,
+                        "--host",
+                        "127.0.0.1",
+                        *common,
+                    ],
+                    **quiet,
+                )  # fmt: skip
+            )
+        from dask.distributed import Client
+
+        with Client(address, timeout=START_TIMEOUT_S) as client:
+            client.wait_for_workers(2, timeout=START_TIMEOUT_S)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture(scope="module")
+def pairs_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four rows over two generated pairs (256 and 1024 px), each row writing a GPKG."""
+    folder = tmp_path_factory.mktemp("rows")
+    make_pair(folder / "small")
+    make_pair(folder / "large", before=ImageSpec(pixel_size_m=2.5))
+    lines = ["before,after,query,output"]
+    for number, scene in enumerate(("small", "large", "small", "large"), start=1):
+        lines.append(f"{scene}/before.tif,{scene}/after.tif,,out/row{number}.gpkg")
+    (folder / "out").mkdir()
+    table = folder / "pairs.csv"
+    table.write_text("\n".join(lines) + "\n")
+    return table
+
+
+def masks_of(folder: Path) -> dict[str, np.ndarray]:
+    """Every mask COG in ``folder`` by name."""
+    found = {}
+    for path in sorted(folder.glob("*.tif")):
+        with rasterio.open(path) as ds:
+            found[path.name] = ds.read(1)
+    return found
+
+
+def test_batch_on_the_cluster_equals_the_serial_run(
+    cluster: str, pairs_csv: Path, tmp_path: Path
+) -> None:
+    serial_dir, dask_dir = tmp_path / "serial", tmp_path / "dask"
+    serial_dir.mkdir()
+    dask_dir.mkdir()
+
+    serial = run_mtrs("batch", pairs_csv, "--mask-out-dir", serial_dir, "--json")
+    remote = run_mtrs("batch", pairs_csv, "--mask-out-dir", dask_dir, "--json",
+                      "--scheduler", cluster)  # fmt: skip
+
+    assert serial.code == 0 and remote.code == 0, remote.err
+    rows = [json.loads(line) for line in remote.out.splitlines()]
+    assert sorted(row["row"] for row in rows[:-1]) == [1, 2, 3, 4]
+    assert rows[-1] == {"rows": 4, "ok": 4, "failed": 0}
+    polygons = {
+        row["row"]: row["polygons"] for row in map(json.loads, serial.out.splitlines()[:-1])
+    }
+    assert {row["row"]: row["polygons"] for row in rows[:-1]} == polygons
+    expected, got = masks_of(serial_dir), masks_of(dask_dir)
+    assert expected.keys() == got.keys() and len(got) == 4
+    for name, mask in expected.items():
+        np.testing.assert_array_equal(got[name], mask)
+
+
+def test_a_killed_worker_has_its_row_run_elsewhere(cluster: str, tmp_path: Path) -> None:
+    from dask.distributed import Client
+
+    pair = make_pair(tmp_path / "scene", before=ImageSpec(pixel_size_m=1.25))  # 2048 px
+    out = tmp_path / "out"
+    out.mkdir()
+    template = DetectConfig(before=Path(), after=Path(), mask_out=None)
+    rows = batch_configs(
+        [{"before": str(pair.before), "after": str(pair.after), "query": "",
+          "output": str(out / "changes.gpkg")}],
+        template, out,
+    )  # fmt: skip
+    outcomes: list[RowOutcome] = []
+    runner = threading.Thread(
+        target=lambda: outcomes.extend(run_batch_on_cluster(rows, cluster, on_row=lambda o: None))
+    )
+    with Client(cluster, timeout=START_TIMEOUT_S) as client:
+        pids = client.run(os.getpid)
+        runner.start()
+        busy: list[str] = []
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not busy and time.monotonic() < deadline:
+            busy = [worker for worker, keys in client.processing().items() if keys]
+            time.sleep(0.05)
+        assert busy, "the row never started"
+        time.sleep(0.5)  # into the row
+        os.kill(pids[busy[0]], signal.SIGKILL)
+        runner.join(timeout=300)
+        assert not runner.is_alive()
+        survivors = set(client.scheduler_info()["workers"])
+
+    assert busy[0] not in survivors
+    assert [(o.number, o.ok) for o in outcomes] == [(1, True)], outcomes
+    assert sorted(p.name for p in out.iterdir()) == ["changes.gpkg", "changes.tif"]
+
+
+def test_a_row_that_fails_on_a_worker_is_reported_and_the_batch_goes_on(
+    cluster: str, tmp_path: Path, pairs_csv: Path
+) -> None:
+    table = tmp_path / "pairs.csv"
+    base = pairs_csv.parent
+    table.write_text(
+        "before,after,query,output\n"
+        f"{base}/small/before.tif,{base}/small/after.tif,,{tmp_path}/a.gpkg\n"
+        f"{base}/small/before.tif,{base}/nowhere.tif,,{tmp_path}/b.gpkg\n"
+    )
+    result = run_mtrs("batch", table, "--scheduler", cluster, "--quiet")
+    assert result.code == 1
+    assert "row 2: FAILED: after image" in result.err and "does not exist" in result.err
+    assert (tmp_path / "a.gpkg").exists() and not (tmp_path / "b.gpkg").exists()
+
+
+def test_schedulers_are_parsed_and_bad_ones_refused() -> None:
+    assert parse_scheduler("local:3").workers == 3
+    assert parse_scheduler("10.0.0.5:8786").address == "tcp://10.0.0.5:8786"
+    assert parse_scheduler("tcp://h:1").address == "tcp://h:1"
+    for bad in ("local:0", "local:x", "tcp://", "justahost"):
+        with pytest.raises(InputError):
+            parse_scheduler(bad)
+    result = run_mtrs("batch", "x.csv", "--scheduler", "local:0")
+    assert result.code == 2 and "local:N needs a number of workers" in result.err
+
+
+def test_a_local_cluster_runs_the_rows(pairs_csv: Path, tmp_path: Path) -> None:
+    planned = batch_configs(
+        read_pairs_csv(pairs_csv)[:1], DetectConfig(before=Path(), after=Path())
+    )
+    assert planned[0].config is not None
+    config = replace(planned[0].config, output=tmp_path / "one.gpkg")
+
+    outcomes = run_batch_on_cluster([BatchRow(1, config)], "local:1", on_row=lambda o: None)
+
+    assert [(o.number, o.ok) for o in outcomes] == [(1, True)]
+    assert (tmp_path / "one.gpkg").exists()
