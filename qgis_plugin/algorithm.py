@@ -75,14 +75,10 @@ def layer_name(query: str, summary: RunSummary) -> str:
     return "Changes"
 
 
-# Probability ramp (viridis stops) over [0, 1]; nodata (-1, 255 in a binary mask) stays transparent.
-PROBABILITY_RAMP = (
-    (0.0, "#440154"),
-    (0.25, "#3b528b"),
-    (0.5, "#21918c"),
-    (0.75, "#5ec962"),
-    (1.0, "#fde725"),
-)
+# Probability ramp: viridis colours at equal steps over [0, 1]; nodata (-1, 255 in a binary mask)
+# stays transparent.
+_VIRIDIS = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725")
+PROBABILITY_RAMP = tuple((i / (len(_VIRIDIS) - 1), c) for i, c in enumerate(_VIRIDIS))
 PROBABILITY_OPACITY = 0.8
 
 
