@@ -22,23 +22,33 @@ import torch
 from torch.utils.data import Dataset
 
 from mtrs_geo.errors import InputError
-from mtrs_geo.models.data.images import (
-    IMAGE_SUFFIXES,
+from mtrs_geo.layouts import (
+    LABEL_DIRS,
+    OSCD_DATES,
+    OSCD_RGB,
     binarize_mask,
+    find_label_dir,
+    folder_pairs,
+    oscd_cities,
     read_image,
     read_mask,
+    read_oscd_bands,
+    read_oscd_change,
 )
 from mtrs_geo.models.data.sample import Sample, Transform, make_sample
 
-LABEL_DIRS = ("label", "labels", "mask", "masks", "gt", "OUT")
+__all__ = [
+    "LABEL_DIRS",
+    "OSCD_RGB",
+    "TORCHGEO_CHANGE_DATASETS",
+    "ChangeFolderDataset",
+    "OSCDCityDataset",
+    "TorchgeoChangeDataset",
+    "read_oscd_city",
+    "torchgeo_to_sample",
+]
+
 TORCHGEO_CHANGE_DATASETS = ("LEVIRCD", "LEVIRCDPlus", "OSCD")
-
-
-def _label_dir(root: Path) -> Path:
-    for name in LABEL_DIRS:
-        if (root / name).is_dir():
-            return root / name
-    raise InputError(f"{root}: no label folder (one of {', '.join(LABEL_DIRS)})")
 
 
 class ChangeFolderDataset(Dataset[Sample]):
@@ -62,21 +72,9 @@ class ChangeFolderDataset(Dataset[Sample]):
         normalize: bool = True,
     ) -> None:
         self.root = Path(root)
-        for sub in ("A", "B"):
-            if not (self.root / sub).is_dir():
-                raise InputError(f"{self.root}: missing {sub}/ folder (A/ B/ label/ layout)")
-        self.label_dir = _label_dir(self.root)
-        if names is None:
-            names = sorted(
-                p.name for p in (self.root / "A").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-            )
-        self.names: list[str] = []
-        self.skipped: list[str] = []
-        for name in names:
-            if (self.root / "B" / name).is_file() and (self.label_dir / name).is_file():
-                self.names.append(name)
-            else:
-                self.skipped.append(name)
+        self.pairs, self.skipped = folder_pairs(self.root, names)
+        self.label_dir = find_label_dir(self.root)
+        self.names = [pair.name for pair in self.pairs]
         self.text = text
         self.transform = transform
         self.normalize = normalize
@@ -85,17 +83,17 @@ class ChangeFolderDataset(Dataset[Sample]):
         return len(self.names)
 
     def __getitem__(self, index: int) -> Sample:
-        name = self.names[index]
+        pair = self.pairs[index]
         paths = {
-            "image_a_path": str(self.root / "A" / name),
-            "image_b_path": str(self.root / "B" / name),
-            "mask_path": str(self.label_dir / name),
+            "image_a_path": str(pair.before),
+            "image_b_path": str(pair.after),
+            "mask_path": str(pair.label),
         }
         sample = make_sample(
-            read_image(Path(paths["image_a_path"])),
-            read_image(Path(paths["image_b_path"])),
-            read_mask(Path(paths["mask_path"])),
-            sample_id=f"{Path(name).stem}_0",
+            read_image(pair.before),
+            read_image(pair.after),
+            read_mask(pair.label),
+            sample_id=f"{pair.stem}_0",
             text=self.text,
             normalize=self.normalize,
             **paths,
@@ -103,35 +101,10 @@ class ChangeFolderDataset(Dataset[Sample]):
         return self.transform(sample) if self.transform is not None else sample
 
 
-OSCD_RGB = ("B04", "B03", "B02")
-
-
-def _band_file(folder: Path, band: str) -> Path:
-    matches = sorted(folder.glob(f"*{band}.tif"))
-    if not matches:
-        raise InputError(f"{folder}: no band file ending in {band}.tif")
-    return matches[0]
-
-
 def read_oscd_city(city: Path, bands: tuple[str, ...] = OSCD_RGB) -> tuple[np.ndarray, ...]:
     """Read an OSCD city folder as (before, after, mask): ``(C, H, W)`` float32 x2, ``(H, W)``."""
-    import rasterio
-
-    stacks = []
-    for sub in ("imgs_1", "imgs_2"):
-        layers = []
-        for band in bands:
-            with rasterio.open(_band_file(city / sub, band)) as src:
-                layers.append(src.read(1).astype(np.float32))
-        stacks.append(np.stack(layers))
-    labels = sorted((city / "cm").glob("*-cm.tif"))
-    if not labels:
-        raise InputError(f"{city}: no cm/<city>-cm.tif label")
-    with rasterio.open(labels[0]) as src:
-        cm = src.read(1)
-    # OSCD's change maps hold 1 = no change and 2 = change (its README says 0/1).
-    mask = (cm == 2).astype(np.float32) if cm.max() == 2 else binarize_mask(cm.astype(np.float32))
-    return stacks[0], stacks[1], mask
+    before, after = (read_oscd_bands(city / date, bands)[0] for date in OSCD_DATES)
+    return before, after, read_oscd_change(city).astype(np.float32)
 
 
 class OSCDCityDataset(Dataset[Sample]):
@@ -146,7 +119,7 @@ class OSCDCityDataset(Dataset[Sample]):
     ) -> None:
         self.root = Path(root)
         if cities is None:
-            cities = sorted(p.name for p in self.root.iterdir() if (p / "cm").is_dir())
+            cities = [city.name for city in oscd_cities(self.root)]
         if not cities:
             raise InputError(f"{self.root}: no OSCD city folder (<city>/imgs_1, imgs_2, cm)")
         self.cities = cities

@@ -2,7 +2,7 @@
 
 Layouts:
 
-- ``levir-cd``: ``A/ B/ label/`` PNGs, binary change 0/255 (LEVIR-CD, WHU-CD, ...); not
+- ``levir-cd``: ``A/ B/ label/`` images, binary change 0/255 (LEVIR-CD, WHU-CD, ...); not
   georeferenced.
 - ``semantic``: SECOND style, ``im1/ im2/ label1/ label2/`` (or ``A/ B/``) with a from-class and a
   to-class map per pixel (index or colour PNGs) and ``classes.json``; not georeferenced.
@@ -13,6 +13,9 @@ Layouts:
 - ``synthetic``: a folder of donor data sets (``levir-cd/``, ``egy-bcd/``, ``ombria-s2/``, ...;
   see :mod:`mtrs_geo.craft.donors`): ``count`` object-level changes generated over their real
   images (:mod:`mtrs_geo.craft.synthetic`), with exact masks per class and direction.
+
+Which files make a pair, and how they are read, is :mod:`mtrs_geo.layouts` (shared with training
+and evaluation); this module turns them into chips.
 """
 
 from __future__ import annotations
@@ -26,14 +29,40 @@ from pathlib import Path
 
 import numpy as np
 from affine import Affine
-from PIL import Image
 
 from mtrs_geo.craft.perception import Transition
 from mtrs_geo.errors import InputError
+from mtrs_geo.layouts import (
+    IMAGE_SUFFIXES,
+    OSCD_RGB_NIR,
+    VECTOR_SUFFIXES,
+    find_label_dir,
+    find_scene_files,
+    folder_pairs,
+    image_files,
+    oscd_cities,
+    rasterize_changes,
+    read_change_polygons,
+    read_oscd_bands,
+    read_oscd_change,
+    read_pixels,
+)
 from mtrs_geo.normalize import band_stats, percentile_stretch
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
-VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".sqlite")
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "LAYOUTS",
+    "VECTOR_SUFFIXES",
+    "ChangePair",
+    "SourceOptions",
+    "chip_windows",
+    "pixel_areas_m2",
+    "read_class_table",
+    "read_pairs",
+    "scene_names",
+    "scene_of",
+]
+
 LAYOUTS = ("levir-cd", "semantic", "oscd", "scenes", "synthetic")
 
 
@@ -144,22 +173,7 @@ def scene_of(stem: str) -> str:
     return scene or stem
 
 
-def _find_images(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-
-
-def _read_png(path: Path) -> np.ndarray:
-    """Read an image file as ``(H, W)`` or ``(H, W, C)``."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image)
-    except OSError as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from exc
-
-
-def _rgb(array: np.ndarray, path: Path) -> np.ndarray:
+def _rgb(array: np.ndarray) -> np.ndarray:
     """Make an 8-bit display image ``(3, H, W)`` from a ``(H, W[, C])`` image array."""
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
@@ -186,21 +200,22 @@ def _binary_transitions(options: SourceOptions) -> dict[int, Transition]:
 
 
 def _levir_pairs(root: Path, options: SourceOptions) -> Iterator[ChangePair]:
-    before, after = _find_images(root / "A"), _find_images(root / "B")
-    labels = _find_images(root / "label")
+    pairs, _ = folder_pairs(root)  # before images without a label are not pairs
+    labels = image_files(find_label_dir(root) or root / "label")
     if not labels:
-        raise InputError(
-            f"{root}: no label/ folder with change masks (levir-cd layout: A/ B/ label/)"
-        )
-    for stem, label_path in labels.items():
-        if stem not in before or stem not in after:
+        raise InputError(f"{root}: no change masks in the label folder (levir-cd layout)")
+    paired = {pair.label for pair in pairs}
+    for label_path in labels.values():
+        if label_path not in paired:
             raise InputError(f"{root}: label {label_path.name} has no matching A/ and B/ image")
-        label = _read_png(label_path)
+    for pair in pairs:
+        stem = pair.stem
+        label = read_pixels(pair.label, what="label")
         if label.ndim == 3:
             label = label[..., :3].max(axis=2)
         change = (label > 0).astype(np.int32)
-        rgb_a = _rgb(_read_png(before[stem]), before[stem])
-        rgb_b = _rgb(_read_png(after[stem]), after[stem])
+        rgb_a = _rgb(read_pixels(pair.before))
+        rgb_b = _rgb(read_pixels(pair.after))
         _check_shapes(stem, rgb_a.shape[1:], rgb_b.shape[1:], change.shape)
         yield from _chips(
             stem,
@@ -260,7 +275,7 @@ def read_class_table(path: Path) -> tuple[dict[int, str], dict[tuple[int, int, i
 def _class_map(
     path: Path, colours: dict[tuple[int, int, int], int], names: dict[int, str]
 ) -> np.ndarray:
-    array = _read_png(path)
+    array = read_pixels(path, what="class map")
     if array.ndim == 3:
         if not colours:
             raise InputError(f"{path.name} is a colour image but classes.json gives no colours")
@@ -281,9 +296,9 @@ def _class_map(
 
 def _semantic_pairs(root: Path, options: SourceOptions) -> Iterator[ChangePair]:
     names, colours = read_class_table(root / "classes.json")
-    before = _find_images(root / "im1") or _find_images(root / "A")
-    after = _find_images(root / "im2") or _find_images(root / "B")
-    from_maps, to_maps = _find_images(root / "label1"), _find_images(root / "label2")
+    before = image_files(root / "im1") or image_files(root / "A")
+    after = image_files(root / "im2") or image_files(root / "B")
+    from_maps, to_maps = image_files(root / "label1"), image_files(root / "label2")
     if not from_maps:
         raise InputError(f"{root}: no label1/ folder (semantic layout: im1/ im2/ label1/ label2/)")
     class_names = tuple(names[v] for v in sorted(names) if v != 0)
@@ -294,8 +309,8 @@ def _semantic_pairs(root: Path, options: SourceOptions) -> Iterator[ChangePair]:
             )
         from_map = _class_map(from_path, colours, names)
         to_map = _class_map(to_maps[stem], colours, names)
-        rgb_a = _rgb(_read_png(before[stem]), before[stem])
-        rgb_b = _rgb(_read_png(after[stem]), after[stem])
+        rgb_a = _rgb(read_pixels(before[stem]))
+        rgb_b = _rgb(read_pixels(after[stem]))
         _check_shapes(stem, rgb_a.shape[1:], rgb_b.shape[1:], from_map.shape, to_map.shape)
         changed = (from_map != 0) & (to_map != 0) & (from_map != to_map)
         pairs = sorted(
@@ -382,51 +397,16 @@ def _north_up(transform: Affine) -> bool:
     return transform.b == 0 and transform.d == 0 and transform.e < 0
 
 
-def _band_file(folder: Path, band: str) -> Path:
-    matches = sorted(p for p in folder.glob(f"*{band}.tif"))
-    if not matches:
-        raise InputError(f"{folder}: no *{band}.tif band file (oscd layout)")
-    return matches[0]
-
-
-def _read_oscd_date(folder: Path) -> tuple[np.ndarray, Affine, object]:
-    import rasterio
-
-    with rasterio.open(_band_file(folder, "B04")) as src:
-        bands = [src.read(1).astype(np.float32)]
-        transform, crs = src.transform, src.crs
-    for band in ("B03", "B02", "B08"):
-        with rasterio.open(_band_file(folder, band)) as src:
-            bands.append(src.read(1).astype(np.float32))
-    shapes = {b.shape for b in bands}
-    if len(shapes) != 1:
-        raise InputError(f"{folder}: 10 m bands B02/B03/B04/B08 differ in size: {sorted(shapes)}")
-    return np.stack(bands), transform, crs
-
-
 def _oscd_pairs(root: Path, options: SourceOptions) -> Iterator[ChangePair]:
-    import warnings
-
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-
-    cities = sorted(p for p in root.iterdir() if (p / "cm").is_dir() and (p / "imgs_1").is_dir())
+    cities = oscd_cities(root)
     if not cities:
         raise InputError(f"{root}: no city folder with cm/ and imgs_1/ (oscd layout)")
     for city in cities:
-        labels = sorted((city / "cm").glob("*-cm.tif"))
-        if not labels:
-            raise InputError(f"{city}/cm: no <city>-cm.tif label")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(labels[0]) as src:
-                label = src.read(1)
-        values = set(np.unique(label).tolist())
-        # OSCD's tif holds 1 = no change, 2 = change (its README says 0/1); accept both encodings.
-        change = (label == 2) if 2 in values and values <= {1, 2} else (label > 0)
-        before, transform, crs = _read_oscd_date(city / "imgs_1")
-        after, _, _ = _read_oscd_date(city / "imgs_2")
-        _check_shapes(city.name, before.shape[1:], after.shape[1:], label.shape)
+        change = read_oscd_change(city)
+        # red, green, blue and near-infrared: display from the first three, NDVI from 0 and 3
+        before, transform, crs = read_oscd_bands(city / "imgs_1", OSCD_RGB_NIR)
+        after, _, _ = read_oscd_bands(city / "imgs_2", OSCD_RGB_NIR)
+        _check_shapes(city.name, before.shape[1:], after.shape[1:], change.shape)
         if crs is None:
             raise InputError(f"{city.name}: bands have no CRS")
         valid = np.asarray((before > 0).all(axis=0) & (after > 0).all(axis=0))
@@ -441,36 +421,15 @@ def _oscd_pairs(root: Path, options: SourceOptions) -> Iterator[ChangePair]:
             _binary_transitions(options),
             (),
             valid,
-            pixel_areas_m2(transform, crs, label.shape[0]),
+            pixel_areas_m2(transform, crs, change.shape[0]),
             _north_up(transform),
             options.chip_size,
         )
 
 
-def _scene_files(folder: Path) -> tuple[Path, Path, Path]:
-    def one(prefix: str, suffixes: tuple[str, ...]) -> Path:
-        found = sorted(
-            p for p in folder.iterdir() if p.stem == prefix and p.suffix.lower() in suffixes
-        )
-        if not found:
-            raise InputError(f"{folder}: no {prefix}.* file (scenes layout)")
-        return found[0]
-
-    vectors = sorted(p for p in folder.iterdir() if p.suffix.lower() in VECTOR_SUFFIXES)
-    if len(vectors) != 1:
-        raise InputError(f"{folder}: expected exactly one vector file of change polygons")
-    return (
-        one("before", (".tif", ".tiff", ".vrt", ".jp2", ".img")),
-        one("after", (".tif", ".tiff", ".vrt", ".jp2", ".img")),
-        vectors[0],
-    )
-
-
 def _scene_pairs(root: Path, options: SourceOptions) -> Iterator[ChangePair]:
-    import geopandas as gpd
     import rasterio
     from rasterio.enums import Resampling
-    from rasterio.features import rasterize
     from rasterio.vrt import WarpedVRT
     from rasterio.windows import Window
     from rasterio.windows import transform as window_transform
@@ -481,11 +440,8 @@ def _scene_pairs(root: Path, options: SourceOptions) -> Iterator[ChangePair]:
             f"{root}: no scene folders (scenes layout: <scene>/before.tif after.tif …)"
         )
     for folder in folders:
-        before_path, after_path, vector_path = _scene_files(folder)
-        try:
-            polygons = gpd.read_file(vector_path)
-        except Exception as exc:  # noqa: BLE001 - any OGR failure is a bad input file
-            raise InputError(f"cannot read change polygons {vector_path}: {exc}") from exc
+        before_path, after_path, vector_path = find_scene_files(folder)
+        polygons = read_change_polygons(vector_path)
         with rasterio.open(before_path) as src_a, rasterio.open(after_path) as src_b:
             if src_a.crs is None:
                 raise InputError(
@@ -497,8 +453,6 @@ def _scene_pairs(root: Path, options: SourceOptions) -> Iterator[ChangePair]:
                     raise InputError(
                         f"{src.name}: has {src.count} bands, asked for band {max(indexes)}"
                     )
-            if polygons.crs is None:
-                raise InputError(f"{vector_path}: change polygons have no CRS")
             polygons = polygons.to_crs(src_a.crs)
             transitions, codes = _polygon_codes(polygons, options)
             vrt = WarpedVRT(
@@ -519,21 +473,12 @@ def _scene_pairs(root: Path, options: SourceOptions) -> Iterator[ChangePair]:
                     valid = (src_a.read_masks(1, window=window) > 0) & (
                         vrt.read_masks(1, window=window) > 0
                     )
-                    shapes = [
-                        (geom, code)
-                        for geom, code in zip(polygons.geometry, codes, strict=True)
-                        if geom is not None and not geom.is_empty
-                    ]
-                    change = (
-                        rasterize(
-                            shapes,
-                            out_shape=(h, w),
-                            transform=window_transform(window, src_a.transform),
-                            fill=0,
-                            dtype="int32",
-                        )
-                        if shapes
-                        else np.zeros((h, w), dtype=np.int32)
+                    change = rasterize_changes(
+                        polygons.geometry,
+                        (h, w),
+                        window_transform(window, src_a.transform),
+                        codes,
+                        dtype="int32",
                     )
                     name = folder.name if len(windows) == 1 else f"{folder.name}_r{r0}_c{c0}"
                     has_nir = options.nir_band is not None
@@ -595,11 +540,11 @@ def scene_names(root: Path, options: SourceOptions) -> list[str]:
     if not root.is_dir():
         raise InputError(f"input folder not found: {root}")
     if options.layout == "levir-cd":
-        stems = list(_find_images(root / "label"))
+        stems = list(image_files(find_label_dir(root) or root / "label"))
     elif options.layout == "semantic":
-        stems = list(_find_images(root / "label1"))
+        stems = list(image_files(root / "label1"))
     elif options.layout == "oscd":
-        return sorted(p.name for p in root.iterdir() if (p / "cm").is_dir())
+        return [city.name for city in oscd_cities(root)]
     elif options.layout == "scenes":
         return sorted(p.name for p in root.iterdir() if p.is_dir())
     elif options.layout == "synthetic":
