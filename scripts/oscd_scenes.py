@@ -2,7 +2,8 @@
 
 Each city becomes ``<out>/<city>/before.tif`` and ``after.tif`` (bands B04, B03, B02, uint16, the
 10 m grid of the city's band files, EPSG:4326) and ``changes.gpkg``: the polygons of the OSCD change
-map (value 2; the map is pixel-aligned with the 10 m bands) with a ``query`` attribute. Scoring such
+map (value 2; the map is pixel-aligned with the 10 m bands) with a ``query`` attribute. The city is
+read with :mod:`mtrs_geo.layouts`, as training and CRAFT read it. Scoring such
 a folder runs the full engine (tiling, stitching) against the rasterized polygons::
 
     .venv/bin/python scripts/oscd_scenes.py runs/geo --city bordeaux
@@ -20,13 +21,10 @@ import rasterio
 from rasterio.features import shapes
 from shapely.geometry import shape
 
+from mtrs_geo.layouts import OSCD_DATES, OSCD_RGB, oscd_cities, read_oscd_bands, read_oscd_change
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "oscd"
-BANDS = ("B04", "B03", "B02")
 QUERY = "new buildings and roads"  # OSCD's changes are urban: new buildings and new roads
-
-
-def _band(folder: Path, band: str) -> Path:
-    return sorted(folder.glob(f"*{band}.tif"))[0]
 
 
 def write_scene(city: Path, out: Path) -> Path:
@@ -34,24 +32,20 @@ def write_scene(city: Path, out: Path) -> Path:
     scene = out / city.name
     scene.mkdir(parents=True, exist_ok=True)
     profile: dict[str, object] = {}
-    for date, name in (("imgs_1", "before.tif"), ("imgs_2", "after.tif")):
-        layers = []
-        for band in BANDS:
-            with rasterio.open(_band(city / date, band)) as src:
-                layers.append(src.read(1))
-                profile = {
-                    "driver": "GTiff",
-                    "width": src.width,
-                    "height": src.height,
-                    "count": len(BANDS),
-                    "dtype": "uint16",
-                    "crs": src.crs,
-                    "transform": src.transform,
-                }
+    for date, name in zip(OSCD_DATES, ("before.tif", "after.tif"), strict=True):
+        bands, transform, crs = read_oscd_bands(city / date, OSCD_RGB)
+        profile = {
+            "driver": "GTiff",
+            "width": bands.shape[2],
+            "height": bands.shape[1],
+            "count": len(OSCD_RGB),
+            "dtype": "uint16",
+            "crs": crs,
+            "transform": transform,
+        }
         with rasterio.open(scene / name, "w", **profile) as dst:  # type: ignore[arg-type]
-            dst.write(np.stack(layers).astype(np.uint16))
-    with rasterio.open(sorted((city / "cm").glob("*-cm.tif"))[0]) as src:
-        change = (src.read(1) == 2).astype(np.uint8)
+            dst.write(bands.astype(np.uint16))  # the bands' own uint16 values
+    change = read_oscd_change(city).astype(np.uint8)
     polygons = [
         shape(geometry)
         for geometry, value in shapes(change, mask=change > 0, transform=profile["transform"])
@@ -69,7 +63,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--city", action="append", help="city name (repeatable; default: all)")
     args = parser.parse_args()
-    cities = args.city or sorted(p.name for p in SHARED.iterdir() if (p / "cm").is_dir())
+    cities = args.city or [city.name for city in oscd_cities(SHARED)]
     for name in cities:
         print(write_scene(SHARED / name, args.out))
 

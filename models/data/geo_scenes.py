@@ -4,7 +4,8 @@
 the two images share, on the before image's grid, so torchgeo's samplers (``RandomGeoSampler``
 for training, ``GridGeoSampler`` for evaluation) draw chips from it. Each chip reads both dates
 through a ``WarpedVRT`` onto the chip's grid, stretches them with scene-wide statistics (as the
-engine does) and rasterizes the reference polygons of the chip's query on the fly.
+engine does) and rasterizes the reference polygons of the chip's query on the fly (the polygons
+are read and burnt by :mod:`mtrs_geo.layouts`, as for every scene reader).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import pandas as pd
 import rasterio
 import shapely
 from rasterio.enums import Resampling
-from rasterio.features import rasterize
 from rasterio.transform import from_origin
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
@@ -28,6 +28,7 @@ from torchgeo.datasets import GeoDataset
 from torchgeo.samplers import GridGeoSampler, RandomGeoSampler
 
 from mtrs_geo.errors import InputError
+from mtrs_geo.layouts import rasterize_changes, read_change_polygons
 from mtrs_geo.models.data.sample import Sample, Transform, make_sample
 from mtrs_geo.normalize import BandStats, band_stats, percentile_stretch
 
@@ -101,10 +102,7 @@ class GeoScenePairDataset(GeoDataset):
             geometry=[footprint],
             crs=crs,
         )
-        polygons = gpd.read_file(self.labels_path)
-        if polygons.crs is None:
-            raise InputError(f"{self.labels_path} has no CRS")
-        polygons = polygons.to_crs(crs)
+        polygons = read_change_polygons(self.labels_path, crs)
         if text_field is not None:
             if text_field not in polygons.columns:
                 raise InputError(
@@ -155,12 +153,7 @@ class GeoScenePairDataset(GeoDataset):
         text = self.chip_query(x.start, y.start)
         box = shapely.box(x.start, y.start, x.stop, y.stop)
         chosen = self.polygons[self.polygons["_text"] == text] if text else self.polygons
-        shapes = [g for g in chosen.geometry.intersection(box) if g is not None and not g.is_empty]
-        mask = (
-            rasterize(shapes, out_shape=(height, width), transform=grid, dtype="uint8")
-            if shapes
-            else np.zeros((height, width), np.uint8)
-        )
+        mask = rasterize_changes(chosen.geometry.intersection(box), (height, width), grid)
         sample = make_sample(
             before,
             after,
