@@ -212,6 +212,12 @@ def main() -> None:
         help="parameter-name prefixes kept frozen (default: the ImageNet backbone)",
     )
     parser.add_argument(
+        "--no-train",
+        action="store_true",
+        help="take the language stage's existing result (WORK/language/final) as it is: "
+        "evaluate it, write the checkpoint and the README tables",
+    )
+    parser.add_argument(
         "--evaluate-only",
         action="store_true",
         help="only benchmark the bundled checkpoint and rewrite the README's tables",
@@ -227,7 +233,7 @@ def main() -> None:
         update_readme(work)
         return
     base = args.base.resolve() if args.base else base_stages(work, crafted, args)
-    final = language_stage(work, base, args)
+    final = work / "language" / "final" if args.no_train else language_stage(work, base, args)
     evaluate(work, crafted, final, str(final), args)
     write_checkpoint(work, base, final, args.out.resolve(), time.time() - started)
     update_readme(work)
