@@ -306,6 +306,9 @@ def write_checkpoint(work: Path, base: Path, final: Path, out: Path, seconds: fl
 
     stages = _base_summaries(base, work)
     language = _training_summary(work / "language")
+    # log.csv's seconds count every resumed invocation; training.json only the last one.
+    rows = (work / "language" / "log.csv").read_text().strip().splitlines()
+    language["seconds"] = round(float(rows[-1].split(",")[4]))
     board = json.loads((work / "leaderboard.json").read_text())
     language_board = json.loads((work / "language_board" / "language.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
@@ -342,7 +345,8 @@ def write_checkpoint(work: Path, base: Path, final: Path, out: Path, seconds: fl
   triplets of real pairs): {s2["steps"]} steps in {s2["seconds"]} s.
 - Stage 3 (language: classes, directions, places, no-target): {language["steps"]} steps of 8
   crops of 192 px in {language["seconds"]} s, last loss {language["last_loss"]:.4f}
-  (stopped early by its time cap: {language["stopped_early"]}); recipe in language.yaml.
+  (stopped early by its time cap: {language["stopped_early"]}), resumed across interruptions;
+  recipe in language.yaml.
 - Hardware: CPU only (2 cores shared with other work), no GPU.
 - Reproduce: `.venv/bin/python scripts/train_bundled.py` (resumable; `--base DIR` skips stages
   1-2); the tables: `.venv/bin/python scripts/train_bundled.py --evaluate-only`.
