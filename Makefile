@@ -25,9 +25,10 @@ demo: $(STAMP)
 	$(VENV)/bin/mtrs detect $(OUT)/sample/before.tif $(OUT)/sample/after.tif -q "any change" \
 		--model cva --min-area 3600 -o $(OUT)/demo_changes.geojson \
 		--mask-out $(OUT)/demo_probability.tif --json
-	$(VENV)/bin/mtrs detect $(OUT)/sample/before.tif $(OUT)/sample/after.tif -q "new buildings" \
-		--model mtrefseg-r1 --bands 3,2,1 --min-area 3600 -o $(OUT)/demo_new_buildings.geojson --json
-	@echo "Wrote $(OUT)/demo_changes.geojson, $(OUT)/demo_probability.tif, $(OUT)/demo_new_buildings.geojson"
+	$(VENV)/bin/mtrs detect $(OUT)/sample/before.tif $(OUT)/sample/after.tif \
+		-q "new buildings and roads" --model mtrefseg-r1 --bands 3,2,1 --min-area 3600 \
+		-o $(OUT)/demo_new_buildings_and_roads.geojson --json
+	@echo "Wrote $(OUT)/demo_changes.geojson, $(OUT)/demo_probability.tif, $(OUT)/demo_new_buildings_and_roads.geojson"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mtrs_geo models cli tests benchmarks scripts qgis_plugin

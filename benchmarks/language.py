@@ -284,7 +284,8 @@ def markdown(results: list[dict[str, object]]) -> str:
     ]
     roof_lines = ["| model | query ~ roofs | IoU |", "| --- | --- | ---: |"]
     for result in results:
-        name = Path(str(result["model"])).name
+        model = str(result["model"])
+        name = "mtrefseg-r1" if Path(model).is_dir() else model
         if result["set"] == "roofs":
             for key, value in result["iou"].items():  # type: ignore[attr-defined]
                 roof_lines.append(f"| {name} | {key} | {value:.1f} |")

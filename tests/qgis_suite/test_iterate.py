@@ -161,7 +161,7 @@ def test_six_band_sample_runs_with_mtrefseg_from_the_dialog_defaults(
         BEFORE=scenes["sample_before"],
         AFTER=scenes["sample_after"],
         MODEL="mtrefseg-r1",
-        QUERY="new buildings",
+        QUERY="new buildings and roads",  # 30 m Landsat: the medium-resolution class
         OUTPUT=str(output),
     )
     results, feedback = run_and_load(parameters)
