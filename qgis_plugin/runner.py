@@ -187,6 +187,30 @@ def _pump(stream: IO[str], sink: queue.Queue[tuple[str, str | None]], name: str)
         sink.put((name, None))
 
 
+def start_cli(command: list[str], stdin: int) -> subprocess.Popen[str]:
+    """Start the mtrs CLI with text pipes for its output (and ``stdin``) in the plugin's env.
+
+    Raises:
+        RunFailed: it cannot start.
+
+    """
+    try:
+        return subprocess.Popen(
+            command,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+            env=child_environment(),
+            **_popen_kwargs(),
+        )
+    except OSError as exc:
+        raise RunFailed(f"cannot start {command[0]}: {exc.strerror or exc}") from exc
+
+
 def _popen_kwargs() -> dict[str, Any]:
     """Start the CLI in its own process group so a cancel reaches every process it started."""
     if sys.platform == "win32":
@@ -311,22 +335,7 @@ def run_cli(
             replaced are as they were.
 
     """
-    command = [executable, *request.cli_args()]
-    try:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            bufsize=1,
-            env=child_environment(),
-            **_popen_kwargs(),
-        )
-    except OSError as exc:
-        raise RunFailed(f"cannot start {executable}: {exc.strerror or exc}") from exc
+    process = start_cli([executable, *request.cli_args()], stdin=subprocess.DEVNULL)
 
     with process:  # closes the pipes whatever happens
         error, summary, stderr_tail = _follow(process, progress, log, is_cancelled)

@@ -28,10 +28,9 @@ from .runner import (
     RunCancelled,
     RunFailed,
     RunSummary,
-    _popen_kwargs,
-    child_environment,
     parse_event,
     progress_percent,
+    start_cli,
     summary_from_json,
 )
 
@@ -92,21 +91,7 @@ class EngineWorker:
         self.stop()
         self._events = queue.Queue()
         self._stderr = []
-        try:
-            self.process = subprocess.Popen(
-                [self.executable, "serve", "--stdio"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-                bufsize=1,
-                env=child_environment(),
-                **_popen_kwargs(),
-            )
-        except OSError as exc:
-            raise RunFailed(f"cannot start {self.executable}: {exc.strerror or exc}") from exc
+        self.process = start_cli([self.executable, "serve", "--stdio"], stdin=subprocess.PIPE)
         self.starts += 1
         assert self.process.stdout is not None and self.process.stderr is not None
         for target, args in (
