@@ -315,9 +315,6 @@ def main() -> None:
     parser.add_argument("--sets", default="synthetic,real,roofs", help="comma-separated subset")
     args = parser.parse_args()
     started = time.time()
-    import torch
-
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     sets = set(args.sets.split(","))
     synthetic = synthetic_cases(args.pairs, args.seed) if "synthetic" in sets else []
     real = real_cases() if "real" in sets else []

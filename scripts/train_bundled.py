@@ -228,20 +228,17 @@ def main() -> None:
 
     crafted = craft(work, args.seed)
     if args.evaluate_only:
-        out = args.out.resolve()
-        evaluate(work, crafted, out, "mtrefseg-r1", args)
+        evaluate(work, crafted, "mtrefseg-r1", args)
         update_readme(work)
         return
     base = args.base.resolve() if args.base else base_stages(work, crafted, args)
     final = work / "language" / "final" if args.no_train else language_stage(work, base, args)
-    evaluate(work, crafted, final, str(final), args)
+    evaluate(work, crafted, str(final), args)
     write_checkpoint(work, base, final, args.out.resolve(), time.time() - started)
     update_readme(work)
 
 
-def evaluate(
-    work: Path, crafted: dict[str, Path], folder: Path, spec: str, args: argparse.Namespace
-) -> None:
+def evaluate(work: Path, crafted: dict[str, Path], spec: str, args: argparse.Namespace) -> None:
     """Run the leaderboard (CRAFT held-out splits) and the language benchmark of a checkpoint."""
     models = ["cva", f"mtrefseg-r1@any={spec}@any", f"mtrefseg-r1={spec}"]
     leaderboard(work, crafted, models, args.eval_size)

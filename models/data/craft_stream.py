@@ -149,7 +149,6 @@ class CraftStreamDataset(Dataset[Sample]):
     def __init__(self, donors: Donors, options: StreamOptions | None = None, seed: int = 0):
         self.options = options or StreamOptions()
         self.seed = seed
-        self.donors = donors
         self.bank = donors.bank
         self.grounds = _by_source(donors.grounds, lambda g: g.scene)
         self.pairs = _by_source(donors.pairs, lambda p: p.scene)

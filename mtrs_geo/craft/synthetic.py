@@ -465,7 +465,7 @@ def synthetic_pairs(
     seed: int,
     options: SyntheticOptions | None = None,
 ) -> Iterator[ChangePair]:
-    """``count`` generated pairs over the ``(scene, image)`` grounds, reproducible by ``seed``."""
+    """``count`` generated pairs over the given grounds, reproducible by ``seed``."""
     options = options or SyntheticOptions()
     for number in range(count):
         rng = np.random.default_rng((seed, number))
