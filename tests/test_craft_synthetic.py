@@ -262,3 +262,16 @@ def test_expressions_are_picked_per_kind_not_per_candidate() -> None:
     share = np.mean([p is not None and p.kind == "no_target" for p in picks])
     expected = KIND_WEIGHTS["no_target"] / (KIND_WEIGHTS["no_target"] + KIND_WEIGHTS["direction"])
     assert abs(share - expected) < 0.05
+
+
+def test_stream_weighs_real_donors_by_real_weights() -> None:
+    from types import SimpleNamespace
+
+    from mtrs_geo.models.data.craft_stream import _odds
+
+    pairs = [SimpleNamespace(scene=f"{donor}/{i}") for donor in ("levir-cd", "oscd") for i in range(3)]
+    pairs += [SimpleNamespace(scene="dsifn-cd/0")]
+    assert _odds(pairs, {}).tolist() == pytest.approx([1 / 3] * 3)  # donors weigh equally
+    assert _odds(pairs, {"oscd": 3.0}).tolist() == pytest.approx([0.2, 0.2, 0.6])
+    with pytest.raises(ValueError, match="ombria"):
+        _odds(pairs, {"ombria-s2": 2.0})

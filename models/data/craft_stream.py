@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -68,6 +68,8 @@ class StreamOptions:
         plain_ground_share: share of synthetic pairs drawn over a procedural plain ground.
         swap_dates: share of pairs whose dates are swapped (directions reversed with them).
         length: nominal dataset length (distinct items before the stream repeats).
+        real_weights: relative weight of a donor folder's real pairs (default 1 each, so donors
+            weigh equally whatever their number of pairs), e.g. ``{"oscd": 3.0}``.
 
     """
 
@@ -76,6 +78,7 @@ class StreamOptions:
     plain_ground_share: float = 0.12
     swap_dates: float = 0.5
     length: int = 1_000_000
+    real_weights: dict[str, float] = field(default_factory=dict)
 
 
 def crop_pair(pair: ChangePair, size: int, rng: np.random.Generator) -> ChangePair:
@@ -152,6 +155,7 @@ class CraftStreamDataset(Dataset[Sample]):
         self.bank = donors.bank
         self.grounds = _by_source(donors.grounds, lambda g: g.scene)
         self.pairs = _by_source(donors.pairs, lambda p: p.scene)
+        self.pair_odds = _odds(donors.pairs, self.options.real_weights)
         self.synthetic = SyntheticOptions()
 
     @classmethod
@@ -175,7 +179,7 @@ class CraftStreamDataset(Dataset[Sample]):
                 ground = grounds[int(rng.integers(len(grounds)))]
             pair = compose_pair(ground, self.bank, rng, self.synthetic, f"stream_{index}")
         else:
-            pairs = self.pairs[int(rng.integers(len(self.pairs)))]
+            pairs = self.pairs[int(rng.choice(len(self.pairs), p=self.pair_odds))]
             pair = pairs[int(rng.integers(len(pairs)))]
         pair = crop_pair(pair, self.options.size, rng)
         if rng.random() < self.options.swap_dates:
@@ -205,6 +209,18 @@ class CraftStreamDataset(Dataset[Sample]):
             f"{pair.name}#{index}",
             text=text,
         )
+
+
+def _odds(pairs: list[ChangePair], weights: dict[str, float]) -> np.ndarray:
+    """Probability of each donor group of :func:`_by_source` (in its order) under ``weights``."""
+    names = sorted({pair.scene.split("/")[0] for pair in pairs})
+    unknown = set(weights) - set(names)
+    if pairs and unknown:
+        raise ValueError(f"real_weights names donors without pairs here: {sorted(unknown)}")
+    odds = np.array([float(weights.get(name, 1.0)) for name in names])
+    if (odds < 0).any() or (names and odds.sum() <= 0):
+        raise ValueError("real_weights must be non-negative and not all zero")
+    return odds / odds.sum() if names else odds
 
 
 def _by_source(items: list[T], scene_of: Callable[[T], str]) -> list[list[T]]:

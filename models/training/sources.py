@@ -67,6 +67,7 @@ def craft_stream(source: dict[str, Any], seed: int) -> Dataset[Sample]:
         synthetic_share=float(source.get("synthetic_share", defaults.synthetic_share)),
         swap_dates=float(source.get("swap_dates", defaults.swap_dates)),
         length=int(source.get("length", defaults.length)),
+        real_weights={str(k): float(v) for k, v in dict(source.get("real_weights", {})).items()},
     )
     split = str(source.get("split", "train"))
     return CraftStreamDataset.from_root(Path(source["root"]), split, options, seed)
