@@ -269,7 +269,9 @@ def test_stream_weighs_real_donors_by_real_weights() -> None:
 
     from mtrs_geo.models.data.craft_stream import _odds
 
-    pairs = [SimpleNamespace(scene=f"{donor}/{i}") for donor in ("levir-cd", "oscd") for i in range(3)]
+    pairs = [
+        SimpleNamespace(scene=f"{donor}/{i}") for donor in ("levir-cd", "oscd") for i in range(3)
+    ]
     pairs += [SimpleNamespace(scene="dsifn-cd/0")]
     assert _odds(pairs, {}).tolist() == pytest.approx([1 / 3] * 3)  # donors weigh equally
     assert _odds(pairs, {"oscd": 3.0}).tolist() == pytest.approx([0.2, 0.2, 0.6])
