@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from mtrs_geo.probability_raster import MASK_NODATA, PROBABILITY_BLOCK, PROBABILITY_NODATA
 from mtrs_geo.write import (
-    MASK_NODATA,
-    PROBABILITY_NODATA,
     StagedOutputs,
     _cog_options,
     _fsync,
@@ -164,8 +163,8 @@ def write_band_cog(
                 "dtype": dtype,
                 "nodata": MASK_NODATA if binary else PROBABILITY_NODATA,
                 "tiled": True,
-                "blockxsize": 512,
-                "blockysize": 512,
+                "blockxsize": PROBABILITY_BLOCK,
+                "blockysize": PROBABILITY_BLOCK,
                 "compress": "zstd",
                 "zstd_level": 1,
                 "interleave": "band",

@@ -1,15 +1,16 @@
-"""Blend overlapping tile predictions into the on-disk probability raster.
+"""Blend overlapping tile predictions into finished rows of probabilities.
 
 Tiles arrive panel by panel (runs of whole tile columns, :func:`mtrs_geo.grid.panel_layout`), in
 row-major order within a panel. The stitcher keeps a rolling strip of weighted sums one tile high
-and one panel wide; once no later tile can touch a row, the row is divided by its weight and written
-out (to the raster file, and to a callback such as the streaming vectorizer). The columns a panel
-shares with the next (the tile overlap) keep their weighted sums, for every row, until the next
-panel adds its tiles there: blending across panels is the same as within one. A full-scene array
-never exists in memory, and the strip's size does not grow with the scene's width.
+and one panel wide; once no later tile can touch a row, the row is divided by its weight and handed
+on: to a callback (the streaming vectorizer) and, when the run writes a mask raster, to the
+temporary probability GeoTIFF. The columns a panel shares with the next (the tile overlap) keep
+their weighted sums, for every row, until the next panel adds its tiles there: blending across
+panels is the same as within one. A full-scene array never exists in memory, and the strip's size
+does not grow with the scene's width.
 
-The probability raster is a single-band float32 GeoTIFF on the common grid (tiled 512 x 512, ZSTD),
-values in [0, 1], nodata ``-1.0`` where no valid pixel was predicted.
+The rows are float32 probabilities in [0, 1] on the common grid, nodata where no valid pixel was
+predicted (:mod:`mtrs_geo.probability_raster`: the nodata value, the file's blocks and profile).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from rasterio.windows import Window
 
 from mtrs_geo.grid import Grid, Panel
 
-PROBABILITY_NODATA = -1.0
-PROBABILITY_BLOCK = 512
+# PROBABILITY_BLOCK stays importable from here for pipeline.py (its home: probability_raster).
+from mtrs_geo.probability_raster import PROBABILITY_BLOCK as PROBABILITY_BLOCK
+from mtrs_geo.probability_raster import PROBABILITY_NODATA, probability_profile
 
 
 def blend_weights(tile_size: int, overlap: int) -> np.ndarray:
@@ -43,28 +45,6 @@ def blend_weights(tile_size: int, overlap: int) -> np.ndarray:
         ramp[:taper] = rise
         ramp[tile_size - taper :] = rise[::-1]
     return np.outer(ramp, ramp).astype(np.float32)
-
-
-def probability_profile(grid: Grid) -> dict[str, object]:
-    """Creation options of the probability raster on ``grid``."""
-    profile: dict[str, object] = {
-        "driver": "GTiff",
-        "width": grid.width,
-        "height": grid.height,
-        "count": 1,
-        "dtype": "float32",
-        "crs": grid.crs,
-        "transform": grid.transform,
-        "nodata": PROBABILITY_NODATA,
-        # A temporary file: ZSTD level 1 costs little CPU (deflate took half the stitching time on
-        # noisy probabilities). A GDAL without ZSTD warns and writes it uncompressed.
-        "compress": "zstd",
-        "zstd_level": 1,
-        "BIGTIFF": "IF_SAFER",
-    }
-    if grid.width >= PROBABILITY_BLOCK or grid.height >= PROBABILITY_BLOCK:
-        profile.update(tiled=True, blockxsize=PROBABILITY_BLOCK, blockysize=PROBABILITY_BLOCK)
-    return profile
 
 
 class StripStitcher:

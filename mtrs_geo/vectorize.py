@@ -1,13 +1,16 @@
-"""Block-wise polygonization of the probability raster, with shapes cut by block edges merged.
+"""Strip-wise polygonization of the stitched probabilities, with shapes cut by strip edges merged.
 
-The raster is read in strips of whole rows, so memory follows the raster's width, not its area. In
-each strip the changed pixels (probability >= threshold, never nodata) are labelled into 4-connected
-components and each label is polygonized with :func:`rasterio.features.shapes` in exact pixel
-coordinates (integers, so the pieces of one region share their cut edges exactly). Pieces that touch
-across a strip boundary are joined (connected components of a small graph per strip); a region is
-finished, unioned and emitted as soon as none of its pieces lies on the last row read. The finished
-polygon is then mapped to the raster's CRS with its affine transform. Each polygon carries the mean
-probability of its pixels (sums and counts add up across pieces).
+The engine hands each run of finished rows to :class:`StreamingVectorizer`, which gathers them into
+strips of whole rows (:func:`strip_bounds`): memory follows the panel's width, not the scene's area,
+and no probability raster is read back. In each strip the changed pixels (probability >= threshold,
+never nodata) are labelled into 4-connected components and each label is polygonized with
+:func:`rasterio.features.shapes` in exact pixel coordinates (integers, so the pieces of one region
+share their cut edges exactly). Pieces that touch across a strip boundary are joined (connected
+components of a small graph per strip, :class:`RegionMerger`); a region is finished, unioned and
+emitted as soon as none of its pieces lies on the last row seen. Regions cut by a panel seam are
+joined when the panel right of it is done (:func:`join_at_seam`). The finished polygons are then
+mapped to the grid's CRS with its affine transform. Each polygon carries the mean probability of
+its pixels (sums and counts add up across pieces).
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ from scipy.sparse.csgraph import connected_components
 
 from mtrs_geo.areas import valid_polygons
 from mtrs_geo.grid import Panel
+from mtrs_geo.probability_raster import PROBABILITY_NODATA
 
 # 4-connectivity, the same rule as ``rasterio.features.shapes(connectivity=4)``.
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 # Strips hold about this many pixels (~20 B/px while labelling): memory follows the width only.
 _STRIP_PIXELS = 2 * 1024 * 1024
-PROBABILITY_NODATA = -1.0
 # Empty columns wider than this split a strip into separately polygonized column ranges.
 _MIN_COLUMN_GAP = 32
 
@@ -351,12 +354,12 @@ def _subset(regions: list[Region], keep: np.ndarray) -> list[Region]:
 class StreamingVectorizer:
     """Polygonizes a probability raster from its rows as they are produced, top to bottom.
 
-    Gives the same table as :func:`polygons_from_probability` on the finished raster (written
-    with blocks ``block_height`` rows high) without reading it back: rows are gathered into the
-    same strips (:func:`strip_bounds`), so memory is one strip. With ``panels`` the rows come panel
-    by panel (each panel's own columns, top to bottom); regions cut by a panel seam are joined
-    when the panel right of it is done (:func:`join_at_seam`): the same regions, in another order.
-    With ``min_pixels``, the regions of that table with at least so many pixels.
+    The rows are gathered into the strips a re-read of the finished raster (written with blocks
+    ``block_height`` rows high) would use (:func:`strip_bounds`), so the table is the one
+    :func:`iter_regions` gives on that re-read, and memory is one strip. With ``panels`` the rows
+    come panel by panel (each panel's own columns, top to bottom); regions cut by a panel seam are
+    joined when the panel right of it is done (:func:`join_at_seam`): the same regions, in another
+    order. With ``min_pixels``, the regions of that table with at least so many pixels.
 
     Args:
         width: raster width (pixels).
@@ -366,8 +369,8 @@ class StreamingVectorizer:
         threshold: probability at or above which a pixel is changed.
         block_height: block height of the raster file the result must match.
         nodata: the probability nodata value.
-        block_rows: rows per strip; ``None`` picks about 2 Mpx per strip, as
-            :func:`polygons_from_probability` does.
+        block_rows: rows per strip; ``None`` picks about 2 Mpx per strip
+            (:func:`default_block_rows` of the widest panel).
         panels: the column panels rows come in (:func:`mtrs_geo.grid.panel_layout`); ``None``:
             one panel as wide as the raster.
         min_pixels: regions of fewer pixels are dropped as soon as they are finished (a region
@@ -473,7 +476,7 @@ class StreamingVectorizer:
         yield from _subset(regions, large | on_seam)
 
     def result(self) -> gpd.GeoDataFrame:
-        """Return the polygons as :func:`polygons_from_probability` does (all rows must be in)."""
+        """Return the polygon table (:func:`region_table`); every row of every panel must be in."""
         if self._panel + 1 != len(self.panels) or self._row != self.height:
             raise ValueError(f"only {self._row} of {self.height} rows of the last panel were added")
         self._close_panel()

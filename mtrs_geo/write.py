@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from mtrs_geo.errors import InputError, MtrsError, OutputError
+from mtrs_geo.probability_raster import MASK_NODATA, PROBABILITY_BLOCK, PROBABILITY_NODATA
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -45,8 +46,6 @@ RASTER_EXTENSIONS = (".tif", ".tiff")
 # Files that make up one shapefile besides the .shp itself.
 _SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".shp.xml")
 ATTRIBUTE_COLUMNS = ("id", "query", "model", "area_m2", "mean_score", "before", "after")
-MASK_NODATA = 255
-PROBABILITY_NODATA = -1.0
 SCRATCH_PREFIX = ".mtrs-run-"
 # Where the owner of a scratch folder cannot be asked whether it still runs (another machine on a
 # shared folder, or no process check on this system), its folder counts as stale after this long.
@@ -466,7 +465,7 @@ def _cog_options(dtype: str) -> dict[str, str]:
     return {
         "COMPRESS": "DEFLATE",
         "PREDICTOR": "YES" if dtype == "float32" else "NO",
-        "BLOCKSIZE": "512",
+        "BLOCKSIZE": str(PROBABILITY_BLOCK),
         "OVERVIEWS": "AUTO",
         "OVERVIEW_RESAMPLING": "NEAREST" if dtype == "uint8" else "AVERAGE",
         "BIGTIFF": "IF_SAFER",
@@ -508,8 +507,8 @@ def _binary_mask_tiff(prob_path: Path, dst: Path, threshold: float) -> None:
             "dtype": "uint8",
             "nodata": MASK_NODATA,
             "tiled": True,
-            "blockxsize": 512,
-            "blockysize": 512,
+            "blockxsize": PROBABILITY_BLOCK,
+            "blockysize": PROBABILITY_BLOCK,
             "compress": "deflate",
             "BIGTIFF": "IF_SAFER",
         }

@@ -15,7 +15,8 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from mtrs_geo.vectorize import PROBABILITY_NODATA, default_block_rows, iter_regions, region_table
+from mtrs_geo.probability_raster import PROBABILITY_NODATA
+from mtrs_geo.vectorize import default_block_rows, iter_regions, region_table
 
 
 def _strips(

@@ -11,7 +11,8 @@ from scenes import ImageSpec, make_pair
 from mtrs_geo.config import DetectConfig
 from mtrs_geo.grid import Grid, panel_layout, tile_windows
 from mtrs_geo.pipeline import detect
-from mtrs_geo.stitch import PROBABILITY_NODATA, StripStitcher, blend_weights
+from mtrs_geo.probability_raster import PROBABILITY_NODATA
+from mtrs_geo.stitch import StripStitcher, blend_weights
 
 
 def make_grid(width: int, height: int) -> Grid:
