@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mtrs_geo.device import autocast_context
 from mtrs_geo.errors import ModelError
 from mtrs_geo.model_api import ChangeModel, ModelInfo
 from mtrs_geo.models.loading import quiet_loading
 from mtrs_geo.models.text import is_any_change
+from mtrs_geo.padding import pad_tile
 from mtrs_geo.torch_model import TorchChangeModel
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ class MTRefSegChangeModel(TorchChangeModel):
         return output.probabilities()[:, :height, :width].float().clamp(0.0, 1.0)
 
     def _pair(self, before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        """Both dates in one channels-last batch, padded to the smallest tile; the tiles' size."""
+        """Both dates in one channels-last batch, mirror-padded to the smallest tile; their size."""
         bands = self.model.config.in_channels
         if before.ndim != 4 or before.shape[1] != bands or after.shape != before.shape:
             raise ModelError(
@@ -211,10 +211,8 @@ class MTRefSegChangeModel(TorchChangeModel):
                 f"{tuple(before.shape)} and {tuple(after.shape)}"
             )
         height, width = before.shape[-2:]
-        pad_h, pad_w = max(MIN_TILE - height, 0), max(MIN_TILE - width, 0)
         pair = torch.cat([before, after], 0).float()  # already on the device (the base class)
-        if pad_h or pad_w:
-            pair = F.pad(pair, (0, pad_w, 0, pad_h), mode="replicate")
+        pair = pad_tile(pair, max(MIN_TILE, height), max(MIN_TILE, width))
         return pair.contiguous(memory_format=torch.channels_last), int(height), int(width)
 
 

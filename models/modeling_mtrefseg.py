@@ -2,8 +2,8 @@
 
 Data flow for a batch of tile pairs ``(B, C, H, W)`` (percentile-stretched to [0, 1] by the engine):
 
-1. pad to a multiple of 32 (reflection), ImageNet mean/std, one shared backbone over both dates
-   -> four levels (strides 4, 8, 16, 32);
+1. ImageNet mean/std, pad to a multiple of 32 (mirrored, :mod:`mtrs_geo.padding`), one shared
+   backbone over both dates -> four levels (strides 4, 8, 16, 32);
 2. a bi-temporal fusion block per level (signed difference by default; optional cross-temporal
    attention for imperfect co-registration);
 3. the language branch: words and a query from the sentence encoder (or the LLM's ``[SEG]`` token);
@@ -31,6 +31,7 @@ from mtrs_geo.models.decoder import MaskDecoder, PixelDecoder
 from mtrs_geo.models.fusion import BiTemporalFusion, CrossTemporalAttention
 from mtrs_geo.models.losses import referring_change_loss
 from mtrs_geo.models.text import PixelWordAttention, TextBranch, TextEmbeds
+from mtrs_geo.padding import pad_tile
 
 MIN_SIZE = 32
 PAD_MULTIPLE = STRIDES[-1]
@@ -80,7 +81,7 @@ class PairFeatures:
         before_coarse: the coarsest projected before features (the LLM's image tokens).
         after_coarse: the coarsest projected after features.
         size: ``(H, W)`` of the input tiles, pixels.
-        pad: ``(pad_h, pad_w)`` reflection padding added to reach a multiple of 32, pixels.
+        pad: ``(pad_h, pad_w)`` mirror padding added to reach a multiple of 32, pixels.
 
     """
 
@@ -287,8 +288,7 @@ class MTRefSegR1(MTRefSegR1PreTrainedModel):
         batch, _, height, width = image_a.shape
         pad_h, pad_w = (-height) % PAD_MULTIPLE, (-width) % PAD_MULTIPLE
         both = self._normalize(torch.cat([image_a, image_b], 0))
-        if pad_h or pad_w:
-            both = F.pad(both, (0, pad_w, 0, pad_h), mode="reflect")
+        both = pad_tile(both, height + pad_h, width + pad_w)
         levels = self.backbone(both)
 
         fused, before_coarse, after_coarse = [], None, None

@@ -1,10 +1,12 @@
 """The tile stream: a prefetching reader that feeds normalized, batched tiles to the model.
 
-A background thread opens its own dataset handles, reads the windows of both images in row-major
-order and puts them, in the images' own dtypes, into a bounded queue (``prefetch`` tiles), so
-reading overlaps the model's compute. Windows where no pixel is valid in both images are skipped
-(and counted). The main thread normalizes the tiles straight into the batch's float32 arrays: the
-reader thread, which already spends most of its time in GDAL, stays as short as the bare reads.
+A background thread opens its own dataset handles, reads the windows of both images in the order
+given (the pipeline's: panel by panel, row-major within a panel) and puts them, in the images' own
+dtypes, into a bounded queue (``prefetch`` tiles), so reading overlaps the model's compute. Windows
+where no pixel is valid in both images are skipped (and counted). The main thread normalizes the
+tiles straight into the batch's float32 arrays, invalid pixels 0 and short edge tiles mirror-padded
+(:mod:`mtrs_geo.padding`): the reader thread, which already spends most of its time in GDAL, stays
+as short as the bare reads.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rasterio.windows import Window
 from mtrs_geo.align import AlignedReader
 from mtrs_geo.grid import Grid, RunSize, check_run_size, check_tiling, panel_layout, run_size
 from mtrs_geo.normalize import BandStats, percentile_stretch
+from mtrs_geo.padding import pad_tile
 from mtrs_geo.read import RasterInfo
 
 # How long the reader thread waits on a full queue before checking whether it was stopped (seconds).
@@ -61,7 +64,8 @@ def prepare_tile(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Normalize a window pair, zero its invalid pixels, mirror-pad it to ``tile_size``.
 
-    Returns ``(before (C, T, T), after (C, T, T), valid (T, T))``; padding is invalid.
+    Returns ``(before (C, T, T), after (C, T, T), valid (T, T))``; the padding
+    (:func:`mtrs_geo.padding.pad_tile`) is invalid. A larger window keeps its size.
     """
     height, width = before[1].shape
     size_h, size_w = max(tile_size, height), max(tile_size, width)
@@ -94,9 +98,8 @@ def prepare_tile_into(
         norm_a[:, invalid] = 0.0
     size_h, size_w = out_valid.shape
     if h < size_h or w < size_w:
-        widths = ((0, 0), (0, size_h - h), (0, size_w - w))
-        out_before[...] = np.pad(norm_b, widths, mode="symmetric")
-        out_after[...] = np.pad(norm_a, widths, mode="symmetric")
+        out_before[...] = pad_tile(norm_b, size_h, size_w)
+        out_after[...] = pad_tile(norm_a, size_h, size_w)
         out_valid[h:, :] = False
         out_valid[:h, w:] = False
 
@@ -173,7 +176,7 @@ class TileStream:
         return False
 
     def _read_all(self) -> None:
-        """Reader thread: read, normalize and queue every window (skipped ones as bare windows)."""
+        """Reader thread: read and queue every window (skipped ones as bare windows)."""
         try:
             with (
                 AlignedReader(self.before, self.grid) as reader_b,

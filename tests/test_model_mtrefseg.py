@@ -11,6 +11,7 @@ from fixtures_train.tiny_models import TINY_DECODER, TINY_LLM_CONFIG, TINY_SWIN_
 
 from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
 from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1, MTRefSegR1Output, gated_probabilities
+from mtrs_geo.padding import pad_tile
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -47,6 +48,16 @@ def test_forward_keeps_any_input_size_and_computes_the_loss(tiny: MTRefSegR1) ->
     no_grad = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not no_grad, no_grad
     tiny.eval()
+
+
+def test_an_odd_sized_tile_is_padded_to_the_stride_as_the_engine_pads_a_tile(
+    tiny: MTRefSegR1,
+) -> None:
+    before, after = _pair(1, 50, 71)
+    with torch.no_grad():
+        odd = tiny(before, after, texts=["new roads"]).logits
+        padded = tiny(pad_tile(before, 64, 96), pad_tile(after, 64, 96), texts=["new roads"])
+    torch.testing.assert_close(odd, padded.logits[:, :50, :71], rtol=0.0, atol=1e-6)
 
 
 def test_presence_gates_the_mask(tiny: MTRefSegR1) -> None:

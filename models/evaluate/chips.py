@@ -21,9 +21,10 @@ from mtrs_geo.models.data.sample import Sample
 from mtrs_geo.models.evaluate.predictions import resize_probability, save_prediction
 from mtrs_geo.models.metrics import SampleScore, binarize, score_sample
 from mtrs_geo.models.metrics import split_metrics as aggregate
+from mtrs_geo.padding import pad_tile
 
 ANY_SUFFIX = "@any"  # model spec suffix: ignore the query (stage-1 any-change mode)
-PAD_MULTIPLE = 32  # inputs at native size are padded to a multiple of this, pixels
+PAD_MULTIPLE = 32  # inputs at native size are mirror-padded to a multiple of this, pixels
 
 
 def open_split(root: Path, split: str) -> Dataset[Sample]:
@@ -57,25 +58,26 @@ def predict_sample(model: ChangeModel, sample: Sample, input_size: int | None = 
     """Run ``model`` on one normalized pair; return the probability at the mask's resolution.
 
     ``input_size``: the pair is resized to this square side for the model (``None``: native size,
-    zero-padded to a multiple of 32). The model must already be prepared with the query.
+    mirror-padded to a multiple of 32 as the engine pads a tile, the padding invalid). The model
+    must already be prepared with the query.
     """
     before = sample["image_a"][None].float()
     after = sample["image_b"][None].float()
     height, width = sample["mask"].shape[-2:]
+    rows, cols = before.shape[-2:]
     if input_size is not None:
         size = (input_size, input_size)
         before = F.interpolate(before, size=size, mode="bilinear", align_corners=False)
         after = F.interpolate(after, size=size, mode="bilinear", align_corners=False)
+        rows = cols = input_size
     else:
-        pad_h = (-before.shape[-2]) % PAD_MULTIPLE
-        pad_w = (-before.shape[-1]) % PAD_MULTIPLE
-        before = F.pad(before, (0, pad_w, 0, pad_h))
-        after = F.pad(after, (0, pad_w, 0, pad_h))
+        padded = (rows + (-rows) % PAD_MULTIPLE, cols + (-cols) % PAD_MULTIPLE)
+        before, after = pad_tile(before, *padded), pad_tile(after, *padded)
     before_np, after_np = before.numpy(), after.numpy()
-    model.calibrate(before_np, after_np, np.ones((1, *before_np.shape[-2:]), dtype=bool))
-    probability = model.predict(before_np, after_np)[0]
-    if input_size is None:
-        probability = probability[: sample["image_a"].shape[-2], : sample["image_a"].shape[-1]]
+    valid = np.zeros((1, *before_np.shape[-2:]), dtype=bool)
+    valid[:, :rows, :cols] = True
+    model.calibrate(before_np, after_np, valid)
+    probability = model.predict(before_np, after_np)[0, :rows, :cols]
     return resize_probability(probability, (int(height), int(width)))
 
 
