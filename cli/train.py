@@ -77,9 +77,9 @@ def train(
 
     \b
     Examples:
-        mtrs train -c configs/stage1_levir.yaml --out runs/s1
-        mtrs train -c configs/stage2_triplets.yaml --init-from runs/s1/final --out runs/s2
-        mtrs train -c configs/stage2_triplets.yaml --out runs/s2 --resume auto
+        mtrs train -c configs/stage1_change_folders.yaml --out runs/s1
+        mtrs train -c configs/stage2_mtrefseg21k.yaml --init-from runs/s1/final --out runs/s2
+        mtrs train -c configs/stage2_mtrefseg21k.yaml --out runs/s2 --resume auto
         torchrun --nproc_per_node 4 -m mtrs_geo.cli.main train -c run.yaml
     """
     from mtrs_geo.models.training.config import load_config

@@ -9,8 +9,8 @@ A split is a folder::
                                                "referring_expressions": ["...", ...],
                                                "mask": [{"path": ...}, ...]}
 
-Images and masks are PNG, JPEG or BMP files, or GDAL rasters (``.tif``, ``.tiff``, ``.img``,
-``.vrt``; :mod:`mtrs_geo.models.data.images`); masks may be 0/1 or 0/255. The JSON files are
+Images and masks are PNG, JPEG, BMP or WebP pictures, or GDAL rasters (``.tif``, ``.tiff``,
+``.img``, ``.vrt``), read by :mod:`mtrs_geo.layouts`; masks may be 0/1 or 0/255. The JSON files are
 read in file-name order, one sample per expression. ``referring_expressions`` is a list or a
 single string. ``mask`` holds one entry per expression (same order) or a single entry shared by
 all of them; an entry is ``{"path": ...}`` or a bare path, and an empty or null path, like a
