@@ -13,6 +13,7 @@ from mtrs_geo.cli.common import (
     MessagePrinter,
     ProgressReporter,
     cancel_switch,
+    check_scheduler,
     emit_json,
     engine_options,
     engine_settings,
@@ -20,20 +21,6 @@ from mtrs_geo.cli.common import (
     summary_line,
 )
 from mtrs_geo.config import DetectConfig
-from mtrs_geo.errors import InputError
-
-
-def _check_scheduler(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Click callback: refuse a scheduler that is neither an address nor local:N."""
-    if value is None:
-        return None
-    from mtrs_geo.distributed import parse_scheduler
-
-    try:
-        parse_scheduler(value)
-    except InputError as exc:
-        raise click.BadParameter(str(exc)) from exc
-    return value
 
 
 @click.command(cls=EngineCommand)
@@ -48,7 +35,7 @@ def _check_scheduler(ctx: click.Context, param: click.Parameter, value: str | No
 @click.option(
     "--scheduler",
     default=None,
-    callback=_check_scheduler,
+    callback=check_scheduler,
     help="Run rows as Dask tasks: a scheduler address (tcp://host:8786) or local:N workers.",
 )
 @engine_options

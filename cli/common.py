@@ -287,6 +287,19 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def check_scheduler(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: refuse a scheduler that is neither an address nor local:N."""
+    if value is None:
+        return None
+    from mtrs_geo.distributed import parse_scheduler
+
+    try:
+        parse_scheduler(value)
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    return value
+
+
 def engine_settings(options: dict[str, Any]) -> dict[str, Any]:
     """Map the shared options to DetectConfig fields."""
     return {

@@ -19,6 +19,7 @@ from mtrs_geo.cli.common import (
     MessagePrinter,
     ProgressReporter,
     cancel_switch,
+    check_scheduler,
     emit_json,
     engine_options,
     engine_settings,
@@ -27,7 +28,7 @@ from mtrs_geo.cli.common import (
     progress_mode,
     summary_line,
 )
-from mtrs_geo.config import DetectConfig
+from mtrs_geo.config import DEFAULT_PANEL_WIDTH, DetectConfig
 
 
 @click.command(cls=EngineCommand)
@@ -59,6 +60,21 @@ from mtrs_geo.config import DetectConfig
     default=None,
     help="Acquisition dates of every image, in order, comma-separated (default: their tags).",
 )
+@click.option(
+    "--scheduler",
+    default=None,
+    callback=check_scheduler,
+    help="Predict the scene's panels on a Dask cluster: a scheduler address (tcp://host:8786) "
+    "or local:N workers; the images (and a --mask-out folder) on storage every worker shares.",
+)
+@click.option(
+    "--panel-width",
+    type=click.IntRange(min=1),
+    default=DEFAULT_PANEL_WIDTH,
+    show_default=True,
+    help="Tile columns are run in panels about this wide (pixels); with --scheduler, one task "
+    "each.",
+)
 @engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print a one-line JSON summary.")
 @click.option(
@@ -73,6 +89,8 @@ def detect(
     before_date: str | None,
     after_date: str | None,
     dates: tuple[str, ...] | None,
+    scheduler: str | None,
+    panel_width: int,
     as_json: bool,
     progress_json: bool,
     **options: Any,
@@ -87,6 +105,10 @@ def detect(
         mtrs detect before.tif after.tif -q "new buildings" -o changes.geojson
 
         mtrs detect 2019.tif 2021.tif 2023.tif -q "new buildings" -q "new roads" -o changes.gpkg
+
+    With --scheduler the scene's panels are predicted on a Dask cluster (the same outputs):
+
+        mtrs detect before.tif after.tif -o changes.gpkg --scheduler tcp://10.0.0.5:8786
     """
     from mtrs_geo.multiquery import query_settings
 
@@ -102,6 +124,7 @@ def detect(
             mask_out=Path(mask_out) if mask_out else None,
             before_date=before_date,
             after_date=after_date,
+            panel_width=panel_width,
             **engine_settings(options),
         )
         config.check()  # before the engine (and its libraries) are imported
@@ -110,7 +133,8 @@ def detect(
 
         reporter = ProgressReporter(mode)
         try:
-            result = run(config, reporter, cancel_switch(), MessagePrinter(mode, options["quiet"]))
+            messages = MessagePrinter(mode, options["quiet"])
+            result = run(config, reporter, cancel_switch(), messages, scheduler=scheduler)
         finally:
             reporter.close()
     except (KeyboardInterrupt, Exception) as exc:

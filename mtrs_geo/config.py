@@ -21,6 +21,7 @@ DEFAULT_BATCH_SIZE = 4  # tiles per model call
 DEFAULT_THRESHOLD = 0.5  # probability
 DEFAULT_DEVICE = "auto"
 DEFAULT_MODEL = "cva"
+DEFAULT_PANEL_WIDTH = 4096  # pixels
 TILE_SIZE_RANGE = (32, 8192)  # pixels, both included
 BATCH_SIZE_RANGE = (1, 1024)  # tiles, both included
 # The threshold is in (0, 1]: at 0 every pixel, nodata aside, would be "changed".
@@ -60,7 +61,7 @@ class DetectConfig:
     prefetch: int = 4  # tiles read ahead of the model
     # Tile columns are processed in panels about this wide (pixels), one after the other: memory
     # follows the panel's width, not the scene's.
-    panel_width: int = 4096
+    panel_width: int = DEFAULT_PANEL_WIDTH
     extra_attributes: dict[str, str] = field(default_factory=dict)
     # Area of interest: only this rectangle (xmin, ymin, xmax, ymax in ``extent_crs``, None: the
     # common grid's CRS) and/or the polygons of a vector file are processed.

@@ -1,29 +1,60 @@
-"""Batches on a Dask cluster: each row of a batch is one Dask task run by a worker process.
+"""Runs on a Dask cluster: a batch's rows as tasks, or one scene split into panel tasks.
 
-A worker runs :func:`mtrs_geo.pipeline.detect` on its row and reads the row's images itself (a
-shared path or a URL): only the row's config goes out and its summary comes back. A worker that
-dies mid-row has its row run again on another worker by the scheduler (Dask's
-``allowed-failures``); the run's staged outputs (hidden scratch folder, one commit) mean the dead
-worker left no file that looks finished, and the next run in that folder removes its scratch
-files. Dask is imported only when a batch uses it.
+Batches: each row is one Dask task; a worker runs :func:`mtrs_geo.pipeline.detect` on its row
+and reads the row's images itself (a shared path or a URL): only the row's config goes out and
+its summary comes back. A worker that dies mid-row has its row run again on another worker by the
+scheduler (Dask's ``allowed-failures``); the run's staged outputs (hidden scratch folder, one
+commit) mean the dead worker left no file that looks finished, and the next run in that folder
+removes its scratch files.
+
+One scene (:func:`detect_on_cluster`, ``mtrs detect --scheduler``): the client opens the images'
+headers, plans the grid and panels and writes the outputs; the workers read the scene samples,
+predict, stitch and polygonize the panels (:mod:`mtrs_geo.panel_tasks`), reading their windows
+from the shared path or URL. Only options, window plans, statistics and calibrations go out;
+polygons in pixel coordinates and counts come back (a mask raster's panels go through the shared
+scratch folder). The outputs equal those of one process.
+
+Every worker loads a model once and keeps it for its later tasks and runs
+(:mod:`mtrs_geo.worker_models`). Dask is imported only when a run uses it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import logging
 import threading
+import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mtrs_geo.batch import BatchRow, RowOutcome, check_batch
 from mtrs_geo.cancel import check_cancel
 from mtrs_geo.config import DetectConfig
 from mtrs_geo.errors import InputError, MtrsError
 
+if TYPE_CHECKING:
+    from mtrs_geo.model_api import ChangeModel, ModelInfo
+    from mtrs_geo.panel_tasks import PanelResult, SceneJob, SceneSetup
+    from mtrs_geo.pipeline import (
+        DetectResult,
+        IntervalResult,
+        MessageCallback,
+        ProgressCallback,
+        RunPlan,
+    )
+    from mtrs_geo.read import RasterInfo
+
 # Seconds to wait for a scheduler to answer, and for the first worker to join.
 CONNECT_TIMEOUT_S = 30.0
+# Seconds between two looks at the run's cancel flag: the client's while it waits, a worker's
+# (a round trip to the scheduler) while it predicts.
+CANCEL_POLL_S = 0.25
+# Seconds a stopped run waits for its running tasks to see the cancel flag and return.
+STOP_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -61,9 +92,11 @@ def parse_scheduler(text: str) -> Scheduler:
     return Scheduler(address=address)
 
 
-@contextmanager
+@contextlib.contextmanager
 def dask_client(scheduler: Scheduler) -> Iterator[Any]:
     """Connect to the scheduler (or start a local cluster) for the block; closed at its end.
+
+    Every worker gets the model cache (:class:`mtrs_geo.worker_models.WorkerModels`).
 
     Raises:
         InputError: the scheduler cannot be reached.
@@ -71,15 +104,19 @@ def dask_client(scheduler: Scheduler) -> Iterator[Any]:
     """
     from dask.distributed import Client, LocalCluster
 
+    from mtrs_geo.worker_models import PLUGIN_NAME, WorkerModels
+
     if scheduler.is_local:
         cluster = LocalCluster(
             n_workers=scheduler.workers,
             threads_per_worker=1,
             processes=True,
             dashboard_address=":0",  # any free port: never a clash with a running cluster
+            silence_logs=logging.ERROR,  # not a nanny's warning line per worker at the end
         )
         try:
             with Client(cluster) as client:
+                client.register_plugin(WorkerModels(), name=PLUGIN_NAME)
                 yield client
         finally:
             cluster.close()
@@ -89,7 +126,16 @@ def dask_client(scheduler: Scheduler) -> Iterator[Any]:
     except (OSError, TimeoutError) as exc:
         raise InputError(f"cannot reach the Dask scheduler at {scheduler.address}: {exc}") from exc
     with client:
+        client.register_plugin(WorkerModels(), name=PLUGIN_NAME)
         yield client
+
+
+def _cached_models(device: str) -> Callable[[str], ChangeModel]:
+    """Return a worker's models for :func:`mtrs_geo.pipeline.detect`: copies of its cached ones."""
+    from mtrs_geo.worker_models import worker_models
+
+    cache = worker_models()
+    return lambda name: copy.copy(cache(name, device))
 
 
 def run_row(number: int, output: str, config: DetectConfig) -> RowOutcome:
@@ -97,7 +143,7 @@ def run_row(number: int, output: str, config: DetectConfig) -> RowOutcome:
     from mtrs_geo.pipeline import detect
 
     try:
-        result = detect(config)
+        result = detect(config, models=_cached_models(config.device))
     except MtrsError as exc:
         return RowOutcome(number, output, False, exc.exit_code, str(exc))
     return RowOutcome(number, output, True, 0, "", result)
@@ -164,3 +210,269 @@ def run_batch_on_cluster(
             client.cancel(list(futures))
             raise
     return sorted(outcomes, key=lambda outcome: outcome.number)
+
+
+def detect_on_cluster(
+    config: DetectConfig,
+    scheduler: Scheduler | str,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    messages: MessageCallback | None = None,
+) -> DetectResult:
+    """Run :func:`mtrs_geo.pipeline.detect` with the scene's panels predicted on a Dask cluster.
+
+    The outputs (polygons, attributes, mask raster) are those one process writes (see
+    :mod:`mtrs_geo.panel_tasks`). The workers read the images themselves: paths must name the
+    same files on every machine (shared storage) or be URLs; with a mask raster, the outputs'
+    folder must be shared too (the panels' probabilities go through the run's scratch folder).
+    ``progress`` is called as each panel finishes; ``result.timings`` add up the workers' seconds
+    for ``read``, ``model``, ``stitch`` and ``vectorize``.
+
+    Raises:
+        InputError: bad input or options, an unreachable scheduler, a model whose calibration
+            cannot be handed between processes.
+        OutputError: an output could not be written (a scratch folder the workers cannot see).
+        Cancelled: ``cancel`` was set before the commit; the workers stop their panels.
+
+    """
+    from mtrs_geo.pipeline import RunMessage, run_detect
+
+    if isinstance(scheduler, str):
+        scheduler = parse_scheduler(scheduler)
+    config.check()  # before a cluster is started or reached
+    check_cancel(cancel)
+    say = messages or (lambda message: None)
+    if scheduler.is_local:
+        say(RunMessage("stage", f"starting {scheduler.workers} local Dask workers"))
+    else:
+        say(RunMessage("stage", f"connecting to the Dask scheduler at {scheduler.address}"))
+    with dask_client(scheduler) as client:
+        predictor = ClusterPredictor(client, cancel)
+        try:
+            return run_detect(config, predictor, progress, cancel, messages)
+        finally:
+            predictor.close()
+
+
+class _WorkerCancel(threading.Event):
+    """A run's cancel flag as its tasks see it: the client's Dask event, polled now and then."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self._name = name
+        self._looked = 0.0
+
+    def is_set(self) -> bool:
+        """Whether the client cancelled the run (asks the scheduler at most every poll period)."""
+        if not super().is_set() and time.monotonic() - self._looked >= CANCEL_POLL_S:
+            from dask.distributed import Event
+
+            self._looked = time.monotonic()
+            if Event(self._name).is_set():
+                self.set()
+        return super().is_set()
+
+
+def _model_task(name: str, device: str) -> tuple[ModelInfo, str]:
+    """Load the model on a worker (kept there) and describe it: its info and resolved device."""
+    from mtrs_geo.panel_tasks import check_splittable
+    from mtrs_geo.worker_models import worker_models
+
+    model = worker_models()(name, device)
+    check_splittable(model)
+    return model.info, model.device
+
+
+def _setup_task(job: SceneJob, previous: dict[str, Any] | None) -> SceneSetup:
+    from mtrs_geo.panel_tasks import scene_setup
+    from mtrs_geo.worker_models import worker_models
+
+    return scene_setup(job, worker_models(), previous)
+
+
+def _summary_task(job: SceneJob, setup: SceneSetup, part: int, cancel: str) -> Any:
+    from mtrs_geo.panel_tasks import scene_part_summary
+    from mtrs_geo.worker_models import worker_models
+
+    return scene_part_summary(job, setup, part, worker_models(), _WorkerCancel(cancel))
+
+
+def _settle_task(job: SceneJob, setup: SceneSetup, summaries: Sequence[Any]) -> SceneSetup:
+    from mtrs_geo.panel_tasks import settle_scene
+    from mtrs_geo.worker_models import worker_models
+
+    return settle_scene(job, setup, summaries, worker_models())
+
+
+def _panel_task(job: SceneJob, setup: SceneSetup, index: int, cancel: str) -> PanelResult:
+    from mtrs_geo.panel_tasks import predict_panel
+    from mtrs_geo.worker_models import worker_models
+
+    return predict_panel(job, setup, index, worker_models(), _WorkerCancel(cancel))
+
+
+class ClusterPredictor:
+    """The model on a cluster's workers; each interval's panels predicted as Dask tasks.
+
+    A :class:`mtrs_geo.pipeline.Predictor` for :func:`mtrs_geo.pipeline.run_detect`.
+    """
+
+    def __init__(self, client: Any, cancel: threading.Event | None = None) -> None:
+        from dask.distributed import Event
+
+        self.client = client
+        self.cancel = cancel
+        self.run_id = uuid.uuid4().hex[:8]
+        self._event = Event(f"mtrs-cancel-{self.run_id}", client=client)
+        self._futures: list[Any] = []
+        self._calibration: dict[str, Any] | None = None  # the interval before's, for the next
+
+    def _submit(self, task: Callable[..., Any], *args: Any, key: str) -> Any:
+        future = self.client.submit(task, *args, key=f"mtrs-{key}-{self.run_id}", pure=False)
+        self._futures.append(future)
+        return future
+
+    def _wait(
+        self, futures: Sequence[Any], on_done: Callable[[int, Any], None] | None = None
+    ) -> list[Any]:
+        """Results of ``futures`` in order; ``on_done(i, result)`` as each one comes.
+
+        Raises:
+            MtrsError: a task's error (a bad input on a worker, say), or a worker that kept dying.
+            Cancelled: the run's cancel flag was set; the workers are told to stop.
+
+        """
+        from dask.distributed import wait
+
+        index = {future.key: i for i, future in enumerate(futures)}
+        results: list[Any] = [None] * len(futures)
+        pending = set(futures)
+        try:
+            while pending:
+                check_cancel(self.cancel)
+                try:
+                    done = wait(pending, timeout=CANCEL_POLL_S, return_when="FIRST_COMPLETED").done
+                except TimeoutError:
+                    continue
+                for future in done:
+                    pending.discard(future)
+                    results[index[future.key]] = result = _task_result(future)
+                    if on_done is not None:
+                        on_done(index[future.key], result)
+        except BaseException:
+            self.stop()
+            raise
+        return results
+
+    def stop(self) -> None:
+        """Tell the workers to stop this run's tasks and wait (a while) until they did.
+
+        A task that still wrote into the run's scratch folder while the run removes it could
+        leave a file behind.
+        """
+        from dask.distributed import wait
+
+        self._event.set()
+        with contextlib.suppress(TimeoutError):
+            wait(self._futures, timeout=STOP_TIMEOUT_S)
+        self.close()
+
+    def close(self) -> None:
+        """Release the run's tasks (their results) on the cluster."""
+        self.client.cancel(self._futures)
+        self._futures = []
+
+    def load(
+        self, config: DetectConfig, check: Callable[[ModelInfo], None], say: MessageCallback
+    ) -> tuple[ModelInfo, str]:
+        """Load the model on a worker (each worker loads it once); check its description."""
+        future = self._submit(_model_task, config.model, config.device, key="model")
+        info, device = self._wait([future])[0]
+        check(info)
+        return info, device
+
+    def interval(
+        self, run: RunPlan, before: RasterInfo, after: RasterInfo, index: int, done_before: int
+    ) -> IntervalResult:
+        """Predict one pair of dates panel by panel on the workers; join and assemble here."""
+        from mtrs_geo.panel_tasks import SceneJob, assemble_probability, join_panels
+        from mtrs_geo.pipeline import IntervalResult, RunMessage
+
+        job = SceneJob(run.config, before, after, run.grid, run.area, index, run.scratch)
+        t0 = time.perf_counter()
+        run.say(RunMessage("stage", "reading scene samples on a worker"))
+        setup_future = self._submit(_setup_task, job, self._calibration, key=f"setup-{index}")
+        setup: SceneSetup = self._wait([setup_future])[0]
+        if setup.scene_pass:
+            parts = len(job.pass_parts())
+            run.say(RunMessage("stage", f"first pass over the whole scene in {parts} parts"))
+            summaries = [
+                self._submit(
+                    _summary_task, job, setup, part, self._event.name, key=f"pass-{index}-{part}"
+                )
+                for part in range(parts)
+            ]
+            settled = self._submit(_settle_task, job, setup, summaries, key=f"settle-{index}")
+            setup = self._wait([settled])[0]
+        self._calibration = setup.calibration
+        run.timings["setup"] += time.perf_counter() - t0
+
+        panels = job.panels()
+        workers = len(self.client.scheduler_info()["workers"])
+        run.say(RunMessage("stage", f"predicting {len(panels)} panels on {workers} workers"))
+        done = done_before
+
+        def panel_done(number: int, result: PanelResult) -> None:
+            nonlocal done
+            done += len(panels[number].windows)
+            for key, seconds in result.timings.items():
+                run.timings[key] += seconds
+            if run.progress is not None:
+                run.progress(done, run.total)
+
+        futures = [
+            self._submit(_panel_task, job, setup, k, self._event.name, key=f"panel-{index}-{k}")
+            for k in range(len(panels))
+        ]
+        results: list[PanelResult] = self._wait(futures, panel_done)
+        t0 = time.perf_counter()
+        polygons = join_panels(job, results)
+        run.timings["vectorize"] += time.perf_counter() - t0
+        paths = run.probability_paths(index)
+        t0 = time.perf_counter()
+        for query, path in enumerate(paths):
+            if path is not None:
+                parts_of = [result.rasters[query] for result in results]
+                assemble_probability(run.grid, panels, _paths(parts_of), path)
+                for part in _paths(parts_of):
+                    part.unlink()
+        run.timings["stitch"] += time.perf_counter() - t0
+        self.close()
+        return IntervalResult(
+            polygons,
+            paths,
+            sum(result.tiles_run for result in results),
+            sum(result.tiles_skipped for result in results),
+        )
+
+
+def _paths(paths: Sequence[Path | None]) -> list[Path]:
+    """Return the paths of a mask run's panel rasters (all present)."""
+    return [path for path in paths if path is not None]
+
+
+def _task_result(future: Any) -> Any:
+    """Return a finished task's result; raise its error as the engine's (one line).
+
+    Raises:
+        MtrsError: the task raised one (re-raised as it is), or failed otherwise (a worker that
+            died too often, say: exit code 1).
+
+    """
+    try:
+        return future.result()
+    except MtrsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a worker that died too often, say
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        raise MtrsError(f"internal error on the cluster: {type(exc).__name__}: {message}") from exc

@@ -364,6 +364,22 @@ def panel_layout(windows: list[Window], scene_width: int, panel_width: int) -> l
     return panels
 
 
+def pass_panels(width: int, height: int, tile_size: int, panel_width: int) -> list[Panel]:
+    """Return windows holding every pixel of the scene once, in panels (a pass over the scene).
+
+    Tiles of ``tile_size`` without overlap from the top-left corner (cut at the scene's edges),
+    grouped like the run's tiles (:func:`panel_layout`); what ``tiling.scene_batches`` reads, and
+    what the workers of a cluster read part by part.
+    """
+    check_tiling(tile_size, 0)
+    windows = [
+        Window(col, row, min(tile_size, width - col), min(tile_size, height - row))
+        for row in range(0, height, tile_size)
+        for col in range(0, width, tile_size)
+    ]
+    return panel_layout(windows, width, panel_width)
+
+
 GIB = 1024**3
 # Largest grid side GDAL can address (pixels).
 MAX_GRID_SIDE = 2**31 - 1

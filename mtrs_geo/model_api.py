@@ -18,6 +18,7 @@ import importlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -106,15 +107,42 @@ class ChangeModel(abc.ABC):
         that every tile is predicted the same way and tiles stitch without seams.
         """
 
-    def calibrate_scene(  # noqa: B027 - optional hook
-        self, batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
-    ) -> None:
+    def calibrate_scene(self, batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
         """See every tile of the scene once, as ``(before, after, valid)`` batches (``scene_pass``).
 
         Called after :meth:`calibrate` and before the first :meth:`predict`, only for models whose
         ``scene_pass`` is True: a statistic of the whole scene (a histogram) costs a streamed read
-        of the scene, in constant memory. The arrays are only valid during one iteration.
+        of the scene, in constant memory. The arrays are only valid during one iteration. This
+        default is :meth:`settle_scene` of the one :meth:`scene_summary` of every batch: a model
+        implements those two, and a cluster then summarizes the parts of a scene on its workers.
         """
+        self.settle_scene([self.scene_summary(batches)])
+
+    def scene_summary(self, batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Any:
+        """Summarize the tiles of a part of the scene (a histogram, say; small and picklable).
+
+        The summaries of parts that together hold every pixel once go to :meth:`settle_scene`; the
+        statistic must not depend on how the scene was cut. The default summarizes nothing.
+        """
+        return None
+
+    def settle_scene(self, summaries: Sequence[Any]) -> None:  # noqa: B027 - optional hook
+        """Fix the scene-wide statistic from the :meth:`scene_summary` of every part of it."""
+
+    def calibration(self) -> dict[str, Any] | None:
+        """Return what :meth:`calibrate` and :meth:`settle_scene` fixed, small and picklable.
+
+        A cluster run calibrates one copy of the model and hands this to the copies that predict
+        the scene's panels (:meth:`restore_calibration`). ``{}``: the model keeps no calibration
+        (this default for a model that overrides neither hook); None: it does, but cannot hand it
+        over, so its scenes cannot be split among workers.
+        """
+        own = type(self)
+        calibrates = own.calibrate is not ChangeModel.calibrate or self.scene_pass
+        return None if calibrates else {}
+
+    def restore_calibration(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Take the :meth:`calibration` of another copy of this model (same name and device)."""
 
     @abc.abstractmethod
     def predict(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:

@@ -11,11 +11,11 @@ import itertools
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import rasterio
@@ -30,6 +30,7 @@ from mtrs_geo.dates import pair_dates
 from mtrs_geo.errors import InputError, ModelError, MtrsError
 from mtrs_geo.grid import (
     Grid,
+    Panel,
     grid_offset,
     panel_layout,
     same_lattice,
@@ -48,7 +49,13 @@ from mtrs_geo.read import (
 )
 from mtrs_geo.sources import local_inputs, quiet_open, remote_options, resolve_source
 from mtrs_geo.stitch import PROBABILITY_BLOCK, StripStitcher
-from mtrs_geo.tiling import TileStream, check_resources, prepare_tile_into, scene_batches
+from mtrs_geo.tiling import (
+    TileBatch,
+    TileStream,
+    check_resources,
+    prepare_tile_into,
+    scene_batches,
+)
 from mtrs_geo.timeseries import interval_label, series_dates, series_grid
 from mtrs_geo.write import (
     StagedOutputs,
@@ -59,6 +66,8 @@ from mtrs_geo.write import (
 
 if TYPE_CHECKING:
     from rasterio.windows import Window
+
+    from mtrs_geo.vectorize import StreamingVectorizer
 
 # geopandas, shapely and scipy (areas, vectorize, the output table) are imported when a run needs
 # them: importing the engine stays well under a second.
@@ -323,7 +332,7 @@ def _scene_samples(
     return samples, _stats(info, grid, samples)
 
 
-def _pair_samples(
+def pair_samples(
     before: RasterInfo, after: RasterInfo, grid: Grid, size: int
 ) -> tuple[Samples, BandStats, Samples, BandStats]:
     """:func:`_scene_samples` of both images, the before image's in a second thread.
@@ -353,7 +362,7 @@ def _stats(info: RasterInfo, grid: Grid, samples: Samples) -> BandStats:
     return sample_stats([overview] if overview is not None else samples)
 
 
-def _calibrate(
+def calibrate_on_samples(
     model: ChangeModel,
     samples_b: Samples,
     samples_a: Samples,
@@ -375,16 +384,13 @@ def _calibrate(
     model.calibrate(before, after, valid)
 
 
-def _check_cancel(cancel: threading.Event | None) -> None:
-    check_cancel(cancel)
-
-
 def detect(
     config: DetectConfig,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     messages: MessageCallback | None = None,
     models: Callable[[str], ChangeModel] | None = None,
+    scheduler: str | None = None,
 ) -> DetectResult:
     """Run change detection on a pair and write the outputs the config asks for.
 
@@ -396,7 +402,7 @@ def detect(
     Args:
         config: the run's options.
         progress: called as ``progress(done_tiles, total_tiles)`` from the calling thread after each
-            batch (skipped tiles count as done).
+            batch (skipped tiles count as done; on a cluster, after each panel).
         cancel: when set before the commit, the run stops at the next batch, removes its scratch
             files and raises :class:`~mtrs_geo.errors.Cancelled`. A
             :class:`~mtrs_geo.cancel.CancelSwitch` also tells the caller when it is too late.
@@ -404,6 +410,9 @@ def detect(
             query the model ignores).
         models: returns the model of a name (default: :func:`load_model`); a warm engine passes
             a cache (:class:`mtrs_geo.serve.ModelCache`).
+        scheduler: split the scene into panels predicted on a Dask cluster: a scheduler address
+            (``tcp://host:8786``) or ``local:N`` (:func:`mtrs_geo.distributed.detect_on_cluster`;
+            the same outputs as this process would write).
 
     Returns:
         What was done, with per-step timings (seconds) under ``read``, ``model``, ``stitch``,
@@ -416,14 +425,36 @@ def detect(
         Cancelled: ``cancel`` was set before the commit.
 
     """
+    if scheduler is not None:
+        from mtrs_geo.distributed import detect_on_cluster
+
+        return detect_on_cluster(config, scheduler, progress, cancel, messages)
+    return run_detect(config, LocalPredictor(models or load_model), progress, cancel, messages)
+
+
+def run_detect(
+    config: DetectConfig,
+    predictor: Predictor,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    messages: MessageCallback | None = None,
+) -> DetectResult:
+    """:func:`detect` with the tiles predicted by ``predictor`` (here, or on a cluster)."""
     check_cancel(cancel)
+    with run_environment(config):
+        say = messages or (lambda message: None)
+        return _detect(config, progress, cancel, say, predictor)
+
+
+@contextlib.contextmanager
+def run_environment(config: DetectConfig) -> Iterator[None]:
+    """Hold the GDAL settings and warning filters a run reads its images in (a worker's too)."""
     # GDAL's block cache defaults to 5 % of the machine's RAM and would keep every block read.
     remote = remote_options(*config.images())
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(config), **remote), warnings.catch_warnings():
         # Images on a pixel grid have no georeferencing: rasterio would warn at every open.
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        say = messages or (lambda message: None)
-        return _detect(config, progress, cancel, say, models or load_model)
+        yield
 
 
 def gdal_cache_bytes(config: DetectConfig) -> int:
@@ -467,7 +498,7 @@ def _query_note(config: DetectConfig, info: ModelInfo) -> str | None:
 
 
 @dataclass
-class _Interval:
+class IntervalResult:
     """What the model made of one pair of dates: a probability raster and polygons per query."""
 
     polygons: list[Any]  # GeoDataFrames (mean_score + geometry), one per query
@@ -477,15 +508,14 @@ class _Interval:
 
 
 @dataclass
-class _RunState:
+class RunPlan:
     """The parts of one run that every interval of it shares."""
 
     config: DetectConfig
     grid: Grid
     area: AreaOfInterest | None
-    panels: list[Any]
+    panels: list[Panel]
     windows: list[Window]
-    model: ChangeModel
     scratch: Path
     timings: dict[str, float]
     progress: ProgressCallback | None
@@ -493,21 +523,150 @@ class _RunState:
     say: MessageCallback
     total: int  # tiles of the whole run (every interval)
 
+    def probability_paths(self, index: int) -> list[Path | None]:
+        """Return the scratch probability raster of each query of interval ``index`` (or None)."""
+        queries = self.config.query_list()
+        if self.config.mask_out is None:
+            return [None] * len(queries)
+        one = len(queries) == 1 and index == 0
+        return [
+            self.scratch / ("probability.tif" if one else f"probability-{index}-{q}.tif")
+            for q in range(len(queries))
+        ]
+
+
+class Predictor(Protocol):
+    """Where a run's model lives and its tiles are predicted: this process, or a cluster."""
+
+    def load(
+        self, config: DetectConfig, check: Callable[[ModelInfo], None], say: MessageCallback
+    ) -> tuple[ModelInfo, str]:
+        """Load the run's model, ``check`` its description, move it to the run's device.
+
+        Returns:
+            The model's description and the device it runs on (as torch names it).
+
+        """
+        ...
+
+    def interval(
+        self, run: RunPlan, before: RasterInfo, after: RasterInfo, index: int, done_before: int
+    ) -> IntervalResult:
+        """Predict, stitch and vectorize one pair of dates (see :func:`_predict_interval`)."""
+        ...
+
+
+class LocalPredictor:
+    """The model in this process: loaded by ``models`` (a name or checkpoint folder)."""
+
+    def __init__(self, models: Callable[[str], ChangeModel]) -> None:
+        self._models = models
+        self._model: ChangeModel | None = None
+
+    def load(
+        self, config: DetectConfig, check: Callable[[ModelInfo], None], say: MessageCallback
+    ) -> tuple[ModelInfo, str]:
+        """Load the model, check it, move it to the run's device."""
+        model = self._models(config.model)
+        check(model.info)
+        say(RunMessage("stage", f"moving model {model.info.name} to device {config.device}"))
+        self._model = model.to(config.device)
+        return self._model.info, self._model.device
+
+    def interval(
+        self, run: RunPlan, before: RasterInfo, after: RasterInfo, index: int, done_before: int
+    ) -> IntervalResult:
+        """Run :func:`_predict_interval` with the loaded model."""
+        assert self._model is not None, "load() comes first"
+        return _predict_interval(run, self._model, before, after, index, done_before)
+
+
+RowsCallback = Callable[[int, int, np.ndarray], None]
+
+
+def timed_rows(timings: dict[str, float], key: str, rows_to: RowsCallback) -> RowsCallback:
+    """``rows_to`` that adds its seconds to ``timings[key]`` (the stitcher's rows, vectorized)."""
+
+    def on_rows(first_row: int, first_col: int, rows: np.ndarray) -> None:
+        t = time.perf_counter()
+        rows_to(first_row, first_col, rows)
+        timings[key] += time.perf_counter() - t
+
+    return on_rows
+
+
+def _rows_into(vectorizer: StreamingVectorizer) -> RowsCallback:
+    """Return a stitcher callback handing its rows to a streaming vectorizer."""
+    return lambda first_row, first_col, rows: vectorizer.add_rows(first_row, rows, first_col)
+
+
+def predict_tiles(
+    model: ChangeModel,
+    stream: TileStream,
+    stats: tuple[BandStats, BandStats],
+    stitchers: Sequence[StripStitcher],
+    grid: Grid,
+    area: AreaOfInterest | None,
+    cancel: threading.Event | None,
+    timings: dict[str, float],
+    on_batch: Callable[[TileBatch], None] | None = None,
+) -> int:
+    """Predict every batch of ``stream`` and add each query's answers to its stitcher.
+
+    Adds to ``timings["model"]`` and ``timings["stitch"]``; calls ``on_batch`` after each batch.
+
+    Returns:
+        The tiles predicted (the stream's skipped tiles aside).
+
+    Raises:
+        ModelError: the model answered another number of queries than there are stitchers.
+        Cancelled: ``cancel`` was set.
+
+    """
+    tiles_run = 0
+    for batch in stream.batches(*stats):
+        check_cancel(cancel)
+        t0 = time.perf_counter()
+        answers = model.predict_queries(batch.before, batch.after)
+        t1 = time.perf_counter()
+        if answers.shape[0] != len(stitchers):
+            raise ModelError(
+                f"model {model.info.name!r} answered {answers.shape[0]} queries of {len(stitchers)}"
+            )
+        for tile, (window, tile_valid) in enumerate(zip(batch.windows, batch.valid, strict=True)):
+            if area is not None:  # pixels outside the area's polygons are nodata
+                tile_valid = area.inside(grid, window, tile_valid)
+            for stitcher, answer in zip(stitchers, answers, strict=True):
+                stitcher.add(window, answer[tile], tile_valid)
+        timings["model"] += t1 - t0
+        timings["stitch"] += time.perf_counter() - t1
+        tiles_run += len(batch.windows)
+        if on_batch is not None:
+            on_batch(batch)
+    check_cancel(cancel)
+    return tiles_run
+
 
 def _predict_interval(
-    run: _RunState, before: RasterInfo, after: RasterInfo, index: int, done_before: int
-) -> _Interval:
+    run: RunPlan,
+    model: ChangeModel,
+    before: RasterInfo,
+    after: RasterInfo,
+    index: int,
+    done_before: int,
+) -> IntervalResult:
     """Predict every query of the run over one pair of dates; stitch and vectorize each answer.
 
     Args:
-        run: the run's shared state (the model has its queries already).
+        run: the run's shared state.
+        model: the run's model (on its device).
         before: the earlier image.
         after: the later image.
         index: the interval's position (0: the first pair).
         done_before: tiles done in the earlier intervals (for the progress callback).
 
     """
-    config, grid, model, timings = run.config, run.grid, run.model, run.timings
+    config, grid, timings = run.config, run.grid, run.timings
     from mtrs_geo.areas import min_region_pixels
     from mtrs_geo.vectorize import StreamingVectorizer
 
@@ -518,7 +677,7 @@ def _predict_interval(
     )
     try:
         run.say(RunMessage("stage", "reading scene samples"))
-        samples_b, stats_b, samples_a, stats_a = _pair_samples(
+        samples_b, stats_b, samples_a, stats_a = pair_samples(
             before, after, grid, min(SAMPLE_SIZE, config.tile_size)
         )
         # The first tiles are read while the model takes the queries and the samples (not during
@@ -526,10 +685,8 @@ def _predict_interval(
         stream.start()
         if index == 0:
             run.say(RunMessage("stage", "preparing the model"))
-            model.prepare_queries(
-                [None if config.any_change or not query else query for query in queries]
-            )
-        _calibrate(model, samples_b, samples_a, stats_b, stats_a)
+            model.prepare_queries(model_queries(config))
+        calibrate_on_samples(model, samples_b, samples_a, stats_b, stats_a)
         del samples_b, samples_a  # scene samples are done with; do not hold them through the run
         if model.scene_pass:  # a streamed first pass over the whole scene (cva's histogram)
             run.say(RunMessage("stage", "first pass over the whole scene"))
@@ -546,18 +703,12 @@ def _predict_interval(
                     run.cancel,
                 )
             )
-            _check_cancel(run.cancel)
+            check_cancel(run.cancel)
         timings["setup"] += time.perf_counter() - t_setup
 
         # Polygons are built from the stitched rows as they are finished; the probability raster
         # is written only when a mask raster is asked for.
-        one = len(queries) == 1 and index == 0
-        paths: list[Path | None] = [
-            None
-            if config.mask_out is None
-            else run.scratch / ("probability.tif" if one else f"probability-{index}-{q}.tif")
-            for q in range(len(queries))
-        ]
+        paths = run.probability_paths(index)
         min_pixels = min_region_pixels(grid, config.min_area, config.simplify)
         vectorizers = [
             StreamingVectorizer(
@@ -572,19 +723,12 @@ def _predict_interval(
             )
             for _ in queries
         ]
-        vectorize_seconds = 0.0
+        stitch_start, vectorize_start = timings["stitch"], timings["vectorize"]
 
-        def rows_to(vectorizer: StreamingVectorizer) -> Callable[[int, int, np.ndarray], None]:
-            def vectorize_rows(first_row: int, first_col: int, rows: np.ndarray) -> None:
-                nonlocal vectorize_seconds
-                t = time.perf_counter()
-                vectorizer.add_rows(first_row, rows, first_col)
-                vectorize_seconds += time.perf_counter() - t
+        def progress(batch: TileBatch) -> None:
+            if run.progress is not None:
+                run.progress(done_before + batch.tiles_done, run.total)
 
-            return vectorize_rows
-
-        tiles_run = 0
-        stitch_start = timings["stitch"]
         with model.session(), contextlib.ExitStack() as stack:
             stitchers = [
                 stack.enter_context(
@@ -593,49 +737,39 @@ def _predict_interval(
                         grid,
                         config.tile_size,
                         config.overlap,
-                        rows_to(vectorizer),
+                        timed_rows(timings, "vectorize", _rows_into(vectorizer)),
                         run.panels,
                     )
                 )
                 for path, vectorizer in zip(paths, vectorizers, strict=True)
             ]
-            done = 0
-            for batch in stream.batches(stats_b, stats_a):
-                check_cancel(run.cancel)
-                t0 = time.perf_counter()
-                answers = model.predict_queries(batch.before, batch.after)
-                t1 = time.perf_counter()
-                if answers.shape[0] != len(stitchers):
-                    raise ModelError(
-                        f"model {model.info.name!r} answered {answers.shape[0]} queries of "
-                        f"{len(stitchers)}"
-                    )
-                for tile, (window, tile_valid) in enumerate(
-                    zip(batch.windows, batch.valid, strict=True)
-                ):
-                    if run.area is not None:  # pixels outside the area's polygons are nodata
-                        tile_valid = run.area.inside(grid, window, tile_valid)
-                    for stitcher, answer in zip(stitchers, answers, strict=True):
-                        stitcher.add(window, answer[tile], tile_valid)
-                timings["model"] += t1 - t0
-                timings["stitch"] += time.perf_counter() - t1
-                tiles_run += len(batch.windows)
-                done = batch.tiles_done
-                if run.progress is not None:
-                    run.progress(done_before + done, run.total)
-            check_cancel(run.cancel)
+            tiles_run = predict_tiles(
+                model, stream, (stats_b, stats_a), stitchers, grid, run.area, run.cancel, timings,
+                progress,
+            )  # fmt: skip
             t0 = time.perf_counter()
         timings["stitch"] += time.perf_counter() - t0
         # The rows vectorized while stitching count as vectorizing, not stitching.
+        vectorize_seconds = timings["vectorize"] - vectorize_start
         timings["stitch"] = max(stitch_start, timings["stitch"] - vectorize_seconds)
-        timings["vectorize"] += vectorize_seconds
         timings["read"] += stream.read_seconds
         t0 = time.perf_counter()
         polygons = [vectorizer.result() for vectorizer in vectorizers]
         timings["vectorize"] += time.perf_counter() - t0
-        return _Interval(polygons, paths, tiles_run, stream.skipped)
+        return IntervalResult(polygons, paths, tiles_run, stream.skipped)
     finally:
         stream.close()
+
+
+def scene_panels(grid: Grid, config: DetectConfig) -> list[Panel]:
+    """Return the run's tile windows on ``grid`` in their column panels, in the order run."""
+    windows = tile_windows(grid.width, grid.height, config.tile_size, config.overlap)
+    return panel_layout(windows, grid.width, config.panel_width)
+
+
+def model_queries(config: DetectConfig) -> list[str | None]:
+    """Return the queries the model prepares: None for "any change" (none, or ``any_change``)."""
+    return [None if config.any_change or not query else query for query in config.query_list()]
 
 
 def _detect(
@@ -643,7 +777,7 @@ def _detect(
     progress: ProgressCallback | None,
     cancel: threading.Event | None,
     say: MessageCallback,
-    models: Callable[[str], ChangeModel],
+    predictor: Predictor,
 ) -> DetectResult:
     """Run :func:`detect` (inside its GDAL environment)."""
     start = time.perf_counter()
@@ -658,24 +792,21 @@ def _detect(
         check_pair(before, after, registered)
     dates = _image_dates(config)
     grid, area = _pair_grid(images, config)
-    panels = panel_layout(
-        tile_windows(grid.width, grid.height, config.tile_size, config.overlap),
-        grid.width,
-        config.panel_width,
-    )
+    panels = scene_panels(grid, config)
     windows = [window for panel in panels for window in panel.windows]
     pair = _pair_info(images, grid, config, dates)
     note = _query_note(config, registered) if registered is not None else None
     if note is not None:  # said before the (possibly slow) model load
         say(RunMessage("note", note))
+
+    def check_model(info: ModelInfo) -> None:
+        for before, after in itertools.pairwise(images):
+            check_pair(before, after, info)
+        if registered is None and (note := _query_note(config, info)) is not None:
+            say(RunMessage("note", note))
+
     say(RunMessage("stage", f"loading model {config.model}"))
-    model = models(config.model)
-    for before, after in itertools.pairwise(images):
-        check_pair(before, after, model.info)
-    if registered is None and (note := _query_note(config, model.info)) is not None:
-        say(RunMessage("note", note))
-    say(RunMessage("stage", f"moving model {model.info.name} to device {config.device}"))
-    model = model.to(config.device)
+    info, device = predictor.load(config, check_model, say)
     check_cancel(cancel)
 
     from mtrs_geo.multiquery import add_query_layers, combine_tables, write_band_cog
@@ -684,7 +815,7 @@ def _detect(
     queries = config.query_list()
     intervals = list(itertools.pairwise(range(len(images))))
     total = len(windows) * len(intervals)
-    query_used = any(queries) and not config.any_change and model.info.query_aware
+    query_used = any(queries) and not config.any_change and info.query_aware
     staged = StagedOutputs()
     # Scratch files live beside the outputs (hidden; stale ones of killed runs are removed).
     first_output = config.mask_out if config.mask_out is not None else config.outputs()[0]
@@ -692,12 +823,12 @@ def _detect(
     tiles_run = tiles_skipped = 0
     outputs: list[Path] = []
     try:
-        run = _RunState(
-            config, grid, area, panels, windows, model, staged.scratch(output_folder), timings,
+        run = RunPlan(
+            config, grid, area, panels, windows, staged.scratch(output_folder), timings,
             progress, cancel, say, total,
         )  # fmt: skip
         timings["setup"] = time.perf_counter() - start  # the intervals add samples, calibration
-        results: list[tuple[int, int, _Interval]] = []
+        results: list[tuple[int, int, IntervalResult]] = []
         for index, (first, second) in enumerate(intervals):
             if len(intervals) > 1:
                 label = interval_label(
@@ -705,7 +836,7 @@ def _detect(
                 )
                 say(RunMessage("stage", f"interval {index + 1} of {len(intervals)}: {label}"))
             done_before = index * len(windows)
-            result = _predict_interval(run, images[first], images[second], index, done_before)
+            result = predictor.interval(run, images[first], images[second], index, done_before)
             results.append((first, second, result))
             tiles_run += result.tiles_run
             tiles_skipped += result.tiles_skipped
@@ -726,7 +857,7 @@ def _detect(
                     change_table(
                         polygons,
                         query=label,
-                        model=model.info.name,
+                        model=info.name,
                         before=images[first].name,
                         after=images[second].name,
                         min_area_m2=config.min_area,
@@ -788,8 +919,8 @@ def _detect(
         outputs=outputs,
         timings=timings,
         grid=pair,
-        model=model.info.name,
-        device=model.device,
+        model=info.name,
+        device=device,
         query_used=query_used,
         queries=queries,
         intervals=len(intervals),

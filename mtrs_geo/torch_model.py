@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,6 +62,13 @@ class TorchChangeModel(ChangeModel):
         with torch.inference_mode(), autocast_context(self.torch_device):
             probability = self.predict_tensors(self._tensor(before), self._tensor(after))
         return probability.float().cpu().numpy()
+
+    def calibration(self) -> dict[str, Any] | None:
+        """Return ``{}`` when the model sees no scene statistics, else the base class's answer."""
+        own = type(self)
+        if own.calibrate_tensors is TorchChangeModel.calibrate_tensors and not self.scene_pass:
+            return {}
+        return super().calibration()
 
     def calibrate_tensors(  # noqa: B027 - optional hook
         self, before: torch.Tensor, after: torch.Tensor, valid: torch.Tensor

@@ -37,3 +37,48 @@ def pair(tmp_path: Path) -> ScenePair:
     from scenes import make_pair  # imported here: scenes needs rasterio (see the module docstring)
 
     return make_pair(tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A ``dask scheduler`` and two ``dask worker`` processes (no nanny) on 127.0.0.1; its address.
+
+    One per test module (a test may kill a worker).
+    """
+    import json
+    import subprocess
+    import sys
+    import time
+
+    dask = Path(sys.executable).with_name("dask")
+    timeout = 120
+    folder = tmp_path_factory.mktemp("dask")
+    info = folder / "scheduler.json"
+    host = ["--host", "127.0.0.1", "--no-dashboard"]
+
+    def start(*args: str) -> subprocess.Popen[bytes]:
+        quiet = subprocess.DEVNULL
+        return subprocess.Popen([str(dask), *args, *host], stdout=quiet, stderr=quiet)
+
+    processes = [start("scheduler", "--port", "0", "--scheduler-file", str(info))]
+    try:
+        deadline = time.monotonic() + timeout
+        while not info.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(info.read_text())["address"]
+        for name in ("w1", "w2"):
+            worker = ("worker", address, "--no-nanny", "--nthreads", "1", "--name", name)
+            processes.append(start(*worker))
+        from dask.distributed import Client
+
+        with Client(address, timeout=timeout) as client:
+            client.wait_for_workers(2, timeout=timeout)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -9,11 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,70 +25,7 @@ from mtrs_geo.config import DetectConfig
 from mtrs_geo.distributed import parse_scheduler, run_batch_on_cluster
 from mtrs_geo.errors import InputError
 
-DASK = Path(sys.executable).with_name("dask")
 START_TIMEOUT_S = 120
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A ``dask scheduler`` and two ``dask worker`` processes (no nanny); the scheduler address."""
-    folder = tmp_path_factory.mktemp("dask")
-    info = folder / "scheduler.json"
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    common = ["--no-dashboard"]
-    processes = [
-        subprocess.Popen(
-            [
-                str(DASK),
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--scheduler-file",
-                str(info),
-                *common,
-            ],
-            **quiet,
-        )  # fmt: skip
-    ]
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not info.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        address = json.loads(info.read_text())["address"]
-        for name in ("w1", "w2"):
-            processes.append(
-                subprocess.Popen(
-                    [
-                        str(DASK),
-                        "worker",
-                        address,
-                        "--no-nanny",
-                        "--nthreads",
-                        "1",
-                        "--name",
-                        name,
-                        "--host",
-                        "127.0.0.1",
-                        *common,
-                    ],
-                    **quiet,
-                )  # fmt: skip
-            )
-        from dask.distributed import Client
-
-        with Client(address, timeout=START_TIMEOUT_S) as client:
-            client.wait_for_workers(2, timeout=START_TIMEOUT_S)
-        yield address
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 @pytest.fixture(scope="module")

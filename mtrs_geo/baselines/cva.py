@@ -13,7 +13,8 @@ magnitude centred on that threshold: its 0.5 level is the Otsu threshold. The qu
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -145,16 +146,35 @@ class ChangeVectorAnalysis(ChangeModel):
         """Fix Otsu's threshold and the logistic scale from scene-wide samples."""
         self._settle(magnitude_histogram(before, after, valid))
 
-    def calibrate_scene(self, batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-        """Fix the threshold from the magnitude histogram of every tile of the scene.
+    def scene_summary(
+        self, batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    ) -> np.ndarray:
+        """Return the magnitude histogram (int64, ``SCENE_BINS``) of the valid pixels of a part.
 
-        Memory is one histogram, whatever the scene's size. Without a valid pixel the threshold of
-        :meth:`calibrate` stays.
+        Memory is one histogram, whatever the part's size; the counts of parts add up exactly.
         """
         counts = np.zeros(SCENE_BINS, dtype=np.int64)
         for before, after, valid in batches:
             counts += magnitude_histogram(before, after, valid)
+        return counts
+
+    def settle_scene(self, summaries: Sequence[np.ndarray]) -> None:
+        """Fix the threshold from the histogram of every part of the scene (summed).
+
+        Without a valid pixel the threshold of :meth:`calibrate` stays.
+        """
+        counts = np.zeros(SCENE_BINS, dtype=np.int64)
+        for summary in summaries:
+            counts += summary
         self._settle(counts)
+
+    def calibration(self) -> dict[str, Any]:
+        """Return the threshold and the logistic scale (see :meth:`restore_calibration`)."""
+        return {"threshold": self.threshold, "scale": self.scale}
+
+    def restore_calibration(self, state: dict[str, Any]) -> None:
+        """Take the threshold and scale another copy was calibrated to."""
+        self.threshold, self.scale = state["threshold"], state["scale"]
 
     def _settle(self, counts: np.ndarray) -> None:
         """Set ``threshold`` and ``scale`` from a magnitude histogram over [0, 1]."""
