@@ -368,8 +368,8 @@ def pass_panels(width: int, height: int, tile_size: int, panel_width: int) -> li
     """Return windows holding every pixel of the scene once, in panels (a pass over the scene).
 
     Tiles of ``tile_size`` without overlap from the top-left corner (cut at the scene's edges),
-    grouped like the run's tiles (:func:`panel_layout`); what ``tiling.scene_batches`` reads, and
-    what the workers of a cluster read part by part.
+    grouped like the run's tiles (:func:`panel_layout`): what :func:`mtrs_geo.tiling.scene_batches`
+    reads, and a cluster's workers read part by part.
     """
     check_tiling(tile_size, 0)
     windows = [

@@ -11,7 +11,7 @@ seam between them. A cluster splits that run into tasks that move no pixels:
 - :func:`predict_panel` reads its panel's windows itself, and also predicts the earlier panels'
   tiles that reach into its columns (:func:`halo_panels`, about one tile column): its shared
   columns start from the same weighted sums, added in the same order, as in one process. It
-  polygonizes its own columns (:class:`mtrs_geo.seams.PanelVectorizer`) and, for a mask raster,
+  polygonizes its own columns (:class:`mtrs_geo.vectorize.PanelVectorizer`) and, for a mask raster,
   writes them to the run's scratch folder (which must be on storage every worker shares);
 - the client joins the regions across the seams (:func:`join_panels`) and assembles the mask
   raster (:func:`assemble_probability`).
@@ -57,10 +57,9 @@ from mtrs_geo.pipeline import (
 )
 from mtrs_geo.probability_raster import PROBABILITY_BLOCK, probability_profile
 from mtrs_geo.read import RasterInfo
-from mtrs_geo.seams import PanelVectorizer, SeamJoiner, panel_strips
 from mtrs_geo.stitch import StripStitcher
 from mtrs_geo.tiling import TileBatch, TileStream
-from mtrs_geo.vectorize import Region
+from mtrs_geo.vectorize import PanelVectorizer, Region, SeamJoiner, panel_strips
 
 # (model name or checkpoint folder, device) -> the model, loaded and moved once per process; the
 # tasks predict with a copy (their queries and calibration are their own).

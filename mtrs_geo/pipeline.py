@@ -67,6 +67,7 @@ from mtrs_geo.write import (
 if TYPE_CHECKING:
     from rasterio.windows import Window
 
+    from mtrs_geo.distributed import Scheduler
     from mtrs_geo.vectorize import StreamingVectorizer
 
 # geopandas, shapely and scipy (areas, vectorize, the output table) are imported when a run needs
@@ -390,7 +391,7 @@ def detect(
     cancel: threading.Event | None = None,
     messages: MessageCallback | None = None,
     models: Callable[[str], ChangeModel] | None = None,
-    scheduler: str | None = None,
+    scheduler: str | Scheduler | None = None,
 ) -> DetectResult:
     """Run change detection on a pair and write the outputs the config asks for.
 

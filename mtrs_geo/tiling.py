@@ -23,7 +23,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from mtrs_geo.align import AlignedReader
-from mtrs_geo.grid import Grid, RunSize, check_run_size, check_tiling, panel_layout, run_size
+from mtrs_geo.grid import Grid, RunSize, check_run_size, pass_panels, run_size
 from mtrs_geo.normalize import BandStats, percentile_stretch
 from mtrs_geo.padding import pad_tile
 from mtrs_geo.read import RasterInfo
@@ -300,13 +300,8 @@ def scene_batches(
     panel like the run itself; memory is one batch and the prefetch queue). Stops early, without
     error, once ``stop`` is set. The arrays are reused from batch to batch.
     """
-    check_tiling(tile_size, 0)
-    windows = [
-        Window(col, row, min(tile_size, grid.width - col), min(tile_size, grid.height - row))
-        for row in range(0, grid.height, tile_size)
-        for col in range(0, grid.width, tile_size)
-    ]
-    ordered = [w for panel in panel_layout(windows, grid.width, panel_width) for w in panel.windows]
+    panels = pass_panels(grid.width, grid.height, tile_size, panel_width)
+    ordered = [window for panel in panels for window in panel.windows]
     stream = TileStream(before, after, grid, ordered, tile_size, batch_size)
     try:
         for batch in stream.batches(stats_before, stats_after):

@@ -340,15 +340,141 @@ def join_at_seam(left: list[Region], right: list[Region], seam: int) -> list[Reg
     return joined
 
 
-def _edges(regions: list[Region]) -> tuple[np.ndarray, np.ndarray]:
+def _edges(regions: Sequence[Region]) -> tuple[np.ndarray, np.ndarray]:
     """West and east pixel edges of each region (one vectorized call)."""
     bounds = shapely.bounds(np.asarray([r[0] for r in regions], dtype=object)).reshape(-1, 4)
     return bounds[:, 0], bounds[:, 2]
 
 
-def _subset(regions: list[Region], keep: np.ndarray) -> list[Region]:
+def _subset(regions: Sequence[Region], keep: np.ndarray) -> list[Region]:
     """Return the regions where ``keep`` is true, in order."""
     return [region for region, kept in zip(regions, keep, strict=True) if kept]
+
+
+def panel_strips(
+    panels: Sequence[Panel], height: int, block_height: int, block_rows: int | None = None
+) -> list[tuple[int, int]]:
+    """Rows ``[start, stop)`` of the strips every panel of a layout is polygonized in.
+
+    ``block_rows`` rows (``None``: about 2 Mpx of the widest panel, :func:`default_block_rows`)
+    inside whole rows of blocks ``block_height`` high (:func:`strip_bounds`).
+    """
+    widest = max(panel.own_width for panel in panels)
+    return strip_bounds(height, block_rows or default_block_rows(widest), block_height)
+
+
+class PanelVectorizer:
+    """The regions of one panel's own columns, from its rows top to bottom (pixel coordinates).
+
+    One panel of :class:`StreamingVectorizer`; a cluster's worker polygonizes its panel with it
+    and the client joins the panels (:class:`SeamJoiner`). Regions under ``min_pixels`` are
+    dropped as soon as they are finished, except those on a seam the panel shares with a
+    neighbour (they may still grow there).
+
+    Args:
+        panels: every panel of the layout (:func:`mtrs_geo.grid.panel_layout`).
+        index: the panel polygonized here.
+        strips: :func:`panel_strips` of the layout.
+        threshold: probability at or above which a pixel is changed.
+        nodata: the probability nodata value.
+        min_pixels: see above; 0 keeps every region.
+
+    """
+
+    def __init__(
+        self,
+        panels: Sequence[Panel],
+        index: int,
+        strips: list[tuple[int, int]],
+        threshold: float,
+        nodata: float = PROBABILITY_NODATA,
+        min_pixels: int = 0,
+    ) -> None:
+        self.panel = panels[index]
+        self._first, self._last = index == 0, index + 1 == len(panels)
+        self._strips = strips
+        self.min_pixels = min_pixels
+        self._merger = RegionMerger(threshold, nodata, self.panel.col_off)
+        tallest = max((stop - start for start, stop in strips), default=0)
+        self._buffer = np.empty((tallest, self.panel.own_width), dtype=np.float32)
+        self._regions: list[Region] = []  # finished (or still open on the panel's seams)
+        self._strip = 0  # index into the strips of the strip being filled
+        self.rows = 0  # rows added so far (the next row expected)
+
+    def add_rows(self, row_offset: int, values: np.ndarray) -> None:
+        """Take the next rows ``[row_offset, row_offset + len(values))`` of the panel's columns."""
+        if row_offset != self.rows:
+            raise ValueError(f"rows must come in order: expected row {self.rows}, got {row_offset}")
+        taken = 0
+        while taken < len(values):
+            start, stop = self._strips[self._strip]
+            count = min(stop - self.rows, len(values) - taken)
+            at = self.rows - start
+            self._buffer[at : at + count] = values[taken : taken + count]
+            taken += count
+            self.rows += count
+            if self.rows == stop:
+                strip = self._buffer[: stop - start]
+                self._regions.extend(self._kept(list(self._merger.add(start, strip))))
+                self._strip += 1
+
+    def _kept(self, regions: list[Region]) -> list[Region]:
+        """Leave out regions under ``min_pixels`` that no panel seam can make larger."""
+        if self.min_pixels <= 0 or not regions:
+            return regions
+        west, east = _edges(regions)
+        on_seam = (west == self.panel.col_off) & (not self._first)
+        on_seam |= (east == self.panel.col_off + self.panel.own_width) & (not self._last)
+        large = np.fromiter((r[2] >= self.min_pixels for r in regions), bool, len(regions))
+        return _subset(regions, large | on_seam)
+
+    def regions(self) -> list[Region]:
+        """Return the panel's regions, those still open at its last row included (all rows in)."""
+        height = self._strips[-1][1] if self._strips else 0
+        if self.rows != height:
+            raise ValueError(f"only {self.rows} of {height} rows of the panel were added")
+        self._buffer = np.empty((0, 0), dtype=np.float32)
+        return [*self._regions, *self._merger.finish()]
+
+
+class SeamJoiner:
+    """Joins the regions of a layout's panels, given panel after panel, across their seams.
+
+    Args:
+        panels: every panel of the layout.
+        min_pixels: regions under this many pixels are left out once no seam can make them grow.
+
+    """
+
+    def __init__(self, panels: Sequence[Panel], min_pixels: int = 0) -> None:
+        self.panels = list(panels)
+        self.min_pixels = min_pixels
+        self._next = 0  # the panel whose regions come next
+        self._pending: list[Region] = []  # ending on the seam right of the last panel added
+        self._regions: list[Region] = []  # finished for good
+
+    def add_panel(self, regions: list[Region]) -> None:
+        """Take the next panel's regions (:meth:`PanelVectorizer.regions`), joined at its seam."""
+        panel = self.panels[self._next]
+        left_seam, right_seam = panel.col_off, panel.col_off + panel.own_width
+        if self._pending:
+            at_left = _edges(regions)[0] == left_seam if regions else np.zeros(0, dtype=bool)
+            joined = join_at_seam(self._pending, _subset(regions, at_left), left_seam)
+            regions = joined + _subset(regions, ~at_left)
+        self._next += 1
+        if self._next == len(self.panels) or not regions:
+            at_right = np.zeros(len(regions), dtype=bool)
+        else:
+            at_right = _edges(regions)[1] == right_seam
+        self._pending = _subset(regions, at_right)
+        large = np.fromiter((r[2] >= self.min_pixels for r in regions), bool, len(regions))
+        self._regions.extend(_subset(regions, ~at_right & large))
+
+    def table(self, transform: Affine, crs: object) -> gpd.GeoDataFrame:
+        """Return the polygon table (:func:`region_table`); every panel must be in."""
+        if self._next != len(self.panels):
+            raise ValueError(f"only {self._next} of {len(self.panels)} panels were added")
+        return region_table(self._regions, transform, crs)
 
 
 class StreamingVectorizer:
@@ -357,9 +483,10 @@ class StreamingVectorizer:
     The rows are gathered into the strips a re-read of the finished raster (written with blocks
     ``block_height`` rows high) would use (:func:`strip_bounds`), so the table is the one
     :func:`iter_regions` gives on that re-read, and memory is one strip. With ``panels`` the rows
-    come panel by panel (each panel's own columns, top to bottom); regions cut by a panel seam are
-    joined when the panel right of it is done (:func:`join_at_seam`): the same regions, in another
-    order. With ``min_pixels``, the regions of that table with at least so many pixels.
+    come panel by panel (each panel's own columns, top to bottom, :class:`PanelVectorizer`);
+    regions cut by a panel seam are joined when the panel right of it is done
+    (:class:`SeamJoiner`): the same regions, in another order. With ``min_pixels``, the regions
+    of that table with at least so many pixels.
 
     Args:
         width: raster width (pixels).
@@ -393,43 +520,19 @@ class StreamingVectorizer:
         min_pixels: int = 0,
     ) -> None:
         self.height = height
-        self.min_pixels = min_pixels
         self.transform = transform
         self.crs = crs
-        self.threshold, self.nodata = threshold, nodata
+        self.threshold, self.nodata, self.min_pixels = threshold, nodata, min_pixels
         self.panels = list(panels) if panels else [Panel(0, width, width, ())]
-        widest = max(panel.own_width for panel in self.panels)
-        self._bounds = strip_bounds(height, block_rows or default_block_rows(widest), block_height)
-        tallest = max((stop - start for start, stop in self._bounds), default=0)
-        self._buffer = np.empty((tallest, widest), dtype=np.float32)
-        self._regions: list[Region] = []  # finished for good
-        self._pending: list[Region] = []  # ending on the seam right of the last closed panel
-        self._panel = -1
-        self._begin_panel(0)
+        self._strips = panel_strips(self.panels, height, block_height, block_rows)
+        self._joiner = SeamJoiner(self.panels, min_pixels)
+        self._panel = 0
+        self._vectorizer = self._panel_vectorizer(0)
 
-    def _begin_panel(self, index: int) -> None:
-        self._panel = index
-        self._merger = RegionMerger(self.threshold, self.nodata, self.panels[index].col_off)
-        self._panel_regions: list[Region] = []
-        self._strip = 0  # index into _bounds of the strip being filled
-        self._row = 0  # next grid row expected
-
-    def _close_panel(self) -> None:
-        """Finish the panel's regions and join them with those ending on its left seam."""
-        panel = self.panels[self._panel]
-        self._panel_regions.extend(self._merger.finish())
-        left_seam, right_seam = panel.col_off, panel.col_off + panel.own_width
-        regions = self._panel_regions
-        if self._pending:
-            at_left = _edges(regions)[0] == left_seam
-            joined = join_at_seam(self._pending, _subset(regions, at_left), left_seam)
-            regions = joined + _subset(regions, ~at_left)
-        last = self._panel + 1 == len(self.panels)
-        at_right = np.zeros(len(regions), dtype=bool) if last else _edges(regions)[1] == right_seam
-        self._pending = _subset(regions, at_right)
-        large = np.fromiter((r[2] >= self.min_pixels for r in regions), bool, len(regions))
-        self._regions.extend(_subset(regions, ~at_right & large))
-        self._panel_regions = []
+    def _panel_vectorizer(self, index: int) -> PanelVectorizer:
+        return PanelVectorizer(
+            self.panels, index, self._strips, self.threshold, self.nodata, self.min_pixels
+        )
 
     def add_rows(self, row_offset: int, values: np.ndarray, col_offset: int = 0) -> None:
         """Take the next rows ``[row_offset, row_offset + len(values))`` of a panel's own columns.
@@ -438,47 +541,21 @@ class StreamingVectorizer:
         """
         if col_offset != self.panels[self._panel].col_off:
             following = [p.col_off for p in self.panels[self._panel + 1 :]]
-            if self._row != self.height or col_offset not in following:
+            rows = self._vectorizer.rows
+            if rows != self.height or col_offset not in following:
                 raise ValueError(
-                    f"rows must come panel by panel: got column {col_offset} at row {self._row}"
+                    f"rows must come panel by panel: got column {col_offset} at row {rows}"
                 )
             while self.panels[self._panel].col_off != col_offset:
-                self._close_panel()
-                self._begin_panel(self._panel + 1)
-        if row_offset != self._row:
-            raise ValueError(f"rows must come in order: expected row {self._row}, got {row_offset}")
-        width = self.panels[self._panel].own_width
-        taken = 0
-        while taken < len(values):
-            start, stop = self._bounds[self._strip]
-            count = min(stop - self._row, len(values) - taken)
-            at = self._row - start
-            self._buffer[at : at + count, :width] = values[taken : taken + count]
-            taken += count
-            self._row += count
-            if self._row == stop:
-                strip = self._buffer[: stop - start, :width]
-                self._panel_regions.extend(self._kept(self._merger.add(start, strip)))
-                self._strip += 1
-
-    def _kept(self, regions: Iterable[Region]) -> Iterator[Region]:
-        """Leave out regions under ``min_pixels`` that no panel seam can make larger."""
-        if self.min_pixels <= 0:
-            yield from regions
-            return
-        regions = list(regions)
-        panel = self.panels[self._panel]
-        west, east = _edges(regions)
-        # A small region on a seam may still join a region across it.
-        on_seam = (west == panel.col_off) & (self._panel > 0)
-        on_seam |= (east == panel.col_off + panel.own_width) & (self._panel + 1 < len(self.panels))
-        large = np.fromiter((r[2] >= self.min_pixels for r in regions), bool, len(regions))
-        yield from _subset(regions, large | on_seam)
+                self._joiner.add_panel(self._vectorizer.regions())
+                self._panel += 1
+                self._vectorizer = self._panel_vectorizer(self._panel)
+        self._vectorizer.add_rows(row_offset, values)
 
     def result(self) -> gpd.GeoDataFrame:
         """Return the polygon table (:func:`region_table`); every row of every panel must be in."""
-        if self._panel + 1 != len(self.panels) or self._row != self.height:
-            raise ValueError(f"only {self._row} of {self.height} rows of the last panel were added")
-        self._close_panel()
-        self._buffer = np.empty((0, 0), dtype=np.float32)
-        return region_table(self._regions, self.transform, self.crs)
+        rows = self._vectorizer.rows
+        if self._panel + 1 != len(self.panels) or rows != self.height:
+            raise ValueError(f"only {rows} of {self.height} rows of the last panel were added")
+        self._joiner.add_panel(self._vectorizer.regions())
+        return self._joiner.table(self.transform, self.crs)

@@ -30,12 +30,11 @@ from mtrs_geo.model_api import load_model
 from mtrs_geo.panel_tasks import SceneJob, halo_panels, predict_panel, scene_setup
 from mtrs_geo.pipeline import detect
 from mtrs_geo.read import open_raster
-from mtrs_geo.seams import PanelVectorizer, SeamJoiner, panel_strips
 from mtrs_geo.stitch import StripStitcher
-from mtrs_geo.vectorize import StreamingVectorizer
+from mtrs_geo.vectorize import PanelVectorizer, SeamJoiner, StreamingVectorizer, panel_strips
 from mtrs_geo.worker_models import PLUGIN_NAME
 
-# A 1024 px scene in tiles of 128 px every 112 px: panels of two tile columns, five seams.
+# A 1024 px scene in tiles of 128 px every 112 px: five panels (of two tile columns), four seams.
 SPLIT = ("--tile-size", "128", "--overlap", "16", "--panel-width", "300")
 
 
@@ -156,7 +155,7 @@ def test_detect_on_the_cluster_writes_what_one_process_writes(
     assert_same_outputs(one / "changes.gpkg", split / "changes.gpkg")
     assert_same_raster(one / "p.tif", split / "p.tif")
     assert files_in(split) == ["changes.gpkg", "p.tif"]  # no scratch folder, no panel file left
-    # Polygons cross the seams between the 5 panels, and the counts add up to the whole scene's.
+    # Polygons cross the seams between the panels; the counts add up to the whole scene's.
     table = gpd.read_file(split / "changes.gpkg")
     seams = [224 * k for k in range(1, 5)]
     columns = (table.geometry.bounds[["minx", "maxx"]] - 500_000.0) / 2.5
