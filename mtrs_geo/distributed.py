@@ -23,11 +23,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from mtrs_geo.batch import BatchRow, RowOutcome, check_batch
 from mtrs_geo.cancel import check_cancel
 from mtrs_geo.config import DetectConfig
 from mtrs_geo.errors import InputError, MtrsError
+from mtrs_geo.sources import resolve_in
 
 if TYPE_CHECKING:
     from mtrs_geo.model_api import ChangeModel, ModelInfo
@@ -138,6 +140,33 @@ def _cached_models(device: str) -> Callable[[str], ChangeModel]:
     return lambda name: copy.copy(cache(name, device))
 
 
+def absolute_paths(config: DetectConfig) -> DetectConfig:
+    """Return ``config`` with its local paths absolute: a worker's working folder is not ours.
+
+    Inputs (each file of a comma-separated list too), the area of interest, a checkpoint folder
+    and the outputs; URLs are left as they are.
+    """
+    here = Path.cwd()
+
+    def local(path: Path | None) -> Path | None:
+        return None if path is None else here / path
+
+    def image(text: Path | str) -> str:
+        return resolve_in(os.fspath(text), here)
+
+    model = str(here / config.model) if Path(config.model).is_dir() else config.model
+    return replace(
+        config,
+        before=image(config.before),
+        after=image(config.after),
+        more_images=tuple(image(later) for later in config.more_images),
+        aoi=local(config.aoi),
+        output=local(config.output),
+        mask_out=local(config.mask_out),
+        model=model,
+    )
+
+
 def run_row(number: int, output: str, config: DetectConfig) -> RowOutcome:
     """Run one row on a worker; every failure the engine reports becomes a failed outcome."""
     from mtrs_geo.pipeline import detect
@@ -190,7 +219,7 @@ def run_batch_on_cluster(
                 on_row(failed)
                 continue
             future = client.submit(
-                run_row, row.number, row.output, row.config,
+                run_row, row.number, row.output, absolute_paths(row.config),
                 key=f"mtrs-row-{batch_id}-{row.number}", pure=False,
             )  # fmt: skip
             futures[future] = row
@@ -249,7 +278,7 @@ def detect_on_cluster(
     with dask_client(scheduler) as client:
         predictor = ClusterPredictor(client, cancel)
         try:
-            return run_detect(config, predictor, progress, cancel, messages)
+            return run_detect(absolute_paths(config), predictor, progress, cancel, messages)
         finally:
             predictor.close()
 

@@ -274,6 +274,21 @@ def test_errors_on_the_workers_come_back_as_one_line(
     assert not (tmp_path / "c.gpkg").exists()
 
 
+def test_relative_paths_name_the_same_files_on_workers_started_elsewhere(
+    cluster: str, scene: ScenePair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "images").symlink_to(scene.before.parent)
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)  # the workers' working folder is the test run's, not this one
+
+    result = run_mtrs("detect", "images/before.tif", "images/after.tif", *SPLIT, "--quiet",
+                      "-o", "out/changes.gpkg", "--mask-out", "out/p.tif",
+                      "--scheduler", cluster)  # fmt: skip
+
+    assert result.code == 0, result.err
+    assert files_in(tmp_path / "out") == ["changes.gpkg", "p.tif"]
+
+
 def test_a_mask_panel_on_a_worker_without_the_scratch_folder_fails_in_one_line(
     pair: ScenePair, tmp_path: Path
 ) -> None:
