@@ -280,7 +280,7 @@ def detect_on_cluster(
         try:
             return run_detect(absolute_paths(config), predictor, progress, cancel, messages)
         finally:
-            predictor.close()
+            predictor.release()
 
 
 class _WorkerCancel(threading.Event):
@@ -388,6 +388,10 @@ class ClusterPredictor:
                     results[index[future.key]] = result = _task_result(future)
                     if on_done is not None:
                         on_done(index[future.key], result)
+        except KeyboardInterrupt:  # a second signal: stop at once, without waiting for workers
+            self._event.set()
+            self.close()
+            raise
         except BaseException:
             self.stop()
             raise
@@ -410,6 +414,11 @@ class ClusterPredictor:
         """Release the run's tasks (their results) on the cluster."""
         self.client.cancel(self._futures)
         self._futures = []
+
+    def release(self) -> None:
+        """Release the run's tasks and its cancel event (the run is over)."""
+        self.close()
+        self._event.clear()  # an event nobody waits on is removed from the scheduler
 
     def load(
         self, config: DetectConfig, check: Callable[[ModelInfo], None], say: MessageCallback
