@@ -297,6 +297,15 @@ TRAINED_ON = (
 )
 
 
+# How the shipped language run departed from the recipe as it stands (the recipe changed mid-run).
+LANGUAGE_HISTORY = (
+    "This run: steps 0-400 picked expressions per candidate (mostly no-target ones; a kind is "
+    "picked first since); steps 0-3391 ran with max_steps 3400 and every donor's real pairs "
+    "weighted equally; it then resumed to 6400 steps with OSCD's real pairs weighted 3 "
+    "(real_weights), the learning rate following the longer cosine from step 3391."
+)
+
+
 def write_checkpoint(work: Path, base: Path, final: Path, out: Path, seconds: float) -> None:
     """Copy the weights and configs; write training_metadata.json and the model card."""
     from mtrs_geo.models import vocabulary
@@ -333,6 +342,7 @@ def write_checkpoint(work: Path, base: Path, final: Path, out: Path, seconds: fl
     (out / "training_metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     size_mb = (out / "model.safetensors").stat().st_size / 1e6
     s1, s2 = stages["stage1"], stages["stage2"]  # type: ignore[index]
+    total_hours = (float(s1["seconds"]) + float(s2["seconds"]) + float(language["seconds"])) / 3600
     card = f"""# MTRefSeg-R1 (base), bundled checkpoint
 
 - Trained on: {TRAINED_ON}.
@@ -343,7 +353,7 @@ def write_checkpoint(work: Path, base: Path, final: Path, out: Path, seconds: fl
 - Stage 3 (language: classes, directions, places, no-target): {language["steps"]} steps of 8
   crops of 192 px in {language["seconds"]} s, last loss {language["last_loss"]:.4f}
   (stopped early by its time cap: {language["stopped_early"]}), resumed across interruptions;
-  recipe in language.yaml.
+  recipe in language.yaml. {LANGUAGE_HISTORY}
 - Hardware: CPU only (2 cores shared with other work), no GPU.
 - Reproduce: `.venv/bin/python scripts/train_bundled.py` (resumable; `--base DIR` skips stages
   1-2); the tables: `.venv/bin/python scripts/train_bundled.py --evaluate-only`.
@@ -360,7 +370,7 @@ def write_checkpoint(work: Path, base: Path, final: Path, out: Path, seconds: fl
 {(work / "leaderboard.md").read_text()}
 ## Limits
 
-A small model trained for about an hour and a half of CPU time on tens of real scenes and
+A small model trained for about {total_hours:.1f} hours of CPU time on tens of real scenes and
 synthetic changes over them: expect coarse masks and misses on imagery unlike the training scenes.
 Train on your own data with `mtrs train` (a `craft_stream` source over your own donor folders, or
 CRAFT triplets).
