@@ -46,10 +46,7 @@ from mtrs_geo.grid import Grid, Panel, pass_panels
 from mtrs_geo.model_api import ChangeModel
 from mtrs_geo.normalize import BandStats
 from mtrs_geo.pipeline import (
-    SAMPLE_SIZE,
-    calibrate_on_samples,
     model_queries,
-    pair_samples,
     predict_tiles,
     run_environment,
     scene_panels,
@@ -57,6 +54,7 @@ from mtrs_geo.pipeline import (
 )
 from mtrs_geo.probability_raster import PROBABILITY_BLOCK, probability_profile
 from mtrs_geo.read import RasterInfo
+from mtrs_geo.scene_samples import calibrate_on_samples, read_scene_samples
 from mtrs_geo.stitch import StripStitcher
 from mtrs_geo.tiling import TileBatch, TileStream
 from mtrs_geo.vectorize import PanelVectorizer, Region, SeamJoiner, panel_strips
@@ -145,15 +143,13 @@ def scene_setup(
     """
     config = job.config
     with run_environment(config):
-        samples_b, stats_b, samples_a, stats_a = pair_samples(
-            job.before, job.after, job.grid, min(SAMPLE_SIZE, config.tile_size)
-        )
+        samples = read_scene_samples(job.before, job.after, job.grid, config.tile_size)
     model = _model(models, config, previous)
     check_splittable(model)
-    calibrate_on_samples(model, samples_b, samples_a, stats_b, stats_a)
+    calibrate_on_samples(model, samples)
     calibration = model.calibration()
     assert calibration is not None  # check_splittable
-    return SceneSetup((stats_b, stats_a), calibration, model.scene_pass)
+    return SceneSetup(samples.stats, calibration, model.scene_pass)
 
 
 def _pass_batches(

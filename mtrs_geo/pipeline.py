@@ -12,7 +12,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -21,7 +20,6 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
-from mtrs_geo.align import AlignedReader
 from mtrs_geo.aoi import AreaOfInterest, area_of_interest
 from mtrs_geo.bands import default_bands, describe_choice
 from mtrs_geo.cancel import begin_commit, check_cancel
@@ -31,29 +29,20 @@ from mtrs_geo.errors import InputError, ModelError, MtrsError
 from mtrs_geo.grid import (
     Grid,
     Panel,
-    grid_offset,
     panel_layout,
     same_lattice,
-    sample_windows,
     tile_windows,
 )
 from mtrs_geo.model_api import ChangeModel, ModelInfo, load_model, model_info, registered_names
 from mtrs_geo.normalize import BandStats
-from mtrs_geo.read import (
-    RasterInfo,
-    align_longitudes,
-    check_pair,
-    open_raster,
-    read_overview_sample,
-    sample_stats,
-)
+from mtrs_geo.read import RasterInfo, align_longitudes, check_pair, open_raster
+from mtrs_geo.scene_samples import calibrate_on_samples, read_scene_samples
 from mtrs_geo.sources import local_inputs, quiet_open, remote_options, resolve_source
 from mtrs_geo.stitch import PROBABILITY_BLOCK, StripStitcher
 from mtrs_geo.tiling import (
     TileBatch,
     TileStream,
     check_resources,
-    prepare_tile_into,
     scene_batches,
 )
 from mtrs_geo.timeseries import interval_label, series_dates, series_grid
@@ -89,10 +78,6 @@ class RunMessage:
 
 MessageCallback = Callable[[RunMessage], None]
 
-# Scene-wide samples for normalization statistics and model calibration.
-SAMPLE_WINDOWS = 24
-SAMPLE_SIZE = 256
-SAMPLE_SEED = 0
 # Bounds of GDAL's block cache during a run, in bytes (rasterio hands an integer to GDAL as bytes).
 MIN_GDAL_CACHE = 16 * 1024 * 1024
 MAX_GDAL_CACHE = 512 * 1024 * 1024
@@ -319,70 +304,6 @@ def describe_pair(config: DetectConfig) -> PairInfo:
 def _registered_info(name: str) -> ModelInfo | None:
     """Describe a registered model cheaply; None for a checkpoint path."""
     return model_info(name) if name in registered_names() else None
-
-
-Samples = list[tuple[np.ndarray, np.ndarray]]
-
-
-def _scene_samples(
-    info: RasterInfo, grid: Grid, windows: list[Window]
-) -> tuple[Samples, BandStats]:
-    """Read the sample windows of the common grid from one image (own dtype), and its statistics."""
-    with AlignedReader(info, grid) as reader:
-        samples = [reader.read_native(w) for w in windows]
-    return samples, _stats(info, grid, samples)
-
-
-def pair_samples(
-    before: RasterInfo, after: RasterInfo, grid: Grid, size: int
-) -> tuple[Samples, BandStats, Samples, BandStats]:
-    """:func:`_scene_samples` of both images, the before image's in a second thread.
-
-    When the before image is read on the grid's lattice, each seeded window lies inside one of its
-    file blocks where blocks are large enough (one block decoded per window). Each thread opens its
-    own dataset handles; GDAL decodes without the GIL, so the two images' sample reads overlap.
-    """
-    block, origin = (1, 1), (0, 0)
-    if same_lattice(before.grid, grid):
-        col, row = grid_offset(before.grid, grid)  # the grid's first pixel in the image
-        block = before.block_shape
-        origin = (-row % block[0], -col % block[1])
-    windows = sample_windows(
-        grid.width, grid.height, size, SAMPLE_WINDOWS, SAMPLE_SEED, block, origin
-    )
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtrs-samples") as pool:
-        future = pool.submit(_scene_samples, before, grid, windows)
-        samples_a, stats_a = _scene_samples(after, grid, windows)
-        samples_b, stats_b = future.result()
-    return samples_b, stats_b, samples_a, stats_a
-
-
-def _stats(info: RasterInfo, grid: Grid, samples: Samples) -> BandStats:
-    """Statistics from the image's overviews when it has them, else from the window samples."""
-    overview = read_overview_sample(info, grid)
-    return sample_stats([overview] if overview is not None else samples)
-
-
-def calibrate_on_samples(
-    model: ChangeModel,
-    samples_b: Samples,
-    samples_a: Samples,
-    stats_b: BandStats,
-    stats_a: BandStats,
-) -> None:
-    """Show the model the normalized scene-wide samples that hold valid pixels."""
-    pairs = [(b, a) for b, a in zip(samples_b, samples_a, strict=True) if (b[1] & a[1]).any()]
-    if not pairs:
-        return
-    # Sample windows all have one shape; they are normalized (and padded square) in place.
-    size = max(pairs[0][0][1].shape)
-    count = len(pairs)
-    before = np.empty((count, pairs[0][0][0].shape[0], size, size), dtype=np.float32)
-    after = np.empty((count, pairs[0][1][0].shape[0], size, size), dtype=np.float32)
-    valid = np.empty((count, size, size), dtype=bool)
-    for i, (read_b, read_a) in enumerate(pairs):
-        prepare_tile_into(read_b, read_a, stats_b, stats_a, before[i], after[i], valid[i])
-    model.calibrate(before, after, valid)
 
 
 def detect(
@@ -678,17 +599,16 @@ def _predict_interval(
     )
     try:
         run.say(RunMessage("stage", "reading scene samples"))
-        samples_b, stats_b, samples_a, stats_a = pair_samples(
-            before, after, grid, min(SAMPLE_SIZE, config.tile_size)
-        )
+        samples = read_scene_samples(before, after, grid, config.tile_size)
         # The first tiles are read while the model takes the queries and the samples (not during
         # the sample reads: three readers on two cores and a shared block cache slow all down).
         stream.start()
         if index == 0:
             run.say(RunMessage("stage", "preparing the model"))
             model.prepare_queries(model_queries(config))
-        calibrate_on_samples(model, samples_b, samples_a, stats_b, stats_a)
-        del samples_b, samples_a  # scene samples are done with; do not hold them through the run
+        calibrate_on_samples(model, samples)
+        stats_b, stats_a = samples.stats
+        del samples  # the scene samples are done with: not held through the run
         if model.scene_pass:  # a streamed first pass over the whole scene (cva's histogram)
             run.say(RunMessage("stage", "first pass over the whole scene"))
             model.calibrate_scene(

@@ -1,10 +1,9 @@
-"""Open and validate the input rasters; band selection; sampled normalization statistics.
+"""Open and validate the input rasters; band selection; nodata and masks.
 
 Everything GDAL opens is accepted (GeoTIFF/COG, VRT, JP2, ENVI, ...), in any numeric dtype, with
 nodata values, per-band or per-dataset masks, from a local file, a URL, a STAC item or a list of
 single-band files (:mod:`mtrs_geo.sources`). Images without georeferencing are read on a pixel grid
-when asked to. Statistics never come from a full-scene read: from
-overviews when the file has them, otherwise from a seeded sample of windows of the common grid.
+when asked to. The images' sampled statistics are :mod:`mtrs_geo.scene_samples`'.
 """
 
 from __future__ import annotations
@@ -20,16 +19,13 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 
 from mtrs_geo.errors import InputError, ModelError
-from mtrs_geo.grid import Grid, footprint_in, unwrap_longitudes
+from mtrs_geo.grid import Grid, unwrap_longitudes
 from mtrs_geo.model_api import ModelInfo
-from mtrs_geo.normalize import BandStats, band_stats
 from mtrs_geo.sources import PIXEL_GRID_CRS, Source, resolve_source
 
-# Largest side, in pixels, of the overview read used for statistics.
-STATS_OVERVIEW_SIZE = 1024
 # Latitude beyond a pole tolerated in a geographic image's bounds (degrees): float round-off.
 _POLE_SLACK = 1e-6
 
@@ -219,51 +215,3 @@ def check_pair(before: RasterInfo, after: RasterInfo, info: ModelInfo | None = N
             f"model {info.name!r} takes {info.in_channels} bands but {nb} are selected; "
             f"choose {info.in_channels} of them"
         )
-
-
-def read_overview_sample(info: RasterInfo, grid: Grid) -> tuple[np.ndarray, np.ndarray] | None:
-    """Read the image's part inside ``grid`` from its overviews, decimated; None without overviews.
-
-    Returns ``(data float32 (C, h, w), valid bool (h, w))`` in the image's own pixel space
-    (statistics do not need the common grid's geometry, only its footprint).
-    """
-    if not info.has_overviews:
-        return None
-    left, bottom, right, top = footprint_in(grid, info.grid.crs)
-    image_window = (
-        from_bounds(left, bottom, right, top, transform=info.grid.transform)
-        .round_offsets()
-        .round_lengths()
-        .intersection(Window(0, 0, info.grid.width, info.grid.height))
-    )
-    scale = max(image_window.width, image_window.height) / STATS_OVERVIEW_SIZE
-    if scale <= 1:
-        return None  # a small scene: the window sample reads it at full resolution anyway
-    out_shape = (
-        max(1, int(image_window.height / scale)),
-        max(1, int(image_window.width / scale)),
-    )
-    try:
-        with rasterio.open(info.dataset) as ds:
-            data = ds.read(
-                list(info.bands), window=image_window, out_shape=(len(info.bands), *out_shape)
-            )
-            masks = ds.read_masks(
-                list(info.bands), window=image_window, out_shape=(len(info.bands), *out_shape)
-            )
-    except rasterio.errors.RasterioError as exc:
-        raise read_failure(info.path, exc) from exc
-    values = data.astype(np.float32)
-    valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(values), axis=0)
-    return values, valid
-
-
-def sample_stats(samples: Sequence[tuple[np.ndarray, np.ndarray]]) -> BandStats:
-    """Percentile stretch limits from ``(data (C, h, w), valid (h, w))`` samples of one image."""
-    if not samples:
-        raise InputError("no pixel could be sampled for normalization statistics")
-    channels = samples[0][0].shape[0]
-    values = np.concatenate([d.reshape(channels, -1) for d, _ in samples], axis=1)
-    valid = np.concatenate([v.reshape(-1) for _, v in samples])
-    # band_stats wants (N, C, H, W) and a (N, H, W) mask: one "image" of 1 x n pixels.
-    return band_stats(values[None, :, None, :], valid[None, None, :])

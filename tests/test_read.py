@@ -5,14 +5,13 @@ import pytest
 import rasterio
 import rasterio.drivers
 import rasterio.shutil
-from rasterio.enums import Resampling
 from rasterio.windows import Window
 from scenes import ImageSpec, make_pair
 
 from mtrs_geo.align import AlignedReader
 from mtrs_geo.errors import InputError, ModelError
 from mtrs_geo.model_api import ModelInfo
-from mtrs_geo.read import check_pair, open_raster, read_overview_sample, sample_stats
+from mtrs_geo.read import check_pair, open_raster
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RGB_BYTE = SHARED / "geotiff" / "RGB.byte.tif"
@@ -85,42 +84,6 @@ def test_model_band_count_mismatch_is_a_model_error(tmp_path: Path) -> None:
     before, after = open_raster(pair.before), open_raster(pair.after)
     with pytest.raises(ModelError, match="model 'rgbn' takes 4 bands but 3 are selected"):
         check_pair(before, after, info)
-
-
-def test_statistics_come_from_overviews_when_the_file_has_them(tmp_path: Path) -> None:
-    pair = make_pair(
-        tmp_path,
-        before=ImageSpec(pixel_size_m=2.0, nodata=0, nodata_border=40),
-        extent=(500_000.0, 5_000_000.0, 504_096.0, 5_004_096.0),  # 2048 x 2048 px
-        changes=[],
-    )
-    assert read_overview_sample(open_raster(pair.before), open_raster(pair.before).grid) is None
-    with rasterio.open(pair.before, "r+") as ds:
-        ds.build_overviews([2, 4, 8], Resampling.average)
-    info = open_raster(pair.before)
-    assert info.has_overviews
-    sample = read_overview_sample(info, info.grid)
-    assert sample is not None
-    data, valid = sample
-    assert data.shape == (3, 1024, 1024) and valid.shape == (1024, 1024)
-    assert not valid[:10].any() and valid[40:-40, 40:-40].all()  # the 40 px border, halved
-    with rasterio.open(pair.before) as ds:
-        full = ds.read()
-    reference = sample_stats([(full.astype(np.float32), full.min(axis=0) > 0)])
-    stats = sample_stats([sample])
-    np.testing.assert_allclose(stats.low, reference.low, atol=3)
-    np.testing.assert_allclose(stats.high, reference.high, atol=3)
-
-
-def test_sample_stats_leave_out_invalid_pixels() -> None:
-    data = np.zeros((2, 10, 10), dtype=np.float32)
-    data[:, :, 5:] = np.arange(50, dtype=np.float32).reshape(10, 5) + 100
-    valid = np.zeros((10, 10), dtype=bool)
-    valid[:, 5:] = True
-    stats = sample_stats([(data, valid)])
-    assert min(stats.low) >= 100
-    with pytest.raises(InputError):
-        sample_stats([])
 
 
 @pytest.mark.skipif(not RGB_BYTE.exists(), reason="needs ../shared/data/geotiff")
