@@ -7,7 +7,6 @@ check a ``--device`` name for a numpy model without loading torch.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -115,21 +114,69 @@ def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     return batch.to(device)
 
 
-@contextlib.contextmanager
-def compute_threads(device: torch.device) -> Iterator[None]:
-    """On the CPU, leave one core to the prefetching reader thread while the model runs.
+class ThreadTuner:
+    """Keeps, while a run predicts on the CPU, the faster of a few torch thread counts.
 
-    Restores torch's previous thread count on exit. Oversubscribed cores make element-wise models
-    several times slower (OpenMP threads wait on each other), which matters most on small machines.
+    On an idle machine every core is fastest; on a shared one a thread that waits for a core
+    stalls the others at each OpenMP barrier, and one fewer thread can be twice as fast. So the
+    first call (it warms up the allocator and the kernels) is not counted, then each candidate is
+    timed once (seconds per tile) and the cheapest is kept; every ``reprobe_every`` calls another
+    candidate is timed again, since a shared machine's load changes during a long run. Plain
+    Python: the caller sets the thread count and times the call.
+    """
+
+    def __init__(self, candidates: tuple[int, ...], reprobe_every: int = 64) -> None:
+        self.candidates = candidates
+        self.reprobe_every = reprobe_every
+        self.cost: dict[int, float] = {}  # seconds per tile, smoothed
+        self._warm = False
+        self._calls = 0  # timed calls
+        self._probes = 0
+
+    @property
+    def best(self) -> int:
+        """The cheapest candidate timed so far (the first one before any is timed)."""
+        if not self.cost:
+            return self.candidates[0]
+        return min(self.cost, key=self.cost.__getitem__)
+
+    def next_threads(self) -> int:
+        """Return the thread count for the next call."""
+        for threads in self.candidates:
+            if threads not in self.cost:
+                return threads
+        others = [threads for threads in self.candidates if threads != self.best]
+        if others and self._calls % self.reprobe_every == 0:
+            self._probes += 1
+            return others[self._probes % len(others)]
+        return self.best
+
+    def record(self, threads: int, seconds: float, tiles: int) -> None:
+        """Note that a call of ``tiles`` tiles on ``threads`` threads took ``seconds``."""
+        if not self._warm:
+            self._warm = True
+            return
+        per_tile = seconds / max(tiles, 1)
+        known = self.cost.get(threads)
+        self.cost[threads] = per_tile if known is None else 0.5 * (known + per_tile)
+        self._calls += 1
+
+
+@contextlib.contextmanager
+def tuned_threads(device: torch.device) -> Iterator[ThreadTuner | None]:
+    """On the CPU, a :class:`ThreadTuner` between torch's thread count and one fewer.
+
+    Yields None on an accelerator (nothing to tune) and restores torch's thread count on exit.
+    With one thread (a Dask worker, a test) there is nothing to choose: the tuner keeps it.
     """
     if device.type != "cpu":
-        yield
+        yield None
         return
     import torch
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(previous, (os.cpu_count() or 1) - 1)))
+    candidates = (previous, previous - 1) if previous >= 2 else (previous,)
     try:
-        yield
+        yield ThreadTuner(candidates)
     finally:
         torch.set_num_threads(previous)

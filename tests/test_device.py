@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from mtrs_geo import device as device_module
-from mtrs_geo.device import autocast_context, autocast_dtype, select_device, to_device
+from mtrs_geo.device import (
+    ThreadTuner,
+    autocast_context,
+    autocast_dtype,
+    select_device,
+    to_device,
+)
 from mtrs_geo.errors import InputError
 
 
@@ -70,18 +76,45 @@ def test_autocast_is_a_no_op_on_the_cpu() -> None:
     assert to_device(batch, torch.device("cpu")).device.type == "cpu"
 
 
-def test_compute_threads_leave_one_core_to_the_reader_and_restore(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_the_thread_tuner_keeps_the_faster_count_after_a_warm_up_call() -> None:
+    tuner = ThreadTuner((2, 1), reprobe_every=4)
+    seconds = {2: 0.5, 1: 0.2}  # a busy machine: one thread is faster
+    first = tuner.next_threads()
+    tuner.record(first, 30.0, 1)  # the warm-up call is not counted
+    order = [first]
+    for _ in range(8):
+        threads = tuner.next_threads()
+        order.append(threads)
+        tuner.record(threads, seconds[threads] * 2, 2)
+    # warm-up, each timed once, then the faster; every 4th timed call re-times the other one
+    assert order == [2, 2, 1, 1, 1, 2, 1, 1, 1]
+    assert tuner.best == 1 and tuner.cost == {2: 0.5, 1: 0.2}
+
+
+def test_the_thread_tuner_follows_a_change_of_load() -> None:
+    tuner = ThreadTuner((2, 1), reprobe_every=2)
+    tuner.record(tuner.next_threads(), 1.0, 1)
+    for _ in range(3):
+        threads = tuner.next_threads()
+        tuner.record(threads, {2: 0.2, 1: 0.4}[threads], 1)
+    assert tuner.best == 2
+    for _ in range(12):  # the machine got busy: two threads now take 1 s a tile
+        threads = tuner.next_threads()
+        tuner.record(threads, {2: 1.0, 1: 0.4}[threads], 1)
+    assert tuner.best == 1
+
+
+def test_tuned_threads_offer_all_threads_and_one_fewer_and_restore() -> None:
     previous = torch.get_num_threads()
-    monkeypatch.setattr(device_module.os, "cpu_count", lambda: 4)
     torch.set_num_threads(4)
     try:
-        with device_module.compute_threads(torch.device("cpu")):
-            assert torch.get_num_threads() == 3
+        with device_module.tuned_threads(torch.device("cpu")) as tuner:
+            assert tuner is not None and tuner.candidates == (4, 3)
+            torch.set_num_threads(3)
         assert torch.get_num_threads() == 4
-        monkeypatch.setattr(device_module.os, "cpu_count", lambda: 1)
-        with device_module.compute_threads(torch.device("cpu")):
-            assert torch.get_num_threads() == 1
+        torch.set_num_threads(1)
+        with device_module.tuned_threads(torch.device("cpu")) as tuner:
+            assert tuner is not None and tuner.candidates == (1,)
+            assert [tuner.next_threads() for _ in range(3)] == [1, 1, 1]
     finally:
         torch.set_num_threads(previous)

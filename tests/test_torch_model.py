@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 
 from mtrs_geo.model_api import ModelInfo
@@ -44,21 +43,41 @@ def test_numpy_batches_go_in_and_come_out_around_tensor_maths() -> None:
     ]
 
 
-def test_the_session_leaves_a_core_to_the_reader_on_the_cpu(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from mtrs_geo import device as device_module
-
-    monkeypatch.setattr(device_module.os, "cpu_count", lambda: 4)
+def test_the_session_times_all_threads_and_one_fewer_then_restores() -> None:
     previous = torch.get_num_threads()
     torch.set_num_threads(4)
     try:
         model = Doubling().to("cpu")
+        model.cpu_call_pixels = 4 * 5  # one 4 x 5 tile pair per call
+        threads_seen = []
+        tensors = model.predict_tensors
+
+        def spy(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+            threads_seen.append(torch.get_num_threads())
+            return tensors(before, after)
+
+        model.predict_tensors = spy  # type: ignore[method-assign]
+        before = np.zeros((4, 3, 4, 5), dtype=np.float32)
         with model.session():
-            assert torch.get_num_threads() == 3
-        assert torch.get_num_threads() == 4
+            model.predict(before, before + 0.25)
+            assert model._tuner is not None and set(model._tuner.cost) == {4, 3}
+        assert threads_seen[:3] == [4, 4, 3] and len(threads_seen) == 4
+        assert torch.get_num_threads() == 4 and model._tuner is None
     finally:
         torch.set_num_threads(previous)
+
+
+def test_on_the_cpu_a_batch_is_cut_into_calls_of_the_model_s_size() -> None:
+    model = Doubling().to("cpu")
+    gen = np.random.default_rng(0)
+    before = gen.random((5, 3, 4, 5), dtype=np.float32)
+    after = gen.random((5, 3, 4, 5), dtype=np.float32)
+    whole = model.predict(before, after)
+    model.cpu_call_pixels = 2 * 4 * 5  # two pairs per call: 2 + 2 + 1
+    assert model.call_size(4, 5) == 2 and model.call_size(40, 50) == 1
+    model.seen.clear()
+    np.testing.assert_array_equal(model.predict(before, after), whole)
+    assert len(model.seen) == 3
 
 
 def test_a_model_without_calibration_gets_no_samples_moved() -> None:

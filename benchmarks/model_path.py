@@ -1,0 +1,321 @@
+"""The model path, measured side by side (issue 14): the engine next to what bounds it.
+
+One command, every figure in a fresh child process (peak RSS from ``wait4``), in one run so the
+machine's load is the same for all of them:
+
+* ``engine``: :func:`mtrs_geo.pipeline.detect` with ``mtrefseg-r1`` on a generated 2048^2 pair
+  (tile 512, overlap 64, the default batch, CPU, polygons to .fgb): wall time, setup (imports,
+  opening, model loading, query, calibration), model time, tiles/s, scene Mpx/s, peak RSS;
+* ``network``: the same network alone (the bundled checkpoint, BatchNorms folded, channels-last,
+  query encoded once) on random tiles of the same size and batch, at 1 .. all CPU threads, as
+  ``benchmarks/model.py`` times it; its tiles/s is also given as the scene Mpx/s an engine that did
+  nothing but the network would reach;
+* ``floor``: the bare windowed-read loop over the same windows (the I/O floor);
+* ``torchgeo``: torchgeo's streaming read path (``RasterDataset`` + ``GridGeoSampler``, one
+  query per window and image);
+* ``cva``: the engine with ``cva`` on an 8192^2 uint8 pair (with the floor and torchgeo there).
+
+It prints a markdown table and a JSON record with the date and the load average.
+
+Usage::
+
+    .venv/bin/python benchmarks/model_path.py                  # 2048^2 (torch), 8192^2 (cva)
+    .venv/bin/python benchmarks/model_path.py --quick          # a smoke test: 1024^2 and 2048^2
+    .venv/bin/python benchmarks/model_path.py --repeat 3 --json-out model_path.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine import OVERLAP, TILE, generate_pair, run_floor  # noqa: E402
+
+QUERY = "new buildings"
+START = time.perf_counter()  # a child's clock starts before its imports
+
+
+def _child_seconds() -> float:
+    return time.perf_counter() - START
+
+
+# -- child runs ----------------------------------------------------------------------------------
+
+
+def run_engine(before: Path, after: Path, out: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """:func:`mtrs_geo.pipeline.detect` on the pair; times from the child's start."""
+    from mtrs_geo.config import DetectConfig
+    from mtrs_geo.pipeline import detect
+
+    imported = _child_seconds()
+    model = options["model"]
+    extra = {} if options.get("batch") is None else {"batch_size": int(options["batch"])}
+    config = DetectConfig(
+        before=before,
+        after=after,
+        query=QUERY if model != "cva" else "",
+        output=out / f"engine_{model}.fgb",
+        model=model,
+        device="cpu",
+        tile_size=TILE,
+        overlap=OVERLAP,
+        **extra,
+    )
+    start = time.perf_counter()
+    result = detect(config)
+    seconds = time.perf_counter() - start
+    summary = result.to_json()
+    threads = None
+    if "torch" in sys.modules:
+        threads = sys.modules["torch"].get_num_threads()
+    return {
+        "seconds": seconds,
+        "import_seconds": imported,
+        "batch": config.batch_size,
+        "tiles": result.tiles_run,
+        "polygons": summary["polygons"],
+        "timings": summary["timings"],
+        "torch_threads_after": threads,
+    }
+
+
+def run_network(before: Path, after: Path, out: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """The bundled network alone on random tiles of the engine's size and batch."""
+    import torch
+
+    from mtrs_geo.models.inference import CHECKPOINT_DIR
+    from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
+
+    torch.set_num_threads(int(options["threads"]))
+    batch, px = int(options["batch"]), int(options["px"])
+    model = MTRefSegR1.from_pretrained(CHECKPOINT_DIR, local_files_only=True)
+    model.fuse_for_inference().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    gen = torch.Generator().manual_seed(0)
+    image_b = torch.rand(batch, 3, px, px, generator=gen)
+    image_a = torch.rand(batch, 3, px, px, generator=gen)
+    with torch.inference_mode():
+        embeds = model.encode_text([QUERY])
+        model(image_b, image_a, text_embeds=embeds).probabilities()  # warm-up
+        times = []
+        for _ in range(int(options["repeats"])):
+            t0 = time.perf_counter()
+            model(image_b, image_a, text_embeds=embeds).probabilities()
+            times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
+    return {"threads": torch.get_num_threads(), "batch": batch, "tiles_per_s": batch / seconds}
+
+
+def run_torchgeo(before: Path, after: Path, out: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """torchgeo's streaming read path: a ``GridGeoSampler`` over both images' datasets."""
+    from torchgeo.datasets import RasterDataset
+    from torchgeo.samplers import GridGeoSampler, Units
+
+    start = time.perf_counter()
+    data_b, data_a = RasterDataset(paths=[before]), RasterDataset(paths=[after])
+    sampler = GridGeoSampler(data_b, size=TILE, stride=TILE - OVERLAP, units=Units.PIXELS)
+    count = checksum = 0
+    for query in sampler:
+        checksum += int(data_b[query]["image"][0, 0, 0]) + int(data_a[query]["image"][0, 0, 0])
+        count += 1
+    return {"seconds": time.perf_counter() - start, "windows": count, "checksum": checksum}
+
+
+def run_floor_child(
+    before: Path, after: Path, out: Path, options: dict[str, Any]
+) -> dict[str, Any]:
+    """The I/O floor of ``benchmarks/engine.py``."""
+    return run_floor(before, after, out)
+
+
+CHILD_RUNS = {
+    "engine": run_engine,
+    "network": run_network,
+    "floor": run_floor_child,
+    "torchgeo": run_torchgeo,
+}
+
+
+def measure(kind: str, before: Path, after: Path, out: Path, **options: Any) -> dict[str, Any]:
+    """Run one measurement in a fresh child process; add its wall time and peak RSS."""
+    command = [
+        sys.executable, __file__, "--child", kind, str(before), str(after), str(out),
+        json.dumps(options),
+    ]  # fmt: skip
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{kind} {options} failed with exit code {status}")
+    record: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    record["process_seconds"] = wall
+    record["peak_rss_mib"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    return record
+
+
+# -- the side-by-side run -----------------------------------------------------------------------
+
+
+def _tiles(side: int) -> int:
+    from mtrs_geo.grid import tile_windows
+
+    return len(tile_windows(side, side, TILE, OVERLAP))
+
+
+def torch_side(side: int, data: Path, repeats: int, threads: list[int]) -> dict[str, Any]:
+    """The engine with ``mtrefseg-r1`` next to the network alone, the floor and torchgeo."""
+    before, after = generate_pair(data, side, side)
+    out = data / f"out_model_path_{side}"
+    out.mkdir(parents=True, exist_ok=True)
+    megapixels = side * side / 1e6
+    engine = measure("engine", before, after, out, model="mtrefseg-r1")
+    batch = int(engine["batch"])
+    networks = [
+        measure("network", before, after, out, threads=t, batch=batch, px=TILE, repeats=repeats)
+        for t in threads
+    ]
+    best = max(networks, key=lambda n: n["tiles_per_s"])
+    tiles = int(engine["tiles"])
+    timings = engine["timings"]
+    setup = engine["import_seconds"] + timings["setup"]
+    loop = engine["seconds"] - timings["setup"]  # the tile loop, stitching, vectorizing, writing
+    return {
+        "side": side,
+        "megapixels": megapixels,
+        "tiles": tiles,
+        "engine": engine,
+        "engine_setup_s": setup,
+        "engine_tiles_per_s": tiles / loop,
+        "engine_model_tiles_per_s": tiles / timings["model"],
+        "engine_mpx_s": megapixels / engine["process_seconds"],
+        "engine_loop_mpx_s": megapixels / loop,
+        "networks": networks,
+        "network_best": best,
+        "network_mpx_s": best["tiles_per_s"] * megapixels / tiles,
+        "engine_vs_network": tiles / loop / best["tiles_per_s"],
+    }
+
+
+def cva_side(side: int, data: Path, with_torchgeo: bool) -> dict[str, Any]:
+    """The engine with ``cva`` next to the I/O floor and torchgeo's read path."""
+    before, after = generate_pair(data, side, side)
+    out = data / f"out_model_path_{side}"
+    out.mkdir(parents=True, exist_ok=True)
+    megapixels = side * side / 1e6
+    floor = measure("floor", before, after, out)
+    engine = measure("engine", before, after, out, model="cva")
+    torchgeo = measure("torchgeo", before, after, out) if with_torchgeo else None
+    return {
+        "side": side,
+        "megapixels": megapixels,
+        "engine": engine,
+        "floor": floor,
+        "torchgeo": torchgeo,
+        "engine_mpx_s": megapixels / engine["seconds"],
+        "floor_mpx_s": megapixels / floor["seconds"],
+        "torchgeo_mpx_s": megapixels / torchgeo["seconds"] if torchgeo else None,
+        "engine_vs_floor": floor["seconds"] / engine["seconds"],
+    }
+
+
+def report(record: dict[str, Any]) -> str:
+    """The markdown tables of one run."""
+    lines = [
+        f"{record['date']} UTC, {record['cpus']} CPU cores, load average "
+        f"{record['load_before']:.1f} before / {record['load_after']:.1f} after",
+        "",
+        "| scene | engine (mtrefseg-r1) wall s | setup s | model s | tiles | engine tiles/s "
+        "| network alone tiles/s (threads) | engine / network | engine Mpx/s | network Mpx/s "
+        "| peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["torch"]:
+        net = r["network_best"]
+        others = ", ".join(f"{n['tiles_per_s']:.2f} ({n['threads']})" for n in r["networks"])
+        lines.append(
+            f"| {r['side']}^2 | {r['engine']['process_seconds']:.1f} | {r['engine_setup_s']:.1f} "
+            f"| {r['engine']['timings']['model']:.1f} | {r['tiles']} "
+            f"| {r['engine_tiles_per_s']:.2f} | {others} "
+            f"| {r['engine_vs_network']:.2f} of {net['tiles_per_s']:.2f} "
+            f"| {r['engine_mpx_s']:.2f} | {r['network_mpx_s']:.2f} "
+            f"| {r['engine']['peak_rss_mib']:,.0f} |"
+        )
+    lines += [
+        "",
+        "| scene | engine (cva) Mpx/s | I/O floor Mpx/s | engine / floor | torchgeo Mpx/s "
+        "| engine s | floor s | cva peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["cva"]:
+        torchgeo = f"{r['torchgeo_mpx_s']:.1f}" if r["torchgeo_mpx_s"] else "-"
+        lines.append(
+            f"| {r['side']}^2 | {r['engine_mpx_s']:.1f} | {r['floor_mpx_s']:.1f} "
+            f"| {r['engine_vs_floor']:.2f} | {torchgeo} | {r['engine']['seconds']:.1f} "
+            f"| {r['floor']['seconds']:.1f} | {r['engine']['peak_rss_mib']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Parse the command line and run the side-by-side measurement (or one child run)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--torch-size", type=int, default=2048, help="side of the torch scene")
+    parser.add_argument("--cva-size", type=int, default=8192, help="side of the cva scene")
+    parser.add_argument("--repeat", type=int, default=1, help="run the whole set this often")
+    parser.add_argument("--network-repeats", type=int, default=8, help="timed network batches")
+    parser.add_argument(
+        "--threads", default=None, help="network thread counts, comma-separated (default 1..N)"
+    )
+    parser.add_argument("--no-torchgeo", action="store_true", help="skip torchgeo's read path")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 1024^2 and 2048^2")
+    parser.add_argument("--data", type=Path, default=Path("/tmp/mtrs-bench"), help="data folder")
+    parser.add_argument("--json-out", type=Path, help="also write the JSON record here")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        kind, before, after, out, options = args.child
+        record = CHILD_RUNS[kind](Path(before), Path(after), Path(out), json.loads(options))
+        print(json.dumps(record))
+        return
+
+    cpus = os.cpu_count() or 1
+    if args.quick:
+        args.torch_size, args.cva_size, args.network_repeats = 1024, 2048, 2
+    threads = (
+        [int(t) for t in args.threads.split(",")] if args.threads else list(range(1, cpus + 1))
+    )
+    record: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
+        "cpus": cpus,
+        "load_before": os.getloadavg()[0],
+        "command": " ".join(sys.argv),
+        "torch": [],
+        "cva": [],
+    }
+    for round_ in range(args.repeat):
+        print(f"round {round_ + 1} of {args.repeat} ...", file=sys.stderr, flush=True)
+        torch_run = torch_side(args.torch_size, args.data, args.network_repeats, threads)
+        record["torch"].append(torch_run)
+        record["cva"].append(cva_side(args.cva_size, args.data, not args.no_torchgeo))
+    record["load_after"] = os.getloadavg()[0]
+    print(report(record))
+    print()
+    print(json.dumps(record))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
