@@ -434,27 +434,11 @@ class ClusterPredictor:
     ) -> IntervalResult:
         """Predict one pair of dates panel by panel on the workers; join and assemble here."""
         from mtrs_geo.panel_tasks import SceneJob, assemble_probability, join_panels
-        from mtrs_geo.pipeline import IntervalResult, RunMessage
+        from mtrs_geo.pipeline import IntervalResult, RunMessage, timed
 
         job = SceneJob(run.config, before, after, run.grid, run.area, index, run.scratch)
-        t0 = time.perf_counter()
-        run.say(RunMessage("stage", "reading scene samples on a worker"))
-        setup_future = self._submit(_setup_task, job, self._calibration, key=f"setup-{index}")
-        setup: SceneSetup = self._wait([setup_future])[0]
-        if setup.scene_pass:
-            parts = len(job.pass_parts())
-            run.say(RunMessage("stage", f"first pass over the whole scene in {parts} parts"))
-            summaries = [
-                self._submit(
-                    _summary_task, job, setup, part, self._event.name, key=f"pass-{index}-{part}"
-                )
-                for part in range(parts)
-            ]
-            settled = self._submit(_settle_task, job, setup, summaries, key=f"settle-{index}")
-            setup = self._wait([settled])[0]
-        self._calibration = setup.calibration
-        run.timings["setup"] += time.perf_counter() - t0
-
+        with timed(run.timings, "setup"):
+            setup = self._scene_setup(job, run)
         panels = job.panels()
         workers = len(self.client.scheduler_info()["workers"])
         run.say(RunMessage("stage", f"predicting {len(panels)} panels on {workers} workers"))
@@ -473,18 +457,16 @@ class ClusterPredictor:
             for k in range(len(panels))
         ]
         results: list[PanelResult] = self._wait(futures, panel_done)
-        t0 = time.perf_counter()
-        polygons = join_panels(job, results)
-        run.timings["vectorize"] += time.perf_counter() - t0
+        with timed(run.timings, "vectorize"):
+            polygons = join_panels(job, results)
         paths = run.probability_paths(index)
-        t0 = time.perf_counter()
-        for query, path in enumerate(paths):
-            if path is not None:
-                parts_of = [result.rasters[query] for result in results]
-                assemble_probability(run.grid, panels, _paths(parts_of), path)
-                for part in _paths(parts_of):
-                    part.unlink()
-        run.timings["stitch"] += time.perf_counter() - t0
+        with timed(run.timings, "stitch"):
+            for query, path in enumerate(paths):
+                if path is not None:
+                    parts_of = [result.rasters[query] for result in results]
+                    assemble_probability(run.grid, panels, _paths(parts_of), path)
+                    for part in _paths(parts_of):
+                        part.unlink()
         self.close()
         return IntervalResult(
             polygons,
@@ -492,6 +474,28 @@ class ClusterPredictor:
             sum(result.tiles_run for result in results),
             sum(result.tiles_skipped for result in results),
         )
+
+    def _scene_setup(self, job: SceneJob, run: RunPlan) -> SceneSetup:
+        """Statistics and calibration of one interval on the workers (scene pass in parts)."""
+        from mtrs_geo.pipeline import RunMessage
+
+        index = job.interval
+        run.say(RunMessage("stage", "reading scene samples on a worker"))
+        setup_future = self._submit(_setup_task, job, self._calibration, key=f"setup-{index}")
+        setup: SceneSetup = self._wait([setup_future])[0]
+        if setup.scene_pass:
+            parts = len(job.pass_parts())
+            run.say(RunMessage("stage", f"first pass over the whole scene in {parts} parts"))
+            summaries = [
+                self._submit(
+                    _summary_task, job, setup, part, self._event.name, key=f"pass-{index}-{part}"
+                )
+                for part in range(parts)
+            ]
+            settled = self._submit(_settle_task, job, setup, summaries, key=f"settle-{index}")
+            setup = self._wait([settled])[0]
+        self._calibration = setup.calibration
+        return setup
 
 
 def _paths(paths: Sequence[Path | None]) -> list[Path]:

@@ -27,7 +27,6 @@ import contextlib
 import copy
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -50,6 +49,7 @@ from mtrs_geo.pipeline import (
     predict_tiles,
     run_environment,
     scene_panels,
+    timed,
     timed_rows,
 )
 from mtrs_geo.probability_raster import PROBABILITY_BLOCK, probability_profile
@@ -332,9 +332,8 @@ def predict_panel(
         stream.close()
     timings["stitch"] = max(0.0, timings["stitch"] - timings["vectorize"])
     timings["read"] = stream.read_seconds
-    t0 = time.perf_counter()
-    regions = [vectorizer.regions() for vectorizer in vectorizers]
-    timings["vectorize"] += time.perf_counter() - t0
+    with timed(timings, "vectorize"):
+        regions = [vectorizer.regions() for vectorizer in vectorizers]
     skipped = len(panel.windows) - own_tiles
     return PanelResult(index, regions, own_tiles, skipped, timings, rasters)
 

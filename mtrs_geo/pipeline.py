@@ -419,6 +419,38 @@ def _query_note(config: DetectConfig, info: ModelInfo) -> str | None:
     return f"note: model {info.name!r} ignores the query {queries[0]!r}: it finds any change"
 
 
+@dataclass(frozen=True)
+class Scene:
+    """What a run compares, opened and checked: its images in time order, dates, grid, tiles."""
+
+    images: list[RasterInfo]
+    dates: list[str]  # one per image ("": unknown)
+    grid: Grid
+    area: AreaOfInterest | None
+    panels: list[Panel]
+    windows: list[Window]  # the panels' windows, in the order run
+    pair: PairInfo
+    registered: ModelInfo | None  # the run's model described cheaply (None: a checkpoint path)
+
+    def intervals(self) -> list[tuple[int, int]]:
+        """Return the pairs of consecutive images compared, as indexes (one pair: ``(0, 1)``)."""
+        return list(itertools.pairwise(range(len(self.images))))
+
+    def label(self, first: int, second: int) -> str:
+        """Name the interval between images ``first`` and ``second`` (dates, else file names)."""
+        images, dates = self.images, self.dates
+        return interval_label(dates[first], dates[second], images[first].name, images[second].name)
+
+
+@dataclass(frozen=True)
+class Answers:
+    """Every answer of a run, ready to write: one polygon table, a raster per interval and query."""
+
+    table: Any  # GeoDataFrame: every interval's and query's polygons, ids numbered together
+    rasters: list[Path | None]  # the stitched probabilities (only with a mask output)
+    descriptions: list[str]  # what each raster answers: the query (and the interval)
+
+
 @dataclass
 class IntervalResult:
     """What the model made of one pair of dates: a probability raster and polygons per query."""
@@ -444,6 +476,16 @@ class RunPlan:
     cancel: threading.Event | None
     say: MessageCallback
     total: int  # tiles of the whole run (every interval)
+
+    def batch_progress(self, done_before: int) -> Callable[[TileBatch], None] | None:
+        """Return what reports the run's progress after each batch of an interval (or None).
+
+        ``done_before``: the tiles of the earlier intervals.
+        """
+        report = self.progress
+        if report is None:
+            return None
+        return lambda batch: report(done_before + batch.tiles_done, self.total)
 
     def probability_paths(self, index: int) -> list[Path | None]:
         """Return the scratch probability raster of each query of interval ``index`` (or None)."""
@@ -503,6 +545,14 @@ class LocalPredictor:
         return _predict_interval(run, self._model, before, after, index, done_before)
 
 
+@contextlib.contextmanager
+def timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``timings[key]``."""
+    start = time.perf_counter()
+    yield
+    timings[key] += time.perf_counter() - start
+
+
 RowsCallback = Callable[[int, int, np.ndarray], None]
 
 
@@ -510,9 +560,8 @@ def timed_rows(timings: dict[str, float], key: str, rows_to: RowsCallback) -> Ro
     """``rows_to`` that adds its seconds to ``timings[key]`` (the stitcher's rows, vectorized)."""
 
     def on_rows(first_row: int, first_col: int, rows: np.ndarray) -> None:
-        t = time.perf_counter()
-        rows_to(first_row, first_col, rows)
-        timings[key] += time.perf_counter() - t
+        with timed(timings, key):
+            rows_to(first_row, first_col, rows)
 
     return on_rows
 
@@ -588,98 +637,137 @@ def _predict_interval(
         done_before: tiles done in the earlier intervals (for the progress callback).
 
     """
-    config, grid, timings = run.config, run.grid, run.timings
-    from mtrs_geo.areas import min_region_pixels
-    from mtrs_geo.vectorize import StreamingVectorizer
-
-    queries = config.query_list()
-    t_setup = time.perf_counter()
+    config, timings = run.config, run.timings
     stream = TileStream(
-        before, after, grid, run.windows, config.tile_size, config.batch_size, config.prefetch
+        before, after, run.grid, run.windows, config.tile_size, config.batch_size, config.prefetch
     )
     try:
-        run.say(RunMessage("stage", "reading scene samples"))
-        samples = read_scene_samples(before, after, grid, config.tile_size)
-        # The first tiles are read while the model takes the queries and the samples (not during
-        # the sample reads: three readers on two cores and a shared block cache slow all down).
-        stream.start()
-        if index == 0:
-            run.say(RunMessage("stage", "preparing the model"))
-            model.prepare_queries(model_queries(config))
-        calibrate_on_samples(model, samples)
-        stats_b, stats_a = samples.stats
-        del samples  # the scene samples are done with: not held through the run
-        if model.scene_pass:  # a streamed first pass over the whole scene (cva's histogram)
-            run.say(RunMessage("stage", "first pass over the whole scene"))
-            model.calibrate_scene(
-                scene_batches(
-                    before,
-                    after,
-                    grid,
-                    config.tile_size,
-                    config.batch_size,
-                    stats_b,
-                    stats_a,
-                    config.panel_width,
-                    run.cancel,
-                )
-            )
-            check_cancel(run.cancel)
-        timings["setup"] += time.perf_counter() - t_setup
-
-        # Polygons are built from the stitched rows as they are finished; the probability raster
-        # is written only when a mask raster is asked for.
+        with timed(timings, "setup"):
+            stats = _calibrate(run, model, before, after, stream, index)
         paths = run.probability_paths(index)
-        min_pixels = min_region_pixels(grid, config.min_area, config.simplify)
-        vectorizers = [
-            StreamingVectorizer(
-                grid.width,
-                grid.height,
-                grid.transform,
-                grid.crs,
-                config.threshold,
-                PROBABILITY_BLOCK,
-                panels=run.panels,
-                min_pixels=min_pixels,
-            )
-            for _ in queries
-        ]
-        stitch_start, vectorize_start = timings["stitch"], timings["vectorize"]
-
-        def progress(batch: TileBatch) -> None:
-            if run.progress is not None:
-                run.progress(done_before + batch.tiles_done, run.total)
-
-        with model.session(), contextlib.ExitStack() as stack:
-            stitchers = [
-                stack.enter_context(
-                    StripStitcher(
-                        path,
-                        grid,
-                        config.tile_size,
-                        config.overlap,
-                        timed_rows(timings, "vectorize", _rows_into(vectorizer)),
-                        run.panels,
-                    )
-                )
-                for path, vectorizer in zip(paths, vectorizers, strict=True)
-            ]
-            tiles_run = predict_tiles(
-                model, stream, (stats_b, stats_a), stitchers, grid, run.area, run.cancel, timings,
-                progress,
-            )  # fmt: skip
-            t0 = time.perf_counter()
-        timings["stitch"] += time.perf_counter() - t0
-        # The rows vectorized while stitching count as vectorizing, not stitching.
-        vectorize_seconds = timings["vectorize"] - vectorize_start
-        timings["stitch"] = max(stitch_start, timings["stitch"] - vectorize_seconds)
+        vectorizers = _vectorizers(run)
+        progress = run.batch_progress(done_before)
+        tiles_run = _predict_and_stitch(run, model, stream, stats, paths, vectorizers, progress)
         timings["read"] += stream.read_seconds
-        t0 = time.perf_counter()
-        polygons = [vectorizer.result() for vectorizer in vectorizers]
-        timings["vectorize"] += time.perf_counter() - t0
+        with timed(timings, "vectorize"):
+            polygons = [vectorizer.result() for vectorizer in vectorizers]
         return IntervalResult(polygons, paths, tiles_run, stream.skipped)
     finally:
         stream.close()
+
+
+def _calibrate(
+    run: RunPlan,
+    model: ChangeModel,
+    before: RasterInfo,
+    after: RasterInfo,
+    stream: TileStream,
+    index: int,
+) -> tuple[BandStats, BandStats]:
+    """Set the model up for one pair of dates: its queries, the scene samples, a scene pass.
+
+    Starts ``stream`` reading once the samples are read.
+
+    Returns:
+        The statistics of both images (before, after) the tiles are normalized with.
+
+    Raises:
+        Cancelled: ``run.cancel`` was set during the scene pass.
+
+    """
+    config = run.config
+    run.say(RunMessage("stage", "reading scene samples"))
+    samples = read_scene_samples(before, after, run.grid, config.tile_size)
+    # The first tiles are read while the model takes the queries and the samples (not during
+    # the sample reads: three readers on two cores and a shared block cache slow all down).
+    stream.start()
+    if index == 0:
+        run.say(RunMessage("stage", "preparing the model"))
+        model.prepare_queries(model_queries(config))
+    calibrate_on_samples(model, samples)
+    stats = samples.stats
+    del samples  # the scene samples are done with: not held through the run
+    if model.scene_pass:  # a streamed first pass over the whole scene (cva's histogram)
+        run.say(RunMessage("stage", "first pass over the whole scene"))
+        model.calibrate_scene(
+            scene_batches(
+                before,
+                after,
+                run.grid,
+                config.tile_size,
+                config.batch_size,
+                *stats,
+                config.panel_width,
+                run.cancel,
+            )
+        )
+        check_cancel(run.cancel)
+    return stats
+
+
+def _vectorizers(run: RunPlan) -> list[StreamingVectorizer]:
+    """Return a streaming vectorizer per query: polygons from the stitched rows as they finish."""
+    from mtrs_geo.areas import min_region_pixels
+    from mtrs_geo.vectorize import StreamingVectorizer
+
+    config, grid = run.config, run.grid
+    min_pixels = min_region_pixels(grid, config.min_area, config.simplify)
+    return [
+        StreamingVectorizer(
+            grid.width,
+            grid.height,
+            grid.transform,
+            grid.crs,
+            config.threshold,
+            PROBABILITY_BLOCK,
+            panels=run.panels,
+            min_pixels=min_pixels,
+        )
+        for _ in config.query_list()
+    ]
+
+
+def _predict_and_stitch(
+    run: RunPlan,
+    model: ChangeModel,
+    stream: TileStream,
+    stats: tuple[BandStats, BandStats],
+    paths: Sequence[Path | None],
+    vectorizers: Sequence[StreamingVectorizer],
+    on_batch: Callable[[TileBatch], None] | None,
+) -> int:
+    """:func:`predict_tiles` into a stitcher per query, its rows to the query's vectorizer.
+
+    The probability raster of a query is written (at ``paths``) only when a mask raster is asked
+    for. Closing the stitchers (their last rows) counts as stitching; the rows they vectorize
+    count as vectorizing.
+
+    Returns:
+        The tiles predicted.
+
+    """
+    timings = run.timings
+    stitch_start, vectorize_start = timings["stitch"], timings["vectorize"]
+    with model.session(), contextlib.ExitStack() as stack:
+        stitchers = [
+            stack.enter_context(_stitcher(run, path, vectorizer))
+            for path, vectorizer in zip(paths, vectorizers, strict=True)
+        ]
+        tiles_run = predict_tiles(
+            model, stream, stats, stitchers, run.grid, run.area, run.cancel, timings, on_batch
+        )
+        closing = time.perf_counter()
+    timings["stitch"] += time.perf_counter() - closing
+    vectorized = timings["vectorize"] - vectorize_start
+    timings["stitch"] = max(stitch_start, timings["stitch"] - vectorized)
+    return tiles_run
+
+
+def _stitcher(run: RunPlan, path: Path | None, vectorizer: StreamingVectorizer) -> StripStitcher:
+    """Return the stitcher of one query: rows to ``vectorizer`` (timed), to ``path`` if any."""
+    rows_to = timed_rows(run.timings, "vectorize", _rows_into(vectorizer))
+    config = run.config
+    return StripStitcher(path, run.grid, config.tile_size, config.overlap, rows_to, run.panels)
 
 
 def scene_panels(grid: Grid, config: DetectConfig) -> list[Panel]:
@@ -693,18 +781,14 @@ def model_queries(config: DetectConfig) -> list[str | None]:
     return [None if config.any_change or not query else query for query in config.query_list()]
 
 
-def _detect(
-    config: DetectConfig,
-    progress: ProgressCallback | None,
-    cancel: threading.Event | None,
-    say: MessageCallback,
-    predictor: Predictor,
-) -> DetectResult:
-    """Run :func:`detect` (inside its GDAL environment)."""
-    start = time.perf_counter()
-    timings = dict.fromkeys(("setup", "read", "model", "stitch", "vectorize", "write"), 0.0)
-    # Everything a user can get wrong is checked before the model loads or a tile is read.
-    config.check()
+def _open_scene(config: DetectConfig, say: MessageCallback) -> Scene:
+    """Open and check every image, their dates, common grid and tiles (before the model loads).
+
+    Raises:
+        InputError: an unreadable image, an output that is an input's file, images that do not
+            fit each other or the (registered) model, a grid or run too large for the machine.
+
+    """
     say(RunMessage("stage", "opening the images"))
     images = _open_images(config, say)
     registered = _registered_info(config.model)
@@ -716,133 +800,204 @@ def _detect(
     panels = scene_panels(grid, config)
     windows = [window for panel in panels for window in panel.windows]
     pair = _pair_info(images, grid, config, dates)
-    note = _query_note(config, registered) if registered is not None else None
-    if note is not None:  # said before the (possibly slow) model load
+    return Scene(images, dates, grid, area, panels, windows, pair, registered)
+
+
+def _load_model(
+    config: DetectConfig, scene: Scene, predictor: Predictor, say: MessageCallback
+) -> tuple[ModelInfo, str]:
+    """Load the run's model through ``predictor``; check it fits every pair of images.
+
+    A query the model ignores is noted: before the (possibly slow) load for a registered model,
+    once loaded for a checkpoint.
+
+    Returns:
+        The model's description and the device it runs on.
+
+    Raises:
+        ModelError: the model cannot be loaded, or takes another number of bands.
+
+    """
+    note = _query_note(config, scene.registered) if scene.registered is not None else None
+    if note is not None:
         say(RunMessage("note", note))
 
     def check_model(info: ModelInfo) -> None:
-        for before, after in itertools.pairwise(images):
+        for before, after in itertools.pairwise(scene.images):
             check_pair(before, after, info)
-        if registered is None and (note := _query_note(config, info)) is not None:
+        if scene.registered is None and (note := _query_note(config, info)) is not None:
             say(RunMessage("note", note))
 
     say(RunMessage("stage", f"loading model {config.model}"))
-    info, device = predictor.load(config, check_model, say)
-    check_cancel(cancel)
+    return predictor.load(config, check_model, say)
 
-    from mtrs_geo.multiquery import add_query_layers, combine_tables, write_band_cog
+
+def _predict_intervals(
+    run: RunPlan, predictor: Predictor, scene: Scene
+) -> list[tuple[int, int, IntervalResult]]:
+    """Predict every interval of the scene in time order: ``(first, second, result)`` each."""
+    intervals = scene.intervals()
+    results = []
+    for index, (first, second) in enumerate(intervals):
+        if len(intervals) > 1:
+            label = scene.label(first, second)
+            run.say(RunMessage("stage", f"interval {index + 1} of {len(intervals)}: {label}"))
+        done_before = index * len(scene.windows)
+        before, after = scene.images[first], scene.images[second]
+        results.append((first, second, predictor.interval(run, before, after, index, done_before)))
+    done = sum(result.tiles_run + result.tiles_skipped for _, _, result in results)
+    if run.progress is not None and done < run.total:
+        run.progress(run.total, run.total)
+    return results
+
+
+def _answers(
+    config: DetectConfig,
+    model: str,
+    scene: Scene,
+    results: Sequence[tuple[int, int, IntervalResult]],
+) -> Answers:
+    """Gather the polygons of every interval and query into one table, with their attributes."""
+    from mtrs_geo.multiquery import combine_tables
     from mtrs_geo.write import change_table
 
     queries = config.query_list()
-    intervals = list(itertools.pairwise(range(len(images))))
-    total = len(windows) * len(intervals)
-    query_used = any(queries) and not config.any_change and info.query_aware
-    staged = StagedOutputs()
-    # Scratch files live beside the outputs (hidden; stale ones of killed runs are removed).
-    first_output = config.mask_out if config.mask_out is not None else config.outputs()[0]
-    output_folder = Path(first_output).parent
-    tiles_run = tiles_skipped = 0
-    outputs: list[Path] = []
-    try:
-        run = RunPlan(
-            config, grid, area, panels, windows, staged.scratch(output_folder), timings,
-            progress, cancel, say, total,
-        )  # fmt: skip
-        timings["setup"] = time.perf_counter() - start  # the intervals add samples, calibration
-        results: list[tuple[int, int, IntervalResult]] = []
-        for index, (first, second) in enumerate(intervals):
-            if len(intervals) > 1:
-                label = interval_label(
-                    dates[first], dates[second], images[first].name, images[second].name
+    images, dates = scene.images, scene.dates
+    tables, rasters, descriptions = [], [], []
+    for first, second, result in results:
+        if len(images) == 2:  # a pair: the dates of its two images
+            when = {"before_date": dates[0], "after_date": dates[1]}
+        else:  # a time series: the interval in which the change happened
+            when = {"from_date": dates[first], "to_date": dates[second]}
+        for label, polygons, path in zip(
+            queries, result.polygons, result.probabilities, strict=True
+        ):
+            tables.append(
+                change_table(
+                    polygons,
+                    query=label,
+                    model=model,
+                    before=images[first].name,
+                    after=images[second].name,
+                    min_area_m2=config.min_area,
+                    simplify_m=config.simplify,
+                    extra={**when, **config.extra_attributes},
                 )
-                say(RunMessage("stage", f"interval {index + 1} of {len(intervals)}: {label}"))
-            done_before = index * len(windows)
-            result = predictor.interval(run, images[first], images[second], index, done_before)
-            results.append((first, second, result))
-            tiles_run += result.tiles_run
-            tiles_skipped += result.tiles_skipped
-        if progress is not None and tiles_run + tiles_skipped < total:
-            progress(total, total)
+            )
+            rasters.append(path)
+            text = label or "any change"
+            if len(images) > 2:  # a time series: the interval too
+                text = f"{scene.label(first, second)}: {text}"
+            descriptions.append(text)
+    return Answers(combine_tables(tables), rasters, descriptions)
 
-        t0 = time.perf_counter()
-        tables, probabilities, descriptions = [], [], []
-        for first, second, result in results:
-            if len(images) == 2:  # a pair: the dates of its two images
-                when = {"before_date": dates[0], "after_date": dates[1]}
-            else:  # a time series: the interval in which the change happened
-                when = {"from_date": dates[first], "to_date": dates[second]}
-            for label, polygons, path in zip(
-                queries, result.polygons, result.probabilities, strict=True
-            ):
-                tables.append(
-                    change_table(
-                        polygons,
-                        query=label,
-                        model=info.name,
-                        before=images[first].name,
-                        after=images[second].name,
-                        min_area_m2=config.min_area,
-                        simplify_m=config.simplify,
-                        extra={**when, **config.extra_attributes},
-                    )
-                )
-                probabilities.append(path)
-                text = label or "any change"
-                if len(images) > 2:
-                    span = interval_label(
-                        dates[first], dates[second], images[first].name, images[second].name
-                    )
-                    text = f"{span}: {text}"
-                descriptions.append(text)
-        table = combine_tables(tables)
-        timings["vectorize"] += time.perf_counter() - t0
+
+def _write_outputs(
+    config: DetectConfig, answers: Answers, staged: StagedOutputs, cancel: threading.Event | None
+) -> None:
+    """Write the polygon table and the mask raster the config asks for, staged for the commit.
+
+    Raises:
+        Cancelled: ``cancel`` was set after the polygons were written.
+
+    """
+    from mtrs_geo.multiquery import add_query_layers, write_band_cog
+
+    if config.output is not None:
+        write_vectors(answers.table, Path(config.output), staged)
+        if len(config.query_list()) > 1:
+            add_query_layers(answers.table, Path(config.output), staged)
         check_cancel(cancel)
+    if config.mask_out is not None:
+        rasters = [path for path in answers.rasters if path is not None]
+        if len(rasters) == 1:
+            write_probability_cog(
+                rasters[0], Path(config.mask_out), config.mask_type, config.threshold, staged
+            )
+        else:  # a band per query (and interval), described by it
+            write_band_cog(
+                rasters, answers.descriptions, Path(config.mask_out), config.mask_type,
+                config.threshold, staged,
+            )  # fmt: skip
 
-        t0 = time.perf_counter()
-        if config.output is not None:
-            write_vectors(table, Path(config.output), staged)
-            if len(queries) > 1:
-                add_query_layers(table, Path(config.output), staged)
-            check_cancel(cancel)
-        if config.mask_out is not None:
-            rasters = [path for path in probabilities if path is not None]
-            if len(rasters) == 1:
-                write_probability_cog(
-                    rasters[0], Path(config.mask_out), config.mask_type, config.threshold, staged
-                )
-            else:  # a band per query (and interval), described by it
-                write_band_cog(
-                    rasters, descriptions, Path(config.mask_out), config.mask_type,
-                    config.threshold, staged,
-                )  # fmt: skip
-        # The commit: from here on the run finishes (a cancel is too late), and before it every
-        # file the outputs would replace is untouched.
-        begin_commit(cancel)
-        outputs = staged.commit()
-        timings["write"] = time.perf_counter() - t0
+
+def _output_folder(config: DetectConfig) -> Path:
+    """Return the folder of the run's first output: its scratch folder goes there."""
+    first_output = config.mask_out if config.mask_out is not None else config.outputs()[0]
+    return Path(first_output).parent
+
+
+@contextlib.contextmanager
+def _staged_outputs(folder: Path) -> Iterator[StagedOutputs]:
+    """Stage the run's outputs (scratch files beside them in ``folder``); clean up at the end.
+
+    Raises:
+        OutputError: reading or writing failed for a reason a user can act on (a full disk under
+            the scratch files, a vanished scratch folder); the files it would replace are kept.
+
+    """
+    staged = StagedOutputs()
+    try:
+        yield staged
     except (OSError, rasterio.errors.RasterioError) as exc:
         if isinstance(exc, MtrsError):
             raise
         staged.check_scratch()  # a vanished scratch folder, said in plain words
-        failure = write_failure(exc, output_folder)  # a full disk under the scratch raster, say
+        failure = write_failure(exc, folder)  # a full disk under the scratch raster, say
         if failure is not None:
             raise failure from exc
         raise
     finally:
         staged.close()
 
+
+def _detect(
+    config: DetectConfig,
+    progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+    say: MessageCallback,
+    predictor: Predictor,
+) -> DetectResult:
+    """Run :func:`detect` (inside its GDAL environment): open, load, predict, gather, write."""
+    start = time.perf_counter()
+    timings = dict.fromkeys(("setup", "read", "model", "stitch", "vectorize", "write"), 0.0)
+    # Everything a user can get wrong is checked before the model loads or a tile is read.
+    config.check()
+    scene = _open_scene(config, say)
+    info, device = _load_model(config, scene, predictor, say)
+    check_cancel(cancel)
+    intervals = len(scene.intervals())
+    total = len(scene.windows) * intervals
+    folder = _output_folder(config)
+    with _staged_outputs(folder) as staged:
+        run = RunPlan(
+            config, scene.grid, scene.area, scene.panels, scene.windows, staged.scratch(folder),
+            timings, progress, cancel, say, total,
+        )  # fmt: skip
+        timings["setup"] += time.perf_counter() - start  # the intervals add samples, calibration
+        results = _predict_intervals(run, predictor, scene)
+        with timed(timings, "vectorize"):
+            answers = _answers(config, info.name, scene, results)
+        check_cancel(cancel)
+        with timed(timings, "write"):
+            _write_outputs(config, answers, staged, cancel)
+            # The commit: from here on the run finishes (a cancel is too late), and before it
+            # every file the outputs would replace is untouched.
+            begin_commit(cancel)
+            outputs = staged.commit()
+    queries = config.query_list()
     return DetectResult(
         tiles_total=total,
-        tiles_run=tiles_run,
-        tiles_skipped=tiles_skipped,
-        polygons=len(table),
+        tiles_run=sum(result.tiles_run for _, _, result in results),
+        tiles_skipped=sum(result.tiles_skipped for _, _, result in results),
+        polygons=len(answers.table),
         seconds=time.perf_counter() - start,
         outputs=outputs,
         timings=timings,
-        grid=pair,
+        grid=scene.pair,
         model=info.name,
         device=device,
-        query_used=query_used,
+        query_used=any(queries) and not config.any_change and info.query_aware,
         queries=queries,
-        intervals=len(intervals),
+        intervals=intervals,
     )
