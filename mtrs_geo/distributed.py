@@ -439,7 +439,7 @@ class ClusterPredictor:
         job = SceneJob(run.config, before, after, run.grid, run.area, index, run.scratch)
         with timed(run.timings, "setup"):
             setup = self._scene_setup(job, run)
-        panels = job.panels()
+        panels = run.tiling.panels
         workers = len(self.client.scheduler_info()["workers"])
         run.say(RunMessage("stage", f"predicting {len(panels)} panels on {workers} workers"))
         done = done_before
@@ -458,7 +458,7 @@ class ClusterPredictor:
         ]
         results: list[PanelResult] = self._wait(futures, panel_done)
         with timed(run.timings, "vectorize"):
-            polygons = join_panels(job, results)
+            polygons = join_panels(job, panels, results)
         paths = run.probability_paths(index)
         with timed(run.timings, "stitch"):
             for query, path in enumerate(paths):
@@ -484,7 +484,7 @@ class ClusterPredictor:
         setup_future = self._submit(_setup_task, job, self._calibration, key=f"setup-{index}")
         setup: SceneSetup = self._wait([setup_future])[0]
         if setup.scene_pass:
-            parts = len(job.pass_parts())
+            parts = len(run.tiling.pass_panels)
             run.say(RunMessage("stage", f"first pass over the whole scene in {parts} parts"))
             summaries = [
                 self._submit(

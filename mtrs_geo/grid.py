@@ -1,8 +1,8 @@
 """Pure grid geometry: the common grid of an image pair and the window grid that tiles it.
 
-No file is opened here: grids are values (CRS, affine transform, size) that the readers and the
-    stitcher
-pass around. Sizes are in pixels, coordinates in the grid CRS's units.
+No file is opened here: grids and tilings are values (CRS, affine transform, size; tile windows in
+panels) that the readers, the tile stream and the stitcher pass around. Sizes are in pixels,
+coordinates in the grid CRS's units.
 """
 
 from __future__ import annotations
@@ -378,6 +378,53 @@ def pass_panels(width: int, height: int, tile_size: int, panel_width: int) -> li
         for col in range(0, width, tile_size)
     ]
     return panel_layout(windows, width, panel_width)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a run cuts its common grid into tiles (pixels); built once, by :func:`scene_tiling`.
+
+    ``panels`` hold the tile windows in the order they are run: panel by panel, row-major within
+    a panel. ``pass_panels`` hold the windows of a pass over the whole scene (every pixel once,
+    without overlap), in panels like them (:func:`pass_panels`).
+    """
+
+    tile_size: int
+    overlap: int
+    panels: tuple[Panel, ...]
+    pass_panels: tuple[Panel, ...]
+
+    @property
+    def windows(self) -> list[Window]:
+        """Every tile window, in the order run."""
+        return [window for panel in self.panels for window in panel.windows]
+
+    @property
+    def tiles(self) -> int:
+        """How many tile windows there are."""
+        return sum(len(panel.windows) for panel in self.panels)
+
+
+def scene_tiling(grid: Grid, tile_size: int, overlap: int, panel_width: int) -> Tiling:
+    """Tile ``grid`` (:func:`tile_windows`) and group the tiles in panels (:func:`panel_layout`).
+
+    Args:
+        grid: the common grid.
+        tile_size: tile side (pixels).
+        overlap: overlap of neighbouring tiles (pixels).
+        panel_width: about how wide a panel is (pixels).
+
+    Raises:
+        InputError: a non-positive tile size, an overlap outside ``[0, tile_size)``, an empty grid.
+
+    """
+    windows = tile_windows(grid.width, grid.height, tile_size, overlap)
+    return Tiling(
+        tile_size,
+        overlap,
+        tuple(panel_layout(windows, grid.width, panel_width)),
+        tuple(pass_panels(grid.width, grid.height, tile_size, panel_width)),
+    )
 
 
 GIB = 1024**3

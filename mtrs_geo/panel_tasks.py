@@ -41,14 +41,13 @@ from mtrs_geo.aoi import AreaOfInterest
 from mtrs_geo.cancel import check_cancel
 from mtrs_geo.config import DetectConfig
 from mtrs_geo.errors import ModelError, OutputError
-from mtrs_geo.grid import Grid, Panel, pass_panels
+from mtrs_geo.grid import Grid, Panel, Tiling, scene_tiling
 from mtrs_geo.model_api import ChangeModel
 from mtrs_geo.normalize import BandStats
 from mtrs_geo.pipeline import (
     model_queries,
     predict_tiles,
     run_environment,
-    scene_panels,
     timed,
     timed_rows,
 )
@@ -76,14 +75,10 @@ class SceneJob:
     interval: int  # 0: the first pair of dates
     scratch: Path  # the run's scratch folder (panel rasters of a mask output go there)
 
-    def panels(self) -> list[Panel]:
-        """Return the run's panels (:func:`mtrs_geo.pipeline.scene_panels`)."""
-        return scene_panels(self.grid, self.config)
-
-    def pass_parts(self) -> list[Panel]:
-        """Return the parts of a pass over the whole scene (:func:`mtrs_geo.grid.pass_panels`)."""
+    def tiling(self) -> Tiling:
+        """Return the run's tiling (the client's, built again here: a job carries no windows)."""
         config = self.config
-        return pass_panels(self.grid.width, self.grid.height, config.tile_size, config.panel_width)
+        return scene_tiling(self.grid, config.tile_size, config.overlap, config.panel_width)
 
 
 @dataclass(frozen=True)
@@ -155,10 +150,10 @@ def scene_setup(
 def _pass_batches(
     job: SceneJob, setup: SceneSetup, part: int, cancel: threading.Event | None
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    config = job.config
-    windows = job.pass_parts()[part].windows
+    tiling = job.tiling()
+    windows = tiling.pass_panels[part].windows
     stream = TileStream(
-        job.before, job.after, job.grid, windows, config.tile_size, config.batch_size
+        job.before, job.after, job.grid, windows, tiling.tile_size, job.config.batch_size
     )
     try:
         for batch in stream.batches(*setup.stats):
@@ -175,7 +170,7 @@ def scene_part_summary(
     models: ModelSource,
     cancel: threading.Event | None = None,
 ) -> Any:
-    """Return the model's summary of one part of its pass over the scene (``pass_parts``)."""
+    """Return the model's summary of one part of its pass over the scene (``pass_panels``)."""
     check_cancel(cancel)
     model = _model(models, job.config, setup.calibration)
     with run_environment(job.config):
@@ -273,10 +268,11 @@ def predict_panel(
     check_cancel(cancel)  # a task that starts after its run was cancelled stops at once
     queries = len(config.query_list())
     rasters = _panel_rasters(job, index, queries)  # first: a folder not shared fails at once
-    panels = job.panels()
+    tiling = job.tiling()
+    panels = tiling.panels
     panel = panels[index]
-    layout = [*halo_panels(panels, index), panel]
-    windows = [window for part in layout for window in part.windows]
+    # The earlier panels' tiles that reach into this panel's columns, then the panel.
+    layout = replace(tiling, panels=(*halo_panels(panels, index), panel))
     model = _model(models, config, setup.calibration)
     strips = panel_strips(panels, grid.height, PROBABILITY_BLOCK)
     min_pixels = min_region_pixels(grid, config.min_area, config.simplify)
@@ -301,10 +297,11 @@ def predict_panel(
             if raster is not None:
                 raster.write(first_row, rows)
 
-        return on_rows
+        return timed_rows(timings, "vectorize", on_rows)
 
+    windows, tile_size = layout.windows, layout.tile_size
     stream = TileStream(
-        job.before, job.after, grid, windows, config.tile_size, config.batch_size, config.prefetch
+        job.before, job.after, grid, windows, tile_size, config.batch_size, config.prefetch
     )
     try:
         with run_environment(config), model.session(), contextlib.ExitStack() as stack:
@@ -313,16 +310,7 @@ def predict_panel(
                 for path in rasters
             ]
             stitchers = [
-                stack.enter_context(
-                    StripStitcher(
-                        None,
-                        grid,
-                        config.tile_size,
-                        config.overlap,
-                        timed_rows(timings, "vectorize", rows_to(vectorizer, writer)),
-                        layout,
-                    )
-                )
+                stack.enter_context(StripStitcher(None, grid, layout, rows_to(vectorizer, writer)))
                 for vectorizer, writer in zip(vectorizers, writers, strict=True)
             ]
             predict_tiles(
@@ -338,12 +326,13 @@ def predict_panel(
     return PanelResult(index, regions, own_tiles, skipped, timings, rasters)
 
 
-def join_panels(job: SceneJob, results: Sequence[PanelResult]) -> list[Any]:
-    """Join the panels' regions across their seams: a polygon table per query (GeoDataFrames)."""
+def join_panels(
+    job: SceneJob, panels: Sequence[Panel], results: Sequence[PanelResult]
+) -> list[Any]:
+    """Join the regions of ``panels`` (the run's) across their seams: a polygon table per query."""
     from mtrs_geo.areas import min_region_pixels
 
     grid, config = job.grid, job.config
-    panels = job.panels()
     ordered = sorted(results, key=lambda result: result.panel)
     if [result.panel for result in ordered] != list(range(len(panels))):
         raise ValueError(f"{len(ordered)} panel results for {len(panels)} panels")

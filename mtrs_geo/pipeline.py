@@ -26,19 +26,14 @@ from mtrs_geo.cancel import begin_commit, check_cancel
 from mtrs_geo.config import DetectConfig, same_file
 from mtrs_geo.dates import pair_dates
 from mtrs_geo.errors import InputError, ModelError, MtrsError
-from mtrs_geo.grid import (
-    Grid,
-    Panel,
-    panel_layout,
-    same_lattice,
-    tile_windows,
-)
+from mtrs_geo.grid import Grid, Tiling, same_lattice, scene_tiling
 from mtrs_geo.model_api import ChangeModel, ModelInfo, load_model, model_info, registered_names
 from mtrs_geo.normalize import BandStats
+from mtrs_geo.probability_raster import PROBABILITY_BLOCK
 from mtrs_geo.read import RasterInfo, align_longitudes, check_pair, open_raster
 from mtrs_geo.scene_samples import calibrate_on_samples, read_scene_samples
 from mtrs_geo.sources import local_inputs, quiet_open, remote_options, resolve_source
-from mtrs_geo.stitch import PROBABILITY_BLOCK, StripStitcher
+from mtrs_geo.stitch import StripStitcher
 from mtrs_geo.tiling import (
     TileBatch,
     TileStream,
@@ -54,8 +49,6 @@ from mtrs_geo.write import (
 )
 
 if TYPE_CHECKING:
-    from rasterio.windows import Window
-
     from mtrs_geo.distributed import Scheduler
     from mtrs_geo.vectorize import StreamingVectorizer
 
@@ -219,7 +212,7 @@ def _open_pair(
 
 
 def _pair_info(
-    images: Sequence[RasterInfo], grid: Grid, config: DetectConfig, dates: Sequence[str]
+    images: Sequence[RasterInfo], grid: Grid, tiling: Tiling, dates: Sequence[str]
 ) -> PairInfo:
     import geopandas as gpd
     import shapely
@@ -239,9 +232,9 @@ def _pair_info(
         bounds=grid.bounds,
         transform=(t.a, t.b, t.c, t.d, t.e, t.f),
         area_m2=float(ground_areas(footprint)[0]),
-        tiles=len(tile_windows(grid.width, grid.height, config.tile_size, config.overlap)),
-        tile_size=config.tile_size,
-        overlap=config.overlap,
+        tiles=tiling.tiles,
+        tile_size=tiling.tile_size,
+        overlap=tiling.overlap,
         bands_before=before.bands,
         bands_after=after.bands,
         before_read="window" if same_lattice(before.grid, grid) else "warp",
@@ -270,9 +263,15 @@ def _image_dates(config: DetectConfig) -> list[str]:
     return series_dates(config.images(), config.dates)
 
 
-def _pair_grid(
+def _common_grid(
     images: Sequence[RasterInfo], config: DetectConfig
-) -> tuple[Grid, AreaOfInterest | None]:
+) -> tuple[Grid, AreaOfInterest | None, Tiling]:
+    """Return the images' common grid (cut to the area of interest), the area, and its tiling.
+
+    Raises:
+        InputError: images that do not overlap, bad tiling options, a run that cannot fit.
+
+    """
     grid = series_grid([image.grid for image in images], config.crs, config.resolution)
     area = area_of_interest(grid, config.extent, config.extent_crs, config.aoi)
     if area is not None:  # only the area's part of the grid is read, tiled and written
@@ -283,7 +282,7 @@ def _pair_grid(
             before, after, grid, config.tile_size, config.overlap, config.batch_size,
             config.prefetch, config.panel_width,
         )  # fmt: skip
-    return grid, area
+    return grid, area, scene_tiling(grid, config.tile_size, config.overlap, config.panel_width)
 
 
 def describe_pair(config: DetectConfig) -> PairInfo:
@@ -298,7 +297,8 @@ def describe_pair(config: DetectConfig) -> PairInfo:
         images = _open_images(config)
         for before, after in itertools.pairwise(images):
             check_pair(before, after)
-        return _pair_info(images, _pair_grid(images, config)[0], config, _image_dates(config))
+        grid, _, tiling = _common_grid(images, config)
+        return _pair_info(images, grid, tiling, _image_dates(config))
 
 
 def _registered_info(name: str) -> ModelInfo | None:
@@ -427,8 +427,7 @@ class Scene:
     dates: list[str]  # one per image ("": unknown)
     grid: Grid
     area: AreaOfInterest | None
-    panels: list[Panel]
-    windows: list[Window]  # the panels' windows, in the order run
+    tiling: Tiling
     pair: PairInfo
     registered: ModelInfo | None  # the run's model described cheaply (None: a checkpoint path)
 
@@ -468,8 +467,7 @@ class RunPlan:
     config: DetectConfig
     grid: Grid
     area: AreaOfInterest | None
-    panels: list[Panel]
-    windows: list[Window]
+    tiling: Tiling
     scratch: Path
     timings: dict[str, float]
     progress: ProgressCallback | None
@@ -638,8 +636,9 @@ def _predict_interval(
 
     """
     config, timings = run.config, run.timings
+    windows, tile_size = run.tiling.windows, run.tiling.tile_size
     stream = TileStream(
-        before, after, run.grid, run.windows, config.tile_size, config.batch_size, config.prefetch
+        before, after, run.grid, windows, tile_size, config.batch_size, config.prefetch
     )
     try:
         with timed(timings, "setup"):
@@ -691,14 +690,7 @@ def _calibrate(
         run.say(RunMessage("stage", "first pass over the whole scene"))
         model.calibrate_scene(
             scene_batches(
-                before,
-                after,
-                run.grid,
-                config.tile_size,
-                config.batch_size,
-                *stats,
-                config.panel_width,
-                run.cancel,
+                before, after, run.grid, run.tiling, config.batch_size, *stats, run.cancel
             )
         )
         check_cancel(run.cancel)
@@ -720,7 +712,7 @@ def _vectorizers(run: RunPlan) -> list[StreamingVectorizer]:
             grid.crs,
             config.threshold,
             PROBABILITY_BLOCK,
-            panels=run.panels,
+            panels=run.tiling.panels,
             min_pixels=min_pixels,
         )
         for _ in config.query_list()
@@ -766,14 +758,7 @@ def _predict_and_stitch(
 def _stitcher(run: RunPlan, path: Path | None, vectorizer: StreamingVectorizer) -> StripStitcher:
     """Return the stitcher of one query: rows to ``vectorizer`` (timed), to ``path`` if any."""
     rows_to = timed_rows(run.timings, "vectorize", _rows_into(vectorizer))
-    config = run.config
-    return StripStitcher(path, run.grid, config.tile_size, config.overlap, rows_to, run.panels)
-
-
-def scene_panels(grid: Grid, config: DetectConfig) -> list[Panel]:
-    """Return the run's tile windows on ``grid`` in their column panels, in the order run."""
-    windows = tile_windows(grid.width, grid.height, config.tile_size, config.overlap)
-    return panel_layout(windows, grid.width, config.panel_width)
+    return StripStitcher(path, run.grid, run.tiling, rows_to)
 
 
 def model_queries(config: DetectConfig) -> list[str | None]:
@@ -796,11 +781,9 @@ def _open_scene(config: DetectConfig, say: MessageCallback) -> Scene:
         _check_outputs_against_files(config, before, after)
         check_pair(before, after, registered)
     dates = _image_dates(config)
-    grid, area = _pair_grid(images, config)
-    panels = scene_panels(grid, config)
-    windows = [window for panel in panels for window in panel.windows]
-    pair = _pair_info(images, grid, config, dates)
-    return Scene(images, dates, grid, area, panels, windows, pair, registered)
+    grid, area, tiling = _common_grid(images, config)
+    pair = _pair_info(images, grid, tiling, dates)
+    return Scene(images, dates, grid, area, tiling, pair, registered)
 
 
 def _load_model(
@@ -842,7 +825,7 @@ def _predict_intervals(
         if len(intervals) > 1:
             label = scene.label(first, second)
             run.say(RunMessage("stage", f"interval {index + 1} of {len(intervals)}: {label}"))
-        done_before = index * len(scene.windows)
+        done_before = index * scene.tiling.tiles
         before, after = scene.images[first], scene.images[second]
         results.append((first, second, predictor.interval(run, before, after, index, done_before)))
     done = sum(result.tiles_run + result.tiles_skipped for _, _, result in results)
@@ -967,12 +950,12 @@ def _detect(
     info, device = _load_model(config, scene, predictor, say)
     check_cancel(cancel)
     intervals = len(scene.intervals())
-    total = len(scene.windows) * intervals
+    total = scene.tiling.tiles * intervals
     folder = _output_folder(config)
     with _staged_outputs(folder) as staged:
         run = RunPlan(
-            config, scene.grid, scene.area, scene.panels, scene.windows, staged.scratch(folder),
-            timings, progress, cancel, say, total,
+            config, scene.grid, scene.area, scene.tiling, staged.scratch(folder), timings,
+            progress, cancel, say, total,
         )  # fmt: skip
         timings["setup"] += time.perf_counter() - start  # the intervals add samples, calibration
         results = _predict_intervals(run, predictor, scene)

@@ -16,7 +16,7 @@ predicted (:mod:`mtrs_geo.probability_raster`: the nodata value, the file's bloc
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -25,10 +25,7 @@ import rasterio
 from rasterio.io import DatasetWriter
 from rasterio.windows import Window
 
-from mtrs_geo.grid import Grid, Panel
-
-# PROBABILITY_BLOCK stays importable from here for pipeline.py (its home: probability_raster).
-from mtrs_geo.probability_raster import PROBABILITY_BLOCK as PROBABILITY_BLOCK
+from mtrs_geo.grid import Grid, Tiling
 from mtrs_geo.probability_raster import PROBABILITY_NODATA, probability_profile
 
 
@@ -53,13 +50,11 @@ class StripStitcher:
     Args:
         path: the probability GeoTIFF to create; ``None`` writes no file (``on_rows`` only).
         grid: the common grid.
-        tile_size: tile size of the window grid (the strip holds at least one tile's height).
-        overlap: tile overlap, which sets the blending taper.
+        tiling: the tiles' size (the strip holds one tile's height), overlap (the blending
+            taper) and the panels they come in (:func:`mtrs_geo.grid.scene_tiling`).
         on_rows: called as ``on_rows(first_row, first_col, rows)`` with each run of finished rows
             of a panel's own columns, panel after panel and top to bottom within one; ``rows`` is
             exactly what is written to the file and only valid during the call.
-        panels: the panels tiles come in (:func:`mtrs_geo.grid.panel_layout`); ``None``: one
-            panel as wide as the scene.
 
     """
 
@@ -67,18 +62,16 @@ class StripStitcher:
         self,
         path: Path | None,
         grid: Grid,
-        tile_size: int,
-        overlap: int,
+        tiling: Tiling,
         on_rows: Callable[[int, int, np.ndarray], None] | None = None,
-        panels: Sequence[Panel] | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else None
         self._on_rows = on_rows
         self.grid = grid
-        self.panels = list(panels) if panels else [Panel(0, grid.width, grid.width, ())]
+        self.panels = list(tiling.panels)
         self._panel_starts = [panel.col_off for panel in self.panels]
-        self.weights = blend_weights(tile_size, overlap)
-        self._strip_height = min(grid.height, tile_size)
+        self.weights = blend_weights(tiling.tile_size, tiling.overlap)
+        self._strip_height = min(grid.height, tiling.tile_size)
         widest = max(panel.width for panel in self.panels)
         self._sum_buffer = np.zeros((self._strip_height, widest), dtype=np.float32)
         self._weight_buffer = np.zeros((self._strip_height, widest), dtype=np.float32)

@@ -23,7 +23,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from mtrs_geo.align import AlignedReader
-from mtrs_geo.grid import Grid, RunSize, check_run_size, pass_panels, run_size
+from mtrs_geo.grid import Grid, RunSize, Tiling, check_run_size, run_size
 from mtrs_geo.normalize import BandStats, percentile_stretch
 from mtrs_geo.padding import pad_tile
 from mtrs_geo.read import RasterInfo
@@ -287,22 +287,21 @@ def scene_batches(
     before: RasterInfo,
     after: RasterInfo,
     grid: Grid,
-    tile_size: int,
+    tiling: Tiling,
     batch_size: int,
     stats_before: BandStats,
     stats_after: BandStats,
-    panel_width: int,
     stop: threading.Event | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Every pixel of the grid once, as normalized ``(before, after, valid)`` batches.
 
-    A first, streamed pass over the scene for scene-wide statistics (tiles without overlap, panel by
-    panel like the run itself; memory is one batch and the prefetch queue). Stops early, without
-    error, once ``stop`` is set. The arrays are reused from batch to batch.
+    A first, streamed pass over the scene for scene-wide statistics (``tiling.pass_panels``: tiles
+    without overlap, panel by panel like the run itself; memory is one batch and the prefetch
+    queue). Stops early, without error, once ``stop`` is set. The arrays are reused from batch to
+    batch.
     """
-    panels = pass_panels(grid.width, grid.height, tile_size, panel_width)
-    ordered = [window for panel in panels for window in panel.windows]
-    stream = TileStream(before, after, grid, ordered, tile_size, batch_size)
+    ordered = [window for panel in tiling.pass_panels for window in panel.windows]
+    stream = TileStream(before, after, grid, ordered, tiling.tile_size, batch_size)
     try:
         for batch in stream.batches(stats_before, stats_after):
             if stop is not None and stop.is_set():

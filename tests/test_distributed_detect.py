@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from mtrs_geo.config import DetectConfig
 from mtrs_geo.errors import Cancelled, InputError, OutputError
-from mtrs_geo.grid import Grid, Panel, panel_layout, tile_windows
+from mtrs_geo.grid import Grid, Panel, scene_tiling
 from mtrs_geo.model_api import load_model
 from mtrs_geo.panel_tasks import SceneJob, halo_panels, predict_panel, scene_setup
 from mtrs_geo.pipeline import detect
@@ -104,7 +104,8 @@ def test_a_panel_stitched_after_its_halo_gets_the_rows_of_the_whole_scene(
     overlap: int, panel_width: int
 ) -> None:
     grid = Grid(CRS.from_epsg(32633), Affine(1, 0, 0, 0, -1, 0), 700, 300)
-    panels = panel_layout(tile_windows(700, 300, 128, overlap), 700, panel_width)
+    tiling = scene_tiling(grid, 128, overlap, panel_width)
+    panels = list(tiling.panels)
     rng = np.random.default_rng(overlap)
     answers = {
         (int(w.col_off), int(w.row_off)): (
@@ -123,7 +124,7 @@ def test_a_panel_stitched_after_its_halo_gets_the_rows_of_the_whole_scene(
                 height, width = values.shape
                 rows[first_row : first_row + height, first_col : first_col + width] = values
 
-        with StripStitcher(None, grid, 128, overlap, on_rows, layout) as stitcher:
+        with StripStitcher(None, grid, replace(tiling, panels=tuple(layout)), on_rows) as stitcher:
             for panel in layout:
                 for w in panel.windows:
                     stitcher.add(w, *answers[(int(w.col_off), int(w.row_off))])

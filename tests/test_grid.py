@@ -14,6 +14,7 @@ from mtrs_geo.grid import (
     panel_layout,
     same_lattice,
     sample_windows,
+    scene_tiling,
     tile_windows,
 )
 
@@ -199,6 +200,22 @@ def test_a_wide_panel_is_the_whole_scene_and_a_narrow_one_a_single_tile_column()
     assert len(narrow) == len({int(w.col_off) for w in windows}) - 1
     assert all(p.width == 100 for p in narrow[:-1])
     assert [int(w.col_off) for w in narrow[-1].windows[:2]] == [880, 900]  # snapped: kept together
+
+
+def test_a_scene_tiling_holds_every_tile_once_in_its_panels_and_a_pass_over_every_pixel() -> None:
+    grid = utm_grid(500_000, 5_000_000, 1000, 300)
+    tiling = scene_tiling(grid, 100, 20, panel_width=400)
+    assert (tiling.tile_size, tiling.overlap) == (100, 20)
+    assert tiling.panels == tuple(panel_layout(tile_windows(1000, 300, 100, 20), 1000, 400))
+    assert tiling.windows == [w for panel in tiling.panels for w in panel.windows]
+    assert tiling.tiles == len(tile_windows(1000, 300, 100, 20))
+    covered = np.zeros((300, 1000), dtype=int)
+    for panel in tiling.pass_panels:
+        for w in panel.windows:
+            covered[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width] += 1
+    assert (covered == 1).all()
+    with pytest.raises(InputError, match="overlap"):
+        scene_tiling(grid, 100, 100, panel_width=400)
 
 
 def test_sample_windows_fit_inside_one_block_when_blocks_can_hold_them() -> None:

@@ -9,7 +9,7 @@ from rasterio.windows import Window
 from scenes import ImageSpec, make_pair
 
 from mtrs_geo.config import DetectConfig
-from mtrs_geo.grid import Grid, panel_layout, tile_windows
+from mtrs_geo.grid import Grid, Tiling, scene_tiling
 from mtrs_geo.pipeline import detect
 from mtrs_geo.probability_raster import PROBABILITY_NODATA
 from mtrs_geo.stitch import StripStitcher, blend_weights
@@ -17,6 +17,11 @@ from mtrs_geo.stitch import StripStitcher, blend_weights
 
 def make_grid(width: int, height: int) -> Grid:
     return Grid(CRS.from_epsg(32633), Affine(10, 0, 500_000, 0, -10, 5_000_000), width, height)
+
+
+def one_panel(grid: Grid, tile: int, overlap: int) -> Tiling:
+    """The grid's tiles in a single panel as wide as the scene."""
+    return scene_tiling(grid, tile, overlap, panel_width=grid.width)
 
 
 @pytest.mark.parametrize(("tile", "overlap"), [(64, 16), (256, 32), (33, 32), (16, 0)])
@@ -39,8 +44,9 @@ def test_zero_overlap_gives_flat_weights() -> None:
 
 
 def stitch_tiles(path: Path, grid: Grid, tile: int, overlap: int, value_of: object) -> np.ndarray:
-    with StripStitcher(path, grid, tile, overlap) as stitcher:
-        for window in tile_windows(grid.width, grid.height, tile, overlap):
+    tiling = one_panel(grid, tile, overlap)
+    with StripStitcher(path, grid, tiling) as stitcher:
+        for window in tiling.windows:
             prob, valid = value_of(window)  # type: ignore[operator]
             stitcher.add(window, prob, valid)
     with rasterio.open(path) as ds:
@@ -83,8 +89,9 @@ def test_invalid_and_uncovered_pixels_are_nodata(tmp_path: Path) -> None:
         return np.full(shape, 0.9, dtype=np.float32), valid
 
     path = tmp_path / "p.tif"
-    with StripStitcher(path, grid, 100, 20) as stitcher:
-        for window in tile_windows(300, 1200, 100, 20):
+    tiling = one_panel(grid, 100, 20)
+    with StripStitcher(path, grid, tiling) as stitcher:
+        for window in tiling.windows:
             if window.row_off >= 700:  # tiles skipped as all-nodata leave a gap
                 continue
             stitcher.add(window, *left_half_valid(window))
@@ -97,12 +104,13 @@ def test_invalid_and_uncovered_pixels_are_nodata(tmp_path: Path) -> None:
 
 def test_the_strip_holds_one_tile_height_not_the_scene(tmp_path: Path) -> None:
     grid = make_grid(200, 5000)
-    with StripStitcher(tmp_path / "p.tif", grid, 128, 16) as stitcher:
+    with StripStitcher(tmp_path / "p.tif", grid, one_panel(grid, 128, 16)) as stitcher:
         assert stitcher._sum.shape == (128, 200)
 
 
 def test_tiles_out_of_row_major_order_are_refused(tmp_path: Path) -> None:
-    with StripStitcher(tmp_path / "p.tif", make_grid(100, 100), 50, 0) as stitcher:
+    grid = make_grid(100, 100)
+    with StripStitcher(tmp_path / "p.tif", grid, one_panel(grid, 50, 0)) as stitcher:
         ones = np.ones((50, 50), dtype=np.float32)
         stitcher.add(Window(0, 50, 50, 50), ones, ones > 0)
         with pytest.raises(ValueError, match="row-major"):
@@ -139,11 +147,12 @@ def test_rows_handed_on_are_the_rows_written_and_no_path_writes_nothing(tmp_path
         shape = (int(window.height), int(window.width))
         return rng.random(shape, dtype=np.float32), rng.random(shape) > 0.05
 
-    tiles = [(w, *noisy(w)) for w in tile_windows(grid.width, grid.height, 100, 20)]
+    tiling = one_panel(grid, 100, 20)
+    tiles = [(w, *noisy(w)) for w in tiling.windows]
     handed: list[tuple[int, np.ndarray]] = []
     path = tmp_path / "p.tif"
     with StripStitcher(
-        path, grid, 100, 20, lambda row, col, rows: handed.append((row, rows.copy()))
+        path, grid, tiling, lambda row, col, rows: handed.append((row, rows.copy()))
     ) as s:
         for window, prob, valid in tiles:
             s.add(window, prob, valid)
@@ -152,7 +161,7 @@ def test_rows_handed_on_are_the_rows_written_and_no_path_writes_nothing(tmp_path
         np.testing.assert_array_equal(np.concatenate([r for _, r in handed]), ds.read(1))
 
     again: list[np.ndarray] = []
-    with StripStitcher(None, grid, 100, 20, lambda row, col, rows: again.append(rows.copy())) as s:
+    with StripStitcher(None, grid, tiling, lambda row, col, rows: again.append(rows.copy())) as s:
         for window, prob, valid in tiles:
             s.add(window, prob, valid)
     np.testing.assert_array_equal(np.concatenate(again), np.concatenate([r for _, r in handed]))
@@ -162,7 +171,7 @@ def test_rows_handed_on_are_the_rows_written_and_no_path_writes_nothing(tmp_path
 @pytest.mark.parametrize("panel_width", [1, 250, 420])
 def test_panels_stitch_the_same_raster_as_one_pass(tmp_path: Path, panel_width: int) -> None:
     grid = make_grid(700, 300)
-    windows = tile_windows(grid.width, grid.height, 100, 20)
+    windows = one_panel(grid, 100, 20).windows
     rng = np.random.default_rng(5)
     predictions = {
         (int(w.row_off), int(w.col_off)): (
@@ -174,11 +183,12 @@ def test_panels_stitch_the_same_raster_as_one_pass(tmp_path: Path, panel_width: 
     # Tiles whose windows were all nodata never reach the stitcher: a whole tile column here.
     kept = [w for w in windows if int(w.col_off) != 320]
     one_pass = tmp_path / "one.tif"
-    with StripStitcher(one_pass, grid, 100, 20) as stitcher:
+    with StripStitcher(one_pass, grid, one_panel(grid, 100, 20)) as stitcher:
         for w in kept:
             stitcher.add(w, *predictions[(int(w.row_off), int(w.col_off))])
 
-    panels = panel_layout(windows, grid.width, panel_width)
+    tiling = scene_tiling(grid, 100, 20, panel_width)
+    panels = tiling.panels
     assert len(panels) > 1
     handed = np.full((grid.height, grid.width), np.nan, dtype=np.float32)
 
@@ -187,7 +197,7 @@ def test_panels_stitch_the_same_raster_as_one_pass(tmp_path: Path, panel_width: 
         handed[row : row + len(rows), col : col + rows.shape[1]] = rows
 
     by_panel = tmp_path / "panels.tif"
-    with StripStitcher(by_panel, grid, 100, 20, take, panels) as stitcher:
+    with StripStitcher(by_panel, grid, tiling, take) as stitcher:
         for panel in panels:
             for w in panel.windows:
                 if w in kept:
@@ -202,10 +212,10 @@ def test_panels_stitch_the_same_raster_as_one_pass(tmp_path: Path, panel_width: 
 
 def test_tiles_of_an_earlier_panel_are_refused(tmp_path: Path) -> None:
     grid = make_grid(400, 200)
-    windows = tile_windows(grid.width, grid.height, 100, 20)
-    panels = panel_layout(windows, grid.width, 200)
+    tiling = scene_tiling(grid, 100, 20, panel_width=200)
+    panels = tiling.panels
     tile = np.zeros((100, 100), np.float32), np.ones((100, 100), bool)
-    with StripStitcher(None, grid, 100, 20, panels=panels) as stitcher:
+    with StripStitcher(None, grid, tiling) as stitcher:
         stitcher.add(panels[1].windows[0], *tile)
         with pytest.raises(ValueError, match="panel by panel"):
             stitcher.add(panels[0].windows[0], *tile)
