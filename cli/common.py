@@ -27,6 +27,7 @@ from mtrs_geo.config import (
     THRESHOLD_RANGE,
     TILE_SIZE_RANGE,
     check_model_name,
+    model_tile_size,
 )
 from mtrs_geo.errors import InputError, MtrsError
 
@@ -229,9 +230,10 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--tile-size",
             type=TILE_SIZE_OPTION,
-            default=DEFAULT_TILE_SIZE,
-            show_default=True,
-            help="Tile side in pixels.",
+            default=None,
+            help="Tile side in pixels [default: the model's: "
+            f"{model_tile_size('mtrefseg-r1')} for mtrefseg-r1 (near its training crops), "
+            f"{DEFAULT_TILE_SIZE} for cva].",
         ),
         click.option(
             "--overlap",
@@ -311,7 +313,7 @@ def engine_settings(options: dict[str, Any]) -> dict[str, Any]:
         "pixel_grid": options["pixel_grid"],
         "crs": options["crs"],
         "resolution": options["resolution"],
-        "tile_size": options["tile_size"],
+        "tile_size": options["tile_size"] or 0,
         "overlap": options["overlap"],
         "batch_size": options["batch_size"],
         "device": options["device"],

@@ -21,7 +21,7 @@ from mtrs_geo.cli.common import (
     emit_json,
     image_paths,
 )
-from mtrs_geo.config import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, DetectConfig
+from mtrs_geo.config import DEFAULT_OVERLAP, DetectConfig
 
 
 def _plain(value: Any) -> Any:
@@ -91,9 +91,8 @@ def format_pair_info(description: Any) -> str:
 @click.option(
     "--tile-size",
     type=TILE_SIZE_OPTION,
-    default=DEFAULT_TILE_SIZE,
-    show_default=True,
-    help="Tile side.",
+    default=None,
+    help="Tile side [default: the default model's].",
 )
 @click.option(
     "--overlap", type=OVERLAP_OPTION, default=DEFAULT_OVERLAP, show_default=True, help="Overlap."
@@ -109,7 +108,7 @@ def info(
     pixel_grid: bool,
     crs: str | None,
     resolution: float | None,
-    tile_size: int,
+    tile_size: int | None,
     overlap: int,
     as_json: bool,
 ) -> None:
@@ -128,7 +127,7 @@ def info(
         pixel_grid=pixel_grid,
         crs=crs,
         resolution=resolution,
-        tile_size=tile_size,
+        tile_size=tile_size or 0,
         overlap=overlap,
     )
     description = _plain(describe_pair(config))

@@ -37,7 +37,7 @@ OTHER = (
     "a query about a class or direction that did not change gives an empty mask",
 )
 LIMITS = (
-    "places and sizes are judged per tile (512 px by default), not over the whole scene",
+    "places and sizes are judged per tile (256 px by default), not over the whole scene",
     "classes outside the list (roads alone, cars, ships, crop types) are not understood",
     "RGB only (3 bands); trained at 0.5-10 m per pixel",
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -50,7 +52,8 @@ class DetectConfig:
     pixel_grid: bool = False  # pair the images pixel by pixel (no georeferencing; pixel units)
     crs: str | None = None  # common grid CRS; None: the before image's CRS
     resolution: float | None = None  # common grid pixel size in CRS units; None: before's
-    tile_size: int = DEFAULT_TILE_SIZE
+    # Tile side in pixels; 0: the model's own (:func:`model_tile_size`).
+    tile_size: int = 0
     overlap: int = DEFAULT_OVERLAP
     batch_size: int = DEFAULT_BATCH_SIZE
     device: str = DEFAULT_DEVICE  # auto | cpu | cuda | cuda:N | mps
@@ -79,6 +82,10 @@ class DetectConfig:
     # Acquisition dates of every image in order (before, after, more_images); empty: from tags.
     dates: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        if self.tile_size == 0:
+            object.__setattr__(self, "tile_size", model_tile_size(self.model))
+
     def query_list(self) -> tuple[str, ...]:
         """Return the run's queries, stripped: ``queries``, else those of ``query``.
 
@@ -102,6 +109,34 @@ class DetectConfig:
     def check(self, *, needs_output: bool = True) -> None:
         """Check every option and output name before any heavy work; see :func:`check_config`."""
         check_config(self, needs_output=needs_output)
+
+
+# A checkpoint's config.json key: the tile side the model works best at (near its training crops).
+TILE_SIZE_KEY = "inference_tile_size"
+
+
+def model_tile_size(model: str) -> int:
+    """Return the tile side ``model`` asks for: its checkpoint's ``inference_tile_size``.
+
+    ``model`` is a registered name or a checkpoint folder; models without a checkpoint, or whose
+    checkpoint names no size, get :data:`DEFAULT_TILE_SIZE`. Reads one small JSON file, nothing
+    is imported.
+    """
+    folder = Path(model) if Path(model).is_dir() else _bundled_checkpoint(model)
+    try:
+        settings = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        size = int(settings.get(TILE_SIZE_KEY) or DEFAULT_TILE_SIZE)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return DEFAULT_TILE_SIZE
+    low, high = TILE_SIZE_RANGE
+    return size if low <= size <= high else DEFAULT_TILE_SIZE
+
+
+def _bundled_checkpoint(name: str) -> Path:
+    """Return the folder of a checkpoint shipped in the package (``models/checkpoints/NAME``)."""
+    spec = importlib.util.find_spec("mtrs_geo.models")
+    roots = spec.submodule_search_locations if spec is not None else None
+    return Path(next(iter(roots or [""]), "")) / "checkpoints" / name
 
 
 def same_file(a: Path, b: Path) -> bool:
