@@ -30,9 +30,12 @@ import argparse
 import datetime
 import json
 import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -51,9 +54,21 @@ def _child_seconds() -> float:
 # -- child runs ----------------------------------------------------------------------------------
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process so far (every thread, user + system), seconds."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_engine(before: Path, after: Path, out: Path, options: dict[str, Any]) -> dict[str, Any]:
-    """:func:`mtrs_geo.pipeline.detect` on the pair; times from the child's start."""
+    """:func:`mtrs_geo.pipeline.detect` on the pair; times from the child's start.
+
+    The setup ends when the model is first asked to predict: its wall time from the child's start
+    (imports included) and the CPU time the process spent until then (on a busy machine the CPU
+    time is close to what the setup takes on an idle one: it runs on one thread).
+    """
     from mtrs_geo.config import DetectConfig
+    from mtrs_geo.model_api import ChangeModel, load_model
     from mtrs_geo.pipeline import detect
 
     imported = _child_seconds()
@@ -70,8 +85,22 @@ def run_engine(before: Path, after: Path, out: Path, options: dict[str, Any]) ->
         overlap=OVERLAP,
         **extra,
     )
+    first: dict[str, float] = {}
+
+    def models(name: str) -> ChangeModel:
+        loaded = load_model(name)
+        predict = loaded.predict_queries
+
+        def timed(before: Any, after: Any) -> Any:
+            first.setdefault("wall", _child_seconds())
+            first.setdefault("cpu", _cpu_seconds())
+            return predict(before, after)
+
+        loaded.predict_queries = timed  # type: ignore[method-assign]
+        return loaded
+
     start = time.perf_counter()
-    result = detect(config)
+    result = detect(config, models=models)
     seconds = time.perf_counter() - start
     summary = result.to_json()
     threads = None
@@ -80,11 +109,15 @@ def run_engine(before: Path, after: Path, out: Path, options: dict[str, Any]) ->
     return {
         "seconds": seconds,
         "import_seconds": imported,
+        "setup_wall_s": first.get("wall"),
+        "setup_cpu_s": first.get("cpu"),
+        "cpu_s": _cpu_seconds(),
         "batch": config.batch_size,
         "tiles": result.tiles_run,
         "polygons": summary["polygons"],
         "timings": summary["timings"],
         "torch_threads_after": threads,
+        "transformers_imported": "transformers" in sys.modules,
     }
 
 
@@ -150,8 +183,11 @@ def measure(kind: str, before: Path, after: Path, out: Path, **options: Any) -> 
         sys.executable, __file__, "--child", kind, str(before), str(after), str(out),
         json.dumps(options),
     ]  # fmt: skip
+    env = dict(os.environ)
+    if "cache" in options:  # encoded queries (mtrs_geo.models.query_cache)
+        env["XDG_CACHE_HOME"] = options["cache"]
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
@@ -174,36 +210,54 @@ def _tiles(side: int) -> int:
 
 
 def torch_side(side: int, data: Path, repeats: int, threads: list[int]) -> dict[str, Any]:
-    """The engine with ``mtrefseg-r1`` next to the network alone, the floor and torchgeo."""
+    """The engine with ``mtrefseg-r1`` next to the network alone (batch 1 and the engine's).
+
+    The engine runs twice: with an empty query cache (a query never asked: the text encoder
+    loads) and again (the query's embeddings come from the cache).
+    """
     before, after = generate_pair(data, side, side)
     out = data / f"out_model_path_{side}"
     out.mkdir(parents=True, exist_ok=True)
     megapixels = side * side / 1e6
-    engine = measure("engine", before, after, out, model="mtrefseg-r1")
-    batch = int(engine["batch"])
+    cache = Path(tempfile.mkdtemp(prefix="mtrs-query-cache-"))
+    engines = {}
+    try:
+        for query in ("new", "cached"):
+            engines[query] = measure(
+                "engine", before, after, out, model="mtrefseg-r1", cache=str(cache)
+            )
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    batches = sorted({1, int(engines["cached"]["batch"])})
     networks = [
-        measure("network", before, after, out, threads=t, batch=batch, px=TILE, repeats=repeats)
+        measure("network", before, after, out, threads=t, batch=b, px=TILE, repeats=repeats)
+        for b in batches
         for t in threads
     ]
     best = max(networks, key=lambda n: n["tiles_per_s"])
-    tiles = int(engine["tiles"])
-    timings = engine["timings"]
-    setup = engine["import_seconds"] + timings["setup"]
-    loop = engine["seconds"] - timings["setup"]  # the tile loop, stitching, vectorizing, writing
+    rows = {}
+    for query, engine in engines.items():
+        tiles = int(engine["tiles"])
+        loop = engine["import_seconds"] + engine["seconds"] - engine["setup_wall_s"]
+        rows[query] = {
+            "engine": engine,
+            "tiles": tiles,
+            "setup_s": engine["setup_wall_s"],
+            "setup_cpu_s": engine["setup_cpu_s"],
+            "loop_s": loop,
+            "tiles_per_s": tiles / loop,
+            "model_tiles_per_s": tiles / engine["timings"]["model"],
+            "mpx_s": megapixels / engine["process_seconds"],
+            "vs_network": tiles / loop / best["tiles_per_s"],
+        }
+    tiles = rows["cached"]["tiles"]
     return {
         "side": side,
         "megapixels": megapixels,
-        "tiles": tiles,
-        "engine": engine,
-        "engine_setup_s": setup,
-        "engine_tiles_per_s": tiles / loop,
-        "engine_model_tiles_per_s": tiles / timings["model"],
-        "engine_mpx_s": megapixels / engine["process_seconds"],
-        "engine_loop_mpx_s": megapixels / loop,
+        "engine": rows,
         "networks": networks,
         "network_best": best,
         "network_mpx_s": best["tiles_per_s"] * megapixels / tiles,
-        "engine_vs_network": tiles / loop / best["tiles_per_s"],
     }
 
 
@@ -235,22 +289,25 @@ def report(record: dict[str, Any]) -> str:
         f"{record['date']} UTC, {record['cpus']} CPU cores, load average "
         f"{record['load_before']:.1f} before / {record['load_after']:.1f} after",
         "",
-        "| scene | engine (mtrefseg-r1) wall s | setup s | model s | tiles | engine tiles/s "
-        "| network alone tiles/s (threads) | engine / network | engine Mpx/s | network Mpx/s "
-        "| peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scene | query | engine wall s | setup s | setup CPU s | tiles | engine tiles/s "
+        "| network alone tiles/s (threads x batch) | engine / best network | engine Mpx/s "
+        "| network Mpx/s | peak RSS MiB | transformers imported |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["torch"]:
         net = r["network_best"]
-        others = ", ".join(f"{n['tiles_per_s']:.2f} ({n['threads']})" for n in r["networks"])
-        lines.append(
-            f"| {r['side']}^2 | {r['engine']['process_seconds']:.1f} | {r['engine_setup_s']:.1f} "
-            f"| {r['engine']['timings']['model']:.1f} | {r['tiles']} "
-            f"| {r['engine_tiles_per_s']:.2f} | {others} "
-            f"| {r['engine_vs_network']:.2f} of {net['tiles_per_s']:.2f} "
-            f"| {r['engine_mpx_s']:.2f} | {r['network_mpx_s']:.2f} "
-            f"| {r['engine']['peak_rss_mib']:,.0f} |"
+        others = ", ".join(
+            f"{n['tiles_per_s']:.2f} ({n['threads']} x {n['batch']})" for n in r["networks"]
         )
+        for query, e in r["engine"].items():
+            lines.append(
+                f"| {r['side']}^2 | {query} | {e['engine']['process_seconds']:.1f} "
+                f"| {e['setup_s']:.1f} | {e['setup_cpu_s']:.1f} | {e['tiles']} "
+                f"| {e['tiles_per_s']:.2f} | {others} "
+                f"| {e['vs_network']:.2f} of {net['tiles_per_s']:.2f} | {e['mpx_s']:.2f} "
+                f"| {r['network_mpx_s']:.2f} | {e['engine']['peak_rss_mib']:,.0f} "
+                f"| {'yes' if e['engine']['transformers_imported'] else 'no'} |"
+            )
     lines += [
         "",
         "| scene | engine (cva) Mpx/s | I/O floor Mpx/s | engine / floor | torchgeo Mpx/s "

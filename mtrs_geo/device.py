@@ -7,6 +7,7 @@ check a ``--device`` name for a numpy model without loading torch.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -118,19 +119,22 @@ class ThreadTuner:
     """Keeps, while a run predicts on the CPU, the faster of a few torch thread counts.
 
     On an idle machine every core is fastest; on a shared one a thread that waits for a core
-    stalls the others at each OpenMP barrier, and one fewer thread can be twice as fast. So the
-    first call (it warms up the allocator and the kernels) is not counted, then each candidate is
-    timed once (seconds per tile) and the cheapest is kept; every ``reprobe_every`` calls another
-    candidate is timed again, since a shared machine's load changes during a long run. Plain
-    Python: the caller sets the thread count and times the call.
+    stalls the others at each OpenMP barrier, and one fewer thread can be several times faster. So
+    the first call (it warms up the allocator and the kernels) is not counted, then each candidate
+    is timed once (seconds per tile) and the cheapest is kept. The others are timed again now and
+    then, since a shared machine's load changes during a long run: after ``reprobe_every`` calls
+    times how much slower they were, so that the probes cost about ``1 / reprobe_every`` of the
+    time whatever the difference. Plain Python: the caller sets the thread count and times the call.
     """
 
-    def __init__(self, candidates: tuple[int, ...], reprobe_every: int = 64) -> None:
+    def __init__(self, candidates: tuple[int, ...], reprobe_every: int = 32) -> None:
         self.candidates = candidates
         self.reprobe_every = reprobe_every
         self.cost: dict[int, float] = {}  # seconds per tile, smoothed
         self._warm = False
         self._calls = 0  # timed calls
+        self._next_probe: float | None = None  # at this many timed calls; None: not yet planned
+        self._probing: int | None = None
         self._probes = 0
 
     @property
@@ -145,10 +149,11 @@ class ThreadTuner:
         for threads in self.candidates:
             if threads not in self.cost:
                 return threads
-        others = [threads for threads in self.candidates if threads != self.best]
-        if others and self._calls % self.reprobe_every == 0:
-            self._probes += 1
-            return others[self._probes % len(others)]
+        if self._next_probe is not None and self._calls >= self._next_probe:
+            others = [threads for threads in self.candidates if threads != self.best]
+            if others:
+                self._probing = others[self._probes % len(others)]
+                return self._probing
         return self.best
 
     def record(self, threads: int, seconds: float, tiles: int) -> None:
@@ -160,14 +165,23 @@ class ThreadTuner:
         known = self.cost.get(threads)
         self.cost[threads] = per_tile if known is None else 0.5 * (known + per_tile)
         self._calls += 1
+        timed_all = len(self.cost) == len(self.candidates)
+        if timed_all and (self._next_probe is None or self._probing == threads):
+            self._probing = None
+            self._probes += 1
+            fastest = max(min(self.cost.values()), 1e-9)
+            slowdown = max(self.cost.values()) / fastest
+            self._next_probe = self._calls + self.reprobe_every * slowdown
 
 
 @contextlib.contextmanager
 def tuned_threads(device: torch.device) -> Iterator[ThreadTuner | None]:
     """On the CPU, a :class:`ThreadTuner` between torch's thread count and one fewer.
 
-    Yields None on an accelerator (nothing to tune) and restores torch's thread count on exit.
-    With one thread (a Dask worker, a test) there is nothing to choose: the tuner keeps it.
+    One fewer is tried first when other work already keeps every core busy (the load average):
+    a warm-up call on too many threads is then the costly one. Yields None on an accelerator
+    (nothing to tune) and restores torch's thread count on exit. With one thread (a Dask worker,
+    a test) there is nothing to choose: the tuner keeps it.
     """
     if device.type != "cpu":
         yield None
@@ -175,8 +189,18 @@ def tuned_threads(device: torch.device) -> Iterator[ThreadTuner | None]:
     import torch
 
     previous = torch.get_num_threads()
-    candidates = (previous, previous - 1) if previous >= 2 else (previous,)
+    candidates: tuple[int, ...] = (previous,)
+    if previous >= 2:
+        candidates = (previous - 1, previous) if _cores_busy() else (previous, previous - 1)
     try:
         yield ThreadTuner(candidates)
     finally:
         torch.set_num_threads(previous)
+
+
+def _cores_busy() -> bool:
+    """Whether the 1-minute load average is at least the number of cores (False: unknown)."""
+    try:
+        return os.getloadavg()[0] >= (os.cpu_count() or 1)
+    except (OSError, AttributeError):  # no load average on this system
+        return False

@@ -82,12 +82,13 @@ def test_the_thread_tuner_keeps_the_faster_count_after_a_warm_up_call() -> None:
     first = tuner.next_threads()
     tuner.record(first, 30.0, 1)  # the warm-up call is not counted
     order = [first]
-    for _ in range(8):
+    for _ in range(15):
         threads = tuner.next_threads()
         order.append(threads)
         tuner.record(threads, seconds[threads] * 2, 2)
-    # warm-up, each timed once, then the faster; every 4th timed call re-times the other one
-    assert order == [2, 2, 1, 1, 1, 2, 1, 1, 1]
+    # warm-up, each timed once, then the faster; the slower one is timed again after
+    # reprobe_every x 2.5 (how much slower it was) calls
+    assert order == [2, 2, 1] + [1] * 10 + [2, 1, 1]
     assert tuner.best == 1 and tuner.cost == {2: 0.5, 1: 0.2}
 
 
@@ -104,17 +105,26 @@ def test_the_thread_tuner_follows_a_change_of_load() -> None:
     assert tuner.best == 1
 
 
-def test_tuned_threads_offer_all_threads_and_one_fewer_and_restore() -> None:
+def test_tuned_threads_offer_all_threads_and_one_fewer_and_restore(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     previous = torch.get_num_threads()
     torch.set_num_threads(4)
     try:
+        monkeypatch.setattr(device_module, "_cores_busy", lambda: False)
         with device_module.tuned_threads(torch.device("cpu")) as tuner:
             assert tuner is not None and tuner.candidates == (4, 3)
             torch.set_num_threads(3)
         assert torch.get_num_threads() == 4
+        # other work keeps the cores busy: one fewer is tried first
+        monkeypatch.setattr(device_module, "_cores_busy", lambda: True)
+        with device_module.tuned_threads(torch.device("cpu")) as tuner:
+            assert tuner is not None and tuner.candidates == (3, 4)
         torch.set_num_threads(1)
         with device_module.tuned_threads(torch.device("cpu")) as tuner:
             assert tuner is not None and tuner.candidates == (1,)
             assert [tuner.next_threads() for _ in range(3)] == [1, 1, 1]
+        with device_module.tuned_threads(torch.device("cuda")) as tuner:
+            assert tuner is None
     finally:
         torch.set_num_threads(previous)
