@@ -7,13 +7,14 @@ and padded to a multiple of 32 pixels by the caller.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
+if TYPE_CHECKING:  # no transformers import to build a network
+    from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
 
 STRIDES = (4, 8, 16, 32)
 
@@ -176,16 +177,16 @@ def _fold_batch_norm(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
         bias = bias + conv.bias * scale
     kernel = conv.kernel_size
     if conv.stride == (1, 1) and all(k % 2 == 1 for k in kernel) and conv.dilation == (1, 1):
-        plain = nn.Conv2d(
-            conv.in_channels,
-            conv.out_channels,
-            kernel,  # type: ignore[arg-type]
-            padding=(kernel[0] // 2, kernel[1] // 2),
-            groups=conv.groups,
-        )
-        plain.weight.copy_(weight)
-        assert plain.bias is not None
-        plain.bias.copy_(bias)
+        with torch.device("meta"):  # no initial weights to draw: they are replaced at once
+            plain = nn.Conv2d(
+                conv.in_channels,
+                conv.out_channels,
+                kernel,  # type: ignore[arg-type]
+                padding=(kernel[0] // 2, kernel[1] // 2),
+                groups=conv.groups,
+            )
+        plain.weight = nn.Parameter(weight)
+        plain.bias = nn.Parameter(bias)
         return plain
     conv.weight = nn.Parameter(weight)
     conv.bias = nn.Parameter(bias)

@@ -15,7 +15,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import initialization as init
 
 from mtrs_geo.models.backbones import SeparableConv, group_norm
 
@@ -120,6 +119,10 @@ class MaskDecoder(nn.Module):
 
     def reset_parameters(self) -> None:
         """Initialize the learned queries and embeddings."""
+        if self.latent.is_meta:
+            return  # built to receive a checkpoint's weights: nothing to initialize
+        from transformers import initialization as init  # only to initialize: it is slow to import
+
         for param in (self.latent, self.query_pos, self.level_embed):
             init.normal_(param, std=0.02)
 

@@ -12,7 +12,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import initialization as init
 
 from mtrs_geo.models.backbones import SeparableConv, group_norm
 
@@ -37,6 +36,10 @@ class CrossTemporalAttention(nn.Module):
 
     def reset_parameters(self) -> None:
         """Centre-biased start: the before features are first taken (almost) as they are."""
+        if self.position_bias.is_meta:
+            return  # built to receive a checkpoint's weights: nothing to initialize
+        from transformers import initialization as init  # only to initialize: it is slow to import
+
         bias = torch.zeros_like(self.position_bias)
         bias[(self.window * self.window) // 2] = 2.0
         init.copy_(self.position_bias, bias)

@@ -15,17 +15,18 @@ A frozen pretrained text model is not part of the checkpoint: it is loaded lazil
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import initialization as init
 
-from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
+if TYPE_CHECKING:  # transformers is imported only where a text model or tokenizer is needed
+    from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
 
 # Queries that mean "every change" select the learned any-change token, exactly as an empty query
 # (so typing "any change" and asking for any-change mode give the same mask).
@@ -108,7 +109,21 @@ class TextEmbeds:
 
 
 def text_hidden_size(config: MTRefSegR1Config) -> int:
-    """Width of the text model's hidden states, read from its config (no weights are loaded)."""
+    """Width of the text model's hidden states, read from its config (no weights are loaded).
+
+    Read straight from the config dict or the folder's ``config.json`` when it says
+    ``hidden_size`` (no ``transformers`` import); otherwise from ``transformers``' config class.
+    """
+    if config.text_model_config:
+        size = config.text_model_config.get("hidden_size")
+    else:
+        try:
+            path = Path(_text_model_dir(config)) / "config.json"
+            size = json.loads(path.read_text(encoding="utf-8")).get("hidden_size")
+        except (OSError, ValueError, AttributeError):
+            size = None
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size
     return int(_text_model_config(config).hidden_size)
 
 
@@ -174,6 +189,10 @@ class TextBranch(nn.Module):
 
     def reset_parameters(self) -> None:
         """Initialize the learned tokens (any-change, ``[SEG]``, date embeddings)."""
+        if self.any_change.is_meta:
+            return  # built to receive a checkpoint's weights: nothing to initialize
+        from transformers import initialization as init  # only to initialize: it is slow to import
+
         init.normal_(self.any_change, std=0.02)
         if self.mode == "llm":
             init.normal_(self.seg_embedding, std=0.02)

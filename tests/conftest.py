@@ -17,6 +17,20 @@ if TYPE_CHECKING:
     from scenes import ScenePair
 
 
+@pytest.fixture(scope="session", autouse=True)
+def query_cache_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Encoded queries (``mtrs_geo.models.query_cache``) go to a temporary folder, not ~/.cache."""
+    import os
+
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 @pytest.fixture(scope="module")
 def torch_one_thread() -> Iterator[None]:
     """Run torch on one thread: small tensors gain nothing from two, lose much on a busy machine."""
