@@ -5,7 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtrs_geo.baselines.cva import MODEL_INFO, build_model, change_magnitude, otsu_threshold
+from mtrs_geo.baselines.cva import (
+    MODEL_INFO,
+    build_model,
+    change_magnitude,
+    magnitude_histogram,
+    otsu_threshold,
+)
 from mtrs_geo.errors import InputError
 from mtrs_geo.model_api import load_model, model_info
 
@@ -30,6 +36,25 @@ def test_change_magnitude_is_the_change_vector_length_over_sqrt_bands() -> None:
     assert magnitude[0, 0, 0] == pytest.approx(1.0)
     assert magnitude[0, 1, 1] == pytest.approx(0.25)
     assert magnitude[0, 0, 1] == 0.0
+
+
+def test_the_histogram_counts_each_valid_finite_magnitude_in_its_bin() -> None:
+    rng = np.random.default_rng(3)
+    before = rng.random((2, 3, 40, 50), dtype=np.float32)
+    after = rng.random((2, 3, 40, 50), dtype=np.float32)
+    after[0, 0, 0, :3] = (np.nan, np.inf, 9.0)  # non-finite, and a magnitude beyond 1
+    after[1, :, 5, 5] = before[1, :, 5, 5]  # magnitude 0
+    valid = rng.random((2, 40, 50)) > 0.2
+    valid[0, 0, :3] = True
+    magnitude = change_magnitude(before, after)[valid]
+    magnitude = magnitude[np.isfinite(magnitude)]
+    index = np.clip((magnitude * 4096).astype(np.int64), 0, 4095)
+    expected = np.bincount(index, minlength=4096)
+    counts = magnitude_histogram(before, after, valid)
+    assert counts.dtype == np.int64 and counts.shape == (4096,)
+    np.testing.assert_array_equal(counts, expected)
+    finite = np.isfinite(change_magnitude(before, after))[valid]
+    assert counts[4095] >= 1 and counts.sum() == finite.sum() == valid.sum() - 2
 
 
 def planted_tiles(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
