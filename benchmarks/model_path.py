@@ -74,6 +74,8 @@ def run_engine(before: Path, after: Path, out: Path, options: dict[str, Any]) ->
     imported = _child_seconds()
     model = options["model"]
     extra = {} if options.get("batch") is None else {"batch_size": int(options["batch"])}
+    if options.get("tile"):
+        extra["tile_size"] = int(options["tile"])  # else the model's own
     config = DetectConfig(
         before=before,
         after=after,
@@ -81,7 +83,6 @@ def run_engine(before: Path, after: Path, out: Path, options: dict[str, Any]) ->
         output=out / f"engine_{model}.fgb",
         model=model,
         device="cpu",
-        tile_size=TILE,
         overlap=OVERLAP,
         **extra,
     )
@@ -113,6 +114,7 @@ def run_engine(before: Path, after: Path, out: Path, options: dict[str, Any]) ->
         "setup_cpu_s": first.get("cpu"),
         "cpu_s": _cpu_seconds(),
         "batch": config.batch_size,
+        "tile_size": config.tile_size,
         "tiles": result.tiles_run,
         "polygons": summary["polygons"],
         "timings": summary["timings"],
@@ -203,13 +205,9 @@ def measure(kind: str, before: Path, after: Path, out: Path, **options: Any) -> 
 # -- the side-by-side run -----------------------------------------------------------------------
 
 
-def _tiles(side: int) -> int:
-    from mtrs_geo.grid import tile_windows
-
-    return len(tile_windows(side, side, TILE, OVERLAP))
-
-
-def torch_side(side: int, data: Path, repeats: int, threads: list[int]) -> dict[str, Any]:
+def torch_side(
+    side: int, data: Path, repeats: int, threads: list[int], tile: int | None
+) -> dict[str, Any]:
     """The engine with ``mtrefseg-r1`` next to the network alone (batch 1 and the engine's).
 
     The engine runs twice: with an empty query cache (a query never asked: the text encoder
@@ -224,13 +222,14 @@ def torch_side(side: int, data: Path, repeats: int, threads: list[int]) -> dict[
     try:
         for query in ("new", "cached"):
             engines[query] = measure(
-                "engine", before, after, out, model="mtrefseg-r1", cache=str(cache)
+                "engine", before, after, out, model="mtrefseg-r1", cache=str(cache), tile=tile
             )
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     batches = sorted({1, int(engines["cached"]["batch"])})
+    px = int(engines["cached"]["tile_size"])
     networks = [
-        measure("network", before, after, out, threads=t, batch=b, px=TILE, repeats=repeats)
+        measure("network", before, after, out, threads=t, batch=b, px=px, repeats=repeats)
         for b in batches
         for t in threads
     ]
@@ -253,6 +252,7 @@ def torch_side(side: int, data: Path, repeats: int, threads: list[int]) -> dict[
     tiles = rows["cached"]["tiles"]
     return {
         "side": side,
+        "tile_size": px,
         "megapixels": megapixels,
         "engine": rows,
         "networks": networks,
@@ -268,7 +268,7 @@ def cva_side(side: int, data: Path, with_torchgeo: bool) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     megapixels = side * side / 1e6
     floor = measure("floor", before, after, out)
-    engine = measure("engine", before, after, out, model="cva")
+    engine = measure("engine", before, after, out, model="cva", tile=TILE)
     torchgeo = measure("torchgeo", before, after, out) if with_torchgeo else None
     return {
         "side": side,
@@ -289,10 +289,10 @@ def report(record: dict[str, Any]) -> str:
         f"{record['date']} UTC, {record['cpus']} CPU cores, load average "
         f"{record['load_before']:.1f} before / {record['load_after']:.1f} after",
         "",
-        "| scene | query | engine wall s | setup s | setup CPU s | tiles | engine tiles/s "
-        "| network alone tiles/s (threads x batch) | engine / best network | engine Mpx/s "
-        "| network Mpx/s | peak RSS MiB | transformers imported |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scene | tile px | query | engine wall s | setup s | setup CPU s | tiles "
+        "| engine tiles/s | network alone tiles/s (threads x batch) | engine / best network "
+        "| engine Mpx/s | network Mpx/s | peak RSS MiB | transformers imported |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["torch"]:
         net = r["network_best"]
@@ -301,7 +301,8 @@ def report(record: dict[str, Any]) -> str:
         )
         for query, e in r["engine"].items():
             lines.append(
-                f"| {r['side']}^2 | {query} | {e['engine']['process_seconds']:.1f} "
+                f"| {r['side']}^2 | {r['tile_size']} | {query} "
+                f"| {e['engine']['process_seconds']:.1f} "
                 f"| {e['setup_s']:.1f} | {e['setup_cpu_s']:.1f} | {e['tiles']} "
                 f"| {e['tiles_per_s']:.2f} | {others} "
                 f"| {e['vs_network']:.2f} of {net['tiles_per_s']:.2f} | {e['mpx_s']:.2f} "
@@ -329,6 +330,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--torch-size", type=int, default=2048, help="side of the torch scene")
     parser.add_argument("--cva-size", type=int, default=8192, help="side of the cva scene")
+    parser.add_argument(
+        "--tile-size", type=int, default=None, help="torch engine's tile (default: the model's)"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="run the whole set this often")
     parser.add_argument("--network-repeats", type=int, default=8, help="timed network batches")
     parser.add_argument(
@@ -363,7 +367,9 @@ def main() -> None:
     }
     for round_ in range(args.repeat):
         print(f"round {round_ + 1} of {args.repeat} ...", file=sys.stderr, flush=True)
-        torch_run = torch_side(args.torch_size, args.data, args.network_repeats, threads)
+        torch_run = torch_side(
+            args.torch_size, args.data, args.network_repeats, threads, args.tile_size
+        )
         record["torch"].append(torch_run)
         record["cva"].append(cva_side(args.cva_size, args.data, not args.no_torchgeo))
     record["load_after"] = os.getloadavg()[0]

@@ -119,12 +119,13 @@ class ThreadTuner:
     """Keeps, while a run predicts on the CPU, the faster of a few torch thread counts.
 
     On an idle machine every core is fastest; on a shared one a thread that waits for a core
-    stalls the others at each OpenMP barrier, and one fewer thread can be several times faster. So
-    the first call (it warms up the allocator and the kernels) is not counted, then each candidate
-    is timed once (seconds per tile) and the cheapest is kept. The others are timed again now and
-    then, since a shared machine's load changes during a long run: after ``reprobe_every`` calls
-    times how much slower they were, so that the probes cost about ``1 / reprobe_every`` of the
-    time whatever the difference. Plain Python: the caller sets the thread count and times the call.
+    stalls the others at each OpenMP barrier, and one fewer thread can be several times faster.
+    The first candidate is the likely one (the caller's guess); the first call (it warms up the
+    allocator and the kernels) is not counted, and the next ones time it (seconds per tile).
+    After ``reprobe_every`` timed calls another candidate is timed once, and the cheapest is kept;
+    the next probe comes ``reprobe_every`` times the slowdown of the slowest candidate later, so
+    probes cost about ``1 / reprobe_every`` of the time, and a short run on a machine as guessed
+    pays for none. Plain Python: the caller sets the thread count and times the call.
     """
 
     def __init__(self, candidates: tuple[int, ...], reprobe_every: int = 32) -> None:
@@ -133,7 +134,7 @@ class ThreadTuner:
         self.cost: dict[int, float] = {}  # seconds per tile, smoothed
         self._warm = False
         self._calls = 0  # timed calls
-        self._next_probe: float | None = None  # at this many timed calls; None: not yet planned
+        self._next_probe: float = reprobe_every  # at this many timed calls
         self._probing: int | None = None
         self._probes = 0
 
@@ -146,13 +147,13 @@ class ThreadTuner:
 
     def next_threads(self) -> int:
         """Return the thread count for the next call."""
-        for threads in self.candidates:
-            if threads not in self.cost:
-                return threads
-        if self._next_probe is not None and self._calls >= self._next_probe:
+        if not self.cost:
+            return self.candidates[0]
+        if self._calls >= self._next_probe:
             others = [threads for threads in self.candidates if threads != self.best]
-            if others:
-                self._probing = others[self._probes % len(others)]
+            pool = [threads for threads in others if threads not in self.cost] or others
+            if pool:  # the untimed ones first, then each in turn
+                self._probing = pool[self._probes % len(pool)]
                 return self._probing
         return self.best
 
@@ -165,12 +166,10 @@ class ThreadTuner:
         known = self.cost.get(threads)
         self.cost[threads] = per_tile if known is None else 0.5 * (known + per_tile)
         self._calls += 1
-        timed_all = len(self.cost) == len(self.candidates)
-        if timed_all and (self._next_probe is None or self._probing == threads):
+        if self._probing == threads:
             self._probing = None
             self._probes += 1
-            fastest = max(min(self.cost.values()), 1e-9)
-            slowdown = max(self.cost.values()) / fastest
+            slowdown = max(self.cost.values()) / max(min(self.cost.values()), 1e-9)
             self._next_probe = self._calls + self.reprobe_every * slowdown
 
 
@@ -178,8 +177,8 @@ class ThreadTuner:
 def tuned_threads(device: torch.device) -> Iterator[ThreadTuner | None]:
     """On the CPU, a :class:`ThreadTuner` between torch's thread count and one fewer.
 
-    One fewer is tried first when other work already keeps every core busy (the load average):
-    a warm-up call on too many threads is then the costly one. Yields None on an accelerator
+    Every thread first, or one fewer when other work already keeps every core busy (the load
+    average; the tuner checks the guess as the run goes). Yields None on an accelerator
     (nothing to tune) and restores torch's thread count on exit. With one thread (a Dask worker,
     a test) there is nothing to choose: the tuner keeps it.
     """

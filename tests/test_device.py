@@ -82,14 +82,24 @@ def test_the_thread_tuner_keeps_the_faster_count_after_a_warm_up_call() -> None:
     first = tuner.next_threads()
     tuner.record(first, 30.0, 1)  # the warm-up call is not counted
     order = [first]
-    for _ in range(15):
+    for _ in range(17):
         threads = tuner.next_threads()
         order.append(threads)
         tuner.record(threads, seconds[threads] * 2, 2)
-    # warm-up, each timed once, then the faster; the slower one is timed again after
-    # reprobe_every x 2.5 (how much slower it was) calls
-    assert order == [2, 2, 1] + [1] * 10 + [2, 1, 1]
+    # warm-up, the guess for reprobe_every timed calls, then the other one once: it is faster,
+    # and the slower one is timed again reprobe_every x 2.5 (its slowdown) calls later
+    assert order == [2] * 5 + [1] * 11 + [2, 1]
     assert tuner.best == 1 and tuner.cost == {2: 0.5, 1: 0.2}
+
+
+def test_a_short_run_on_a_machine_as_guessed_pays_for_no_probe() -> None:
+    tuner = ThreadTuner((2, 1), reprobe_every=32)
+    order = []
+    for _ in range(31):  # the warm-up and 30 timed calls
+        threads = tuner.next_threads()
+        order.append(threads)
+        tuner.record(threads, 0.2, 1)
+    assert order == [2] * 31 and tuner.next_threads() == 2
 
 
 def test_the_thread_tuner_follows_a_change_of_load() -> None:
@@ -98,7 +108,7 @@ def test_the_thread_tuner_follows_a_change_of_load() -> None:
     for _ in range(3):
         threads = tuner.next_threads()
         tuner.record(threads, {2: 0.2, 1: 0.4}[threads], 1)
-    assert tuner.best == 2
+    assert tuner.best == 2 and set(tuner.cost) == {1, 2}
     for _ in range(12):  # the machine got busy: two threads now take 1 s a tile
         threads = tuner.next_threads()
         tuner.record(threads, {2: 1.0, 1: 0.4}[threads], 1)
