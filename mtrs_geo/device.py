@@ -122,19 +122,21 @@ class ThreadTuner:
     stalls the others at each OpenMP barrier, and one fewer thread can be several times faster.
     The first candidate is the likely one (the caller's guess); the first call (it warms up the
     allocator and the kernels) is not counted, and the next ones time it (seconds per tile).
-    After ``reprobe_every`` timed calls another candidate is timed once, and the cheapest is kept;
-    the next probe comes ``reprobe_every`` times the slowdown of the slowest candidate later, so
-    probes cost about ``1 / reprobe_every`` of the time, and a short run on a machine as guessed
-    pays for none. Plain Python: the caller sets the thread count and times the call.
+    After ``first_probe`` timed calls another candidate is timed once, and the cheapest is kept
+    (a wrong guess costs a few calls, not the run); the next probe comes ``reprobe_every`` times
+    the slowdown of the slowest candidate later, so probes cost about ``1 / reprobe_every`` of
+    the time. Plain Python: the caller sets the thread count and times the call.
     """
 
-    def __init__(self, candidates: tuple[int, ...], reprobe_every: int = 32) -> None:
+    def __init__(
+        self, candidates: tuple[int, ...], reprobe_every: int = 32, first_probe: int = 4
+    ) -> None:
         self.candidates = candidates
         self.reprobe_every = reprobe_every
         self.cost: dict[int, float] = {}  # seconds per tile, smoothed
         self._warm = False
         self._calls = 0  # timed calls
-        self._next_probe: float = reprobe_every  # at this many timed calls
+        self._next_probe: float = first_probe  # at this many timed calls
         self._probing: int | None = None
         self._probes = 0
 

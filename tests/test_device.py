@@ -77,7 +77,7 @@ def test_autocast_is_a_no_op_on_the_cpu() -> None:
 
 
 def test_the_thread_tuner_keeps_the_faster_count_after_a_warm_up_call() -> None:
-    tuner = ThreadTuner((2, 1), reprobe_every=4)
+    tuner = ThreadTuner((2, 1), reprobe_every=4, first_probe=4)
     seconds = {2: 0.5, 1: 0.2}  # a busy machine: one thread is faster
     first = tuner.next_threads()
     tuner.record(first, 30.0, 1)  # the warm-up call is not counted
@@ -86,24 +86,25 @@ def test_the_thread_tuner_keeps_the_faster_count_after_a_warm_up_call() -> None:
         threads = tuner.next_threads()
         order.append(threads)
         tuner.record(threads, seconds[threads] * 2, 2)
-    # warm-up, the guess for reprobe_every timed calls, then the other one once: it is faster,
+    # warm-up, the guess for first_probe timed calls, then the other one once: it is faster,
     # and the slower one is timed again reprobe_every x 2.5 (its slowdown) calls later
     assert order == [2] * 5 + [1] * 11 + [2, 1]
     assert tuner.best == 1 and tuner.cost == {2: 0.5, 1: 0.2}
 
 
-def test_a_short_run_on_a_machine_as_guessed_pays_for_no_probe() -> None:
-    tuner = ThreadTuner((2, 1), reprobe_every=32)
+def test_probes_of_a_slower_count_are_rare() -> None:
+    tuner = ThreadTuner((2, 1))
     order = []
-    for _ in range(31):  # the warm-up and 30 timed calls
+    for _ in range(200):  # the guess was right: one thread takes twice as long
         threads = tuner.next_threads()
         order.append(threads)
-        tuner.record(threads, 0.2, 1)
-    assert order == [2] * 31 and tuner.next_threads() == 2
+        tuner.record(threads, {2: 0.2, 1: 0.4}[threads], 1)
+    # warm-up, then the 5th call (after first_probe timed calls), then every 32 x 2 calls
+    assert [index for index, threads in enumerate(order) if threads == 1] == [5, 70, 135]
 
 
 def test_the_thread_tuner_follows_a_change_of_load() -> None:
-    tuner = ThreadTuner((2, 1), reprobe_every=2)
+    tuner = ThreadTuner((2, 1), reprobe_every=2, first_probe=2)
     tuner.record(tuner.next_threads(), 1.0, 1)
     for _ in range(3):
         threads = tuner.next_threads()

@@ -53,7 +53,7 @@ def test_the_session_times_all_threads_and_one_fewer_then_restores(
     init = device_module.ThreadTuner.__init__
 
     def tuner_every_call(self: device_module.ThreadTuner, candidates: tuple[int, ...]) -> None:
-        init(self, candidates, reprobe_every=1)  # the other count is timed at the 2nd call
+        init(self, candidates, first_probe=1)  # the other count is timed at the 2nd call
 
     previous = torch.get_num_threads()
     torch.set_num_threads(4)
