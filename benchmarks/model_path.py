@@ -4,12 +4,15 @@ One command, every figure in a fresh child process (peak RSS from ``wait4``), in
 machine's load is the same for all of them:
 
 * ``engine``: :func:`mtrs_geo.pipeline.detect` with ``mtrefseg-r1`` on a generated 2048^2 pair
-  (tile 512, overlap 64, the default batch, CPU, polygons to .fgb): wall time, setup (imports,
-  opening, model loading, query, calibration), model time, tiles/s, scene Mpx/s, peak RSS;
+  (the model's tile size or ``--tile-size``, overlap 64, the default batch, CPU, polygons to .fgb),
+  twice: with an empty query cache (the text encoder loads) and again (the query is cached): wall
+  time, setup (from the child's start to the model's first prediction: imports, opening, model
+  loading, query, calibration) in wall and CPU seconds, tiles/s over the rest, scene Mpx/s, peak
+  RSS, whether ``transformers`` was imported;
 * ``network``: the same network alone (the bundled checkpoint, BatchNorms folded, channels-last,
-  query encoded once) on random tiles of the same size and batch, at 1 .. all CPU threads, as
-  ``benchmarks/model.py`` times it; its tiles/s is also given as the scene Mpx/s an engine that did
-  nothing but the network would reach;
+  query encoded once) on random tiles of the engine's size, at batch 1 and the engine's and at
+  1 .. all CPU threads, as ``benchmarks/model.py`` times it (warm, median); its best tiles/s is also
+  given as the scene Mpx/s an engine that did nothing but the network would reach;
 * ``floor``: the bare windowed-read loop over the same windows (the I/O floor);
 * ``torchgeo``: torchgeo's streaming read path (``RasterDataset`` + ``GridGeoSampler``, one
   query per window and image);
