@@ -1,17 +1,5 @@
 """MTRefSeg-R1: segment the change between two dates that a text query refers to.
 
-Data flow for a batch of tile pairs ``(B, C, H, W)`` (percentile-stretched to [0, 1] by the engine):
-
-1. ImageNet mean/std, pad to a multiple of 32 (mirrored, :mod:`mtrs_geo.padding`), one shared
-   backbone over both dates -> four levels (strides 4, 8, 16, 32);
-2. a bi-temporal fusion block per level (signed difference by default; optional cross-temporal
-   attention for imperfect co-registration);
-3. the language branch: words and a query from the sentence encoder (or the LLM's ``[SEG]`` token);
-   pixel-word attention gates the change features at every level;
-4. an FPN pixel decoder and a Mask2Former-style query decoder: a mask per decoder layer (deep
-   supervision) and a "target present" logit that gates the mask: an absent target gives an empty
-   mask.
-
 The layers and the forward pass live in :mod:`mtrs_geo.models.network` (no ``transformers``
 import there, so the engine runs a checkpoint without it); this module makes them a
 ``transformers`` model that trains, saves and loads checkpoints.
