@@ -53,7 +53,9 @@ DONORS: tuple[DonorSpec, ...] = (
     DonorSpec("ombria-s2", "levir-cd", 10.0, "water", "appeared", "water"),
     DonorSpec("sztaki-airchange", "levir-cd", 1.5, "change", None, None),
     DonorSpec("dsifn-cd", "levir-cd", 2.0, "change", None, None),
-    DonorSpec("oscd", "oscd", 10.0, "buildings and roads", "appeared", None),
+    # OSCD's labels outline new urban fabric (buildings and the roads between them): at 10 m they
+    # are the building cutouts that Sentinel-2 grounds get (roofs are too small to draw there).
+    DonorSpec("oscd", "oscd", 10.0, "buildings and roads", "appeared", "building"),
 )
 
 
