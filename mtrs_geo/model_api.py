@@ -152,6 +152,44 @@ class ChangeModel(abc.ABC):
         """
 
 
+class PixelScoreModel(ChangeModel):
+    """A model whose answer at a pixel is a function of one score of that pixel alone.
+
+    :meth:`predict` is :meth:`probabilities` of :meth:`scores`, and the calibration those
+    probabilities follow is fixed by the scene's scores (:meth:`settle_scene` of the summed
+    :meth:`score_summary` of every part): no pixel's answer depends on its neighbours or on the
+    tile it is seen in. The engine then decodes the scene once (:mod:`mtrs_geo.score_pass`): one
+    pass computes and keeps every pixel's score while it sums their summaries, and the kept scores
+    become the probabilities of the overlapping tiles.
+    """
+
+    scene_pass = True
+
+    @abc.abstractmethod
+    def scores(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Return the float32 score ``(B, H, W)`` of normalized tiles (finite at valid pixels)."""
+
+    @abc.abstractmethod
+    def score_summary(self, scores: np.ndarray, valid: np.ndarray) -> Any:
+        """Summarize the valid pixels' scores (a histogram, say); may overwrite ``scores``."""
+
+    @abc.abstractmethod
+    def merge_summaries(self, summaries: Sequence[Any]) -> Any:
+        """Return the one summary of several parts (as :meth:`settle_scene` would count them)."""
+
+    @abc.abstractmethod
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Return the float32 probabilities of ``scores``, computed in place in ``scores``."""
+
+    def scene_summary(self, batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Any:
+        """Return the merged :meth:`score_summary` of every batch's scores."""
+        total = None
+        for before, after, valid in batches:
+            summary = self.score_summary(self.scores(before, after), valid)
+            total = summary if total is None else self.merge_summaries([total, summary])
+        return total
+
+
 # name -> module. Each module exports ``MODEL_INFO: ModelInfo`` and
 # ``build_model() -> ChangeModel``; they are imported lazily so the CLI starts fast.
 _REGISTRY: dict[str, str] = {

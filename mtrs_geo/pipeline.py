@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import rasterio
@@ -27,11 +27,19 @@ from mtrs_geo.config import DetectConfig, same_file
 from mtrs_geo.dates import pair_dates
 from mtrs_geo.errors import InputError, ModelError, MtrsError
 from mtrs_geo.grid import Grid, Tiling, same_lattice, scene_tiling
-from mtrs_geo.model_api import ChangeModel, ModelInfo, load_model, model_info, registered_names
+from mtrs_geo.model_api import (
+    ChangeModel,
+    ModelInfo,
+    PixelScoreModel,
+    load_model,
+    model_info,
+    registered_names,
+)
 from mtrs_geo.normalize import BandStats
 from mtrs_geo.probability_raster import PROBABILITY_BLOCK
 from mtrs_geo.read import RasterInfo, align_longitudes, check_pair, open_raster
 from mtrs_geo.scene_samples import calibrate_on_samples, read_scene_samples
+from mtrs_geo.score_pass import ScoreStore, score_scene, stitch_scores
 from mtrs_geo.sources import local_inputs, quiet_open, remote_options, resolve_source
 from mtrs_geo.stitch import StripStitcher
 from mtrs_geo.tiling import (
@@ -480,10 +488,17 @@ class RunPlan:
 
         ``done_before``: the tiles of the earlier intervals.
         """
+        report = self.tiles_progress(done_before)
+        if report is None:
+            return None
+        return lambda batch: report(batch.tiles_done)
+
+    def tiles_progress(self, done_before: int) -> Callable[[int], None] | None:
+        """Return what reports the run's progress from the tiles done in an interval (or None)."""
         report = self.progress
         if report is None:
             return None
-        return lambda batch: report(done_before + batch.tiles_done, self.total)
+        return lambda tiles_done: report(done_before + tiles_done, self.total)
 
     def probability_paths(self, index: int) -> list[Path | None]:
         """Return the scratch probability raster of each query of interval ``index`` (or None)."""
@@ -635,6 +650,8 @@ def _predict_interval(
         done_before: tiles done in the earlier intervals (for the progress callback).
 
     """
+    if isinstance(model, PixelScoreModel):  # every pixel decoded once (cva)
+        return _score_interval(run, model, before, after, index, done_before)
     config, timings = run.config, run.timings
     windows, tile_size = run.tiling.windows, run.tiling.tile_size
     stream = TileStream(
@@ -646,11 +663,61 @@ def _predict_interval(
         paths = run.probability_paths(index)
         vectorizers = _vectorizers(run)
         progress = run.batch_progress(done_before)
-        tiles_run = _predict_and_stitch(run, model, stream, stats, paths, vectorizers, progress)
+        tiles_run = _into_stitchers(
+            run, paths, vectorizers, model,
+            lambda stitchers: predict_tiles(
+                model, stream, stats, stitchers, run.grid, run.area, run.cancel, timings, progress
+            ),
+        )  # fmt: skip
         timings["read"] += stream.read_seconds
         with timed(timings, "vectorize"):
             polygons = [vectorizer.result() for vectorizer in vectorizers]
         return IntervalResult(polygons, paths, tiles_run, stream.skipped)
+    finally:
+        stream.close()
+
+
+def _score_interval(
+    run: RunPlan,
+    model: PixelScoreModel,
+    before: RasterInfo,
+    after: RasterInfo,
+    index: int,
+    done_before: int,
+) -> IntervalResult:
+    """:func:`_predict_interval` for a pixel score model, reading every pixel once.
+
+    The scene samples, then one pass over the scene without overlap that keeps every pixel's
+    score and settles the model on all of them (:func:`mtrs_geo.score_pass.score_scene`), then
+    the run's overlapping tiles stitched from the kept scores (:func:`~mtrs_geo.score_pass.
+    stitch_scores`): the outputs of :func:`_predict_interval`, without a second decode.
+    """
+    config, timings, tiling = run.config, run.timings, run.tiling
+    windows = [window for panel in tiling.pass_panels for window in panel.windows]
+    stream = TileStream(
+        before, after, run.grid, windows, tiling.tile_size, config.batch_size, config.prefetch
+    )
+    try:
+        with timed(timings, "setup"):
+            stats = _calibrate(run, model, before, after, stream, index, scene_pass=False)
+        paths = run.probability_paths(index)
+        vectorizers = _vectorizers(run)
+        with ScoreStore(run.grid.height, run.grid.width, run.scratch) as store:
+            run.say(RunMessage("stage", "scoring every pixel once"))
+            with model.session():
+                score_scene(model, stream, stats, store, run.cancel, timings)
+            timings["read"] += stream.read_seconds
+            progress = run.tiles_progress(done_before)
+            tiles_run, skipped = _into_stitchers(
+                run, paths, vectorizers, model,
+                lambda stitchers: stitch_scores(
+                    model, store, tiling, stitchers, run.grid, run.area, run.cancel, timings,
+                    progress,
+                ),
+            )  # fmt: skip
+        with timed(timings, "vectorize"):
+            polygons = [vectorizer.result() for vectorizer in vectorizers]
+        return IntervalResult(polygons, paths, tiles_run, skipped)
     finally:
         stream.close()
 
@@ -662,10 +729,12 @@ def _calibrate(
     after: RasterInfo,
     stream: TileStream,
     index: int,
+    scene_pass: bool = True,
 ) -> tuple[BandStats, BandStats]:
     """Set the model up for one pair of dates: its queries, the scene samples, a scene pass.
 
-    Starts ``stream`` reading once the samples are read.
+    Starts ``stream`` reading once the samples are read. ``scene_pass=False`` leaves the model's
+    scene pass (if it has one) to the caller.
 
     Returns:
         The statistics of both images (before, after) the tiles are normalized with.
@@ -686,7 +755,9 @@ def _calibrate(
     calibrate_on_samples(model, samples)
     stats = samples.stats
     del samples  # the scene samples are done with: not held through the run
-    if model.scene_pass:  # a streamed first pass over the whole scene (cva's histogram)
+    if (
+        model.scene_pass and scene_pass
+    ):  # a streamed first pass over the whole scene (cva's histogram)
         run.say(RunMessage("stage", "first pass over the whole scene"))
         model.calibrate_scene(
             scene_batches(
@@ -719,24 +790,22 @@ def _vectorizers(run: RunPlan) -> list[StreamingVectorizer]:
     ]
 
 
-def _predict_and_stitch(
+T = TypeVar("T")
+
+
+def _into_stitchers(
     run: RunPlan,
-    model: ChangeModel,
-    stream: TileStream,
-    stats: tuple[BandStats, BandStats],
     paths: Sequence[Path | None],
     vectorizers: Sequence[StreamingVectorizer],
-    on_batch: Callable[[TileBatch], None] | None,
-) -> int:
-    """:func:`predict_tiles` into a stitcher per query, its rows to the query's vectorizer.
+    model: ChangeModel,
+    fill: Callable[[Sequence[StripStitcher]], T],
+) -> T:
+    """Run ``fill`` on a stitcher per query, its rows to the query's vectorizer; return its result.
 
-    The probability raster of a query is written (at ``paths``) only when a mask raster is asked
-    for. Closing the stitchers (their last rows) counts as stitching; the rows they vectorize
-    count as vectorizing.
-
-    Returns:
-        The tiles predicted.
-
+    ``fill`` adds every tile's answers (:func:`predict_tiles`, or the kept scores of a pixel
+    score model). The probability raster of a query is written (at ``paths``) only when a mask
+    raster is asked for. Closing the stitchers (their last rows) counts as stitching; the rows
+    they vectorize count as vectorizing.
     """
     timings = run.timings
     stitch_start, vectorize_start = timings["stitch"], timings["vectorize"]
@@ -745,14 +814,12 @@ def _predict_and_stitch(
             stack.enter_context(_stitcher(run, path, vectorizer))
             for path, vectorizer in zip(paths, vectorizers, strict=True)
         ]
-        tiles_run = predict_tiles(
-            model, stream, stats, stitchers, run.grid, run.area, run.cancel, timings, on_batch
-        )
+        result = fill(stitchers)
         closing = time.perf_counter()
     timings["stitch"] += time.perf_counter() - closing
     vectorized = timings["vectorize"] - vectorize_start
     timings["stitch"] = max(stitch_start, timings["stitch"] - vectorized)
-    return tiles_run
+    return result
 
 
 def _stitcher(run: RunPlan, path: Path | None, vectorizer: StreamingVectorizer) -> StripStitcher:

@@ -2,12 +2,15 @@
 
 The change magnitude of a pixel is the length of its spectral change vector on the normalized bands,
 divided by the square root of the band count (so it stays in [0, 1] for any band count). Otsu's
-threshold is computed ONCE, from the histogram of the magnitudes of the whole scene (the engine
-streams every tile through :meth:`ChangeVectorAnalysis.calibrate_scene` before predicting; a few
-sampled windows may hold no change at all), so every tile is judged by the same threshold and tiles
-stitch without seams. A histogram without two modes whose Otsu cut falls inside the noise
-(``NOISE_FLOOR``) is not split: then nothing is changed. The probability is a logistic of the
-magnitude centred on that threshold: its 0.5 level is the Otsu threshold. The query is ignored.
+threshold is computed ONCE, from the histogram of the magnitudes of the whole scene (a few sampled
+windows may hold no change at all), so every tile is judged by the same threshold and tiles stitch
+without seams. The model is a :class:`~mtrs_geo.model_api.PixelScoreModel`: the engine decodes the
+scene once, keeping each pixel's magnitude while it sums the histogram
+(:mod:`mtrs_geo.score_pass`); a cluster sums the histograms of its parts
+(:meth:`ChangeVectorAnalysis.scene_summary`). A histogram without two modes whose Otsu cut falls
+inside the noise (``NOISE_FLOOR``) is not split: then nothing is changed. The probability is a
+logistic of the magnitude centred on that threshold: its 0.5 level is the Otsu threshold. The
+query is ignored.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from mtrs_geo.model_api import ChangeModel, ModelInfo
+from mtrs_geo.model_api import ChangeModel, ModelInfo, PixelScoreModel
 
 MODEL_INFO = ModelInfo(
     name="cva",
@@ -125,10 +128,18 @@ def magnitude_histogram(
     """Return the counts (int64, ``bins``) of the valid pixels' change magnitudes over [0, 1].
 
     Magnitude ``m`` counts in bin ``min(floor(m * bins), bins - 1)``; non-finite ones are left out.
-    In place on the fresh magnitudes, with the left-out pixels in an extra bin (no copies of the
-    valid pixels: a quarter less time in the scene pass).
     """
-    magnitude = change_magnitude(before, after)
+    return histogram_in_place(change_magnitude(before, after), valid, bins)
+
+
+def histogram_in_place(
+    magnitude: np.ndarray, valid: np.ndarray, bins: int = SCENE_BINS
+) -> np.ndarray:
+    """:func:`magnitude_histogram` of magnitudes already computed; ``magnitude`` is overwritten.
+
+    In place, with the left-out pixels in an extra bin (no copies of the valid pixels: a quarter
+    less time than selecting them first).
+    """
     keep = np.isfinite(magnitude)
     keep &= np.asarray(valid, dtype=bool)
     magnitude *= np.float32(bins)
@@ -139,14 +150,15 @@ def magnitude_histogram(
     return np.bincount(index.ravel(), minlength=bins + 1)[:bins].astype(np.int64)
 
 
-class ChangeVectorAnalysis(ChangeModel):
+class ChangeVectorAnalysis(PixelScoreModel):
     """CVA + Otsu; ``threshold`` and ``scale`` are fixed by calibration. Plain numpy.
 
-    ``threshold`` is ``math.inf`` when the magnitudes show a single mode (no change).
+    A pixel score model: the score is the change magnitude, its summary the magnitude histogram,
+    the probability a logistic of it. ``threshold`` is ``math.inf`` when the magnitudes show a
+    single mode (no change).
     """
 
     info = MODEL_INFO
-    scene_pass = True
 
     def __init__(self) -> None:
         self.threshold: float | None = None
@@ -173,10 +185,7 @@ class ChangeVectorAnalysis(ChangeModel):
 
         Without a valid pixel the threshold of :meth:`calibrate` stays.
         """
-        counts = np.zeros(SCENE_BINS, dtype=np.int64)
-        for summary in summaries:
-            counts += summary
-        self._settle(counts)
+        self._settle(self.merge_summaries(summaries))
 
     def calibration(self) -> dict[str, Any]:
         """Return the threshold and the logistic scale (see :meth:`restore_calibration`)."""
@@ -211,23 +220,43 @@ class ChangeVectorAnalysis(ChangeModel):
             return
         self.threshold = threshold
 
+    def scores(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Return the change magnitude ``(B, H, W)`` of the tiles (finite, in [0, 1])."""
+        return change_magnitude(before, after)
+
+    def score_summary(self, scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Return the magnitude histogram of the valid pixels (``scores`` is overwritten)."""
+        return histogram_in_place(scores, valid)
+
+    def merge_summaries(self, summaries: Sequence[np.ndarray]) -> np.ndarray:
+        """Return the histograms of several parts, summed."""
+        counts = np.zeros(SCENE_BINS, dtype=np.int64)
+        for summary in summaries:
+            counts += summary
+        return counts
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Return the change probability of the magnitudes, computed in place in ``scores``."""
+        threshold = self.threshold if self.threshold is not None else 0.5
+        if math.isinf(threshold):
+            scores[...] = 0.0
+            return scores
+        # The logistic 1 / (1 + exp(-(m - t) / s)), in place on the magnitude: no batch-sized
+        # temporaries, and twice as fast as scipy's expit. exp overflows to inf far below the
+        # threshold, where the probability is 0 as it should be.
+        scores -= np.float32(threshold)
+        scores *= np.float32(-1.0 / self.scale)
+        with np.errstate(over="ignore"):
+            np.exp(scores, out=scores)
+        scores += np.float32(1.0)
+        return np.reciprocal(scores, out=scores)
+
     def predict(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         """Return the change probability ``(B, H, W)`` (uncalibrated: the batch sets the cut)."""
         magnitude = change_magnitude(before, after)
         if self.threshold is None:
             self.calibrate(before, after, np.ones(magnitude.shape, dtype=bool))
-        threshold = self.threshold if self.threshold is not None else 0.5
-        if math.isinf(threshold):
-            return np.zeros_like(magnitude)
-        # The logistic 1 / (1 + exp(-(m - t) / s)), in place on the magnitude (a fresh array): no
-        # batch-sized temporaries, and twice as fast as scipy's expit. exp overflows to inf far
-        # below the threshold, where the probability is 0 as it should be.
-        magnitude -= np.float32(threshold)
-        magnitude *= np.float32(-1.0 / self.scale)
-        with np.errstate(over="ignore"):
-            np.exp(magnitude, out=magnitude)
-        magnitude += np.float32(1.0)
-        return np.reciprocal(magnitude, out=magnitude)
+        return self.probabilities(magnitude)
 
 
 def build_model() -> ChangeModel:

@@ -1,0 +1,250 @@
+"""One decode of a scene for a pixel score model (``cva``): scores kept, then stitched.
+
+A :class:`~mtrs_geo.model_api.PixelScoreModel` answers each pixel from one score of that pixel,
+calibrated on the scores of the whole scene. Instead of a pass over the scene for the calibration
+and a second read of every tile (with overlap) for the answers, the engine reads each pixel once:
+
+1. :func:`score_scene`: every pixel once (``tiling.pass_panels``, tiles without overlap), its
+   score kept in a :class:`ScoreStore` (NaN where no pixel is valid) while the batches' summaries
+   are merged; the model then settles its calibration on the whole scene.
+2. :func:`stitch_scores`: the run's overlapping tiles, in the run's order, take their scores from
+   the store, row of tiles by row of tiles; the probabilities go to the stitchers exactly as the
+   model's :meth:`~mtrs_geo.model_api.ChangeModel.predict` would have made them (the same float32
+   operations on the same values), so the outputs equal a run that predicts every tile.
+
+The store is in memory up to :data:`SCORE_MEMORY_BYTES`, else a float32 file in the run's scratch
+folder (4 bytes per pixel of disk), written and read a row of a tile at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from mtrs_geo.aoi import AreaOfInterest
+from mtrs_geo.cancel import check_cancel
+from mtrs_geo.grid import Grid, Panel, Tiling
+from mtrs_geo.model_api import PixelScoreModel
+from mtrs_geo.normalize import BandStats
+from mtrs_geo.stitch import StripStitcher
+from mtrs_geo.tiling import TileStream
+
+# Scores of scenes up to this size are kept in memory (8192^2 pixels); larger ones in a file.
+SCORE_MEMORY_BYTES = 256 * 1024 * 1024
+_FLOAT = np.dtype(np.float32)
+
+
+class ScoreStore:
+    """The float32 scores of a grid, NaN where no pixel is valid: in memory or in a scratch file.
+
+    Args:
+        height: grid rows.
+        width: grid columns.
+        folder: where the file goes when the scores do not fit ``memory_bytes``.
+        memory_bytes: the most bytes kept in memory (default :data:`SCORE_MEMORY_BYTES`).
+
+    """
+
+    def __init__(
+        self, height: int, width: int, folder: Path, memory_bytes: int | None = None
+    ) -> None:
+        if memory_bytes is None:
+            memory_bytes = SCORE_MEMORY_BYTES
+        self.height, self.width = height, width
+        self.path: Path | None = None
+        self._array: np.ndarray | None = None
+        self._fd = -1
+        if height * width * _FLOAT.itemsize <= memory_bytes:
+            self._array = np.empty((height, width), dtype=_FLOAT)
+        else:
+            self.path = Path(folder) / "scores.f32"
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    @property
+    def in_memory(self) -> bool:
+        """True when the scores are kept in memory (no file)."""
+        return self._array is not None
+
+    def write(self, window: Window, scores: np.ndarray, valid: np.ndarray) -> None:
+        """Keep the scores of ``window`` (``(h, w)`` or larger, cropped); NaN where not valid."""
+        row_off, col_off = int(window.row_off), int(window.col_off)
+        h, w = int(window.height), int(window.width)
+        tile = np.where(valid[:h, :w], scores[:h, :w], np.float32(np.nan))
+        if self._array is not None:
+            self._array[row_off : row_off + h, col_off : col_off + w] = tile
+            return
+        for row in range(h):
+            self._pwrite(tile[row], (row_off + row) * self.width + col_off)
+
+    def write_missing(self, window: Window) -> None:
+        """Mark ``window`` as holding no valid pixel (a window the reader skipped)."""
+        h, w = int(window.height), int(window.width)
+        self.write(window, np.zeros((h, w), _FLOAT), np.zeros((h, w), dtype=bool))
+
+    def read(self, row_off: int, col_off: int, out: np.ndarray) -> np.ndarray:
+        """Copy the scores of rows ``row_off...`` and columns ``col_off...`` into ``out`` (2-D)."""
+        h, w = out.shape
+        if self._array is not None:
+            np.copyto(out, self._array[row_off : row_off + h, col_off : col_off + w])
+            return out
+        for row in range(h):
+            self._pread(out[row], (row_off + row) * self.width + col_off)
+        return out
+
+    def _pwrite(self, values: np.ndarray, pixel: int) -> None:
+        data = np.ascontiguousarray(values).data.cast("B")
+        offset = pixel * _FLOAT.itemsize
+        while data:
+            done = os.pwrite(self._fd, data, offset)
+            data, offset = data[done:], offset + done
+
+    def _pread(self, out: np.ndarray, pixel: int) -> None:
+        view = out.data.cast("B")
+        offset, done = pixel * _FLOAT.itemsize, 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], offset + done)
+            if got == 0:
+                raise OSError(f"the score file {self.path} ends early")
+            done += got
+
+    def close(self) -> None:
+        """Free the scores; remove the file."""
+        self._array = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> ScoreStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def score_scene(
+    model: PixelScoreModel,
+    stream: TileStream,
+    stats: tuple[BandStats, BandStats],
+    store: ScoreStore,
+    cancel: threading.Event | None,
+    timings: dict[str, float],
+) -> None:
+    """Score every window of ``stream`` (each pixel once) into ``store``; settle the model on them.
+
+    Adds the scoring to ``timings["model"]``.
+
+    Raises:
+        Cancelled: ``cancel`` was set.
+
+    """
+    summary: Any = None
+    written: set[tuple[int, int]] = set()
+    for batch in stream.batches(*stats):
+        check_cancel(cancel)
+        start = time.perf_counter()
+        scores = model.scores(batch.before, batch.after)
+        for tile, window in enumerate(batch.windows):
+            store.write(window, scores[tile], batch.valid[tile])
+            written.add((int(window.row_off), int(window.col_off)))
+        part = model.score_summary(scores, batch.valid)
+        summary = part if summary is None else model.merge_summaries([summary, part])
+        timings["model"] += time.perf_counter() - start
+    check_cancel(cancel)
+    for window in stream.windows:  # the reader skipped them: no valid pixel there
+        if (int(window.row_off), int(window.col_off)) not in written:
+            store.write_missing(window)
+    if summary is not None:
+        model.settle_scene([summary])
+
+
+def tile_rows(panel: Panel) -> Iterator[list[Window]]:
+    """Yield the windows of a panel a row of tiles at a time (they are row-major)."""
+    row: list[Window] = []
+    for window in panel.windows:
+        if row and window.row_off != row[0].row_off:
+            yield row
+            row = []
+        row.append(window)
+    if row:
+        yield row
+
+
+def stitch_scores(
+    model: PixelScoreModel,
+    store: ScoreStore,
+    tiling: Tiling,
+    stitchers: Sequence[StripStitcher],
+    grid: Grid,
+    area: AreaOfInterest | None,
+    cancel: threading.Event | None,
+    timings: dict[str, float],
+    on_tiles: Callable[[int], None] | None = None,
+) -> tuple[int, int]:
+    """Add the probabilities of every tile of ``tiling`` (from the kept scores) to each stitcher.
+
+    A row of a panel's tiles is read from ``store`` once and turned into probabilities in place;
+    each tile is that strip's window. A tile without a valid pixel is skipped, as the tile reader
+    skips it. Adds to ``timings["read"]``, ``["model"]`` and ``["stitch"]``; calls ``on_tiles``
+    with the tiles done so far after each row.
+
+    Returns:
+        The tiles predicted and the tiles skipped.
+
+    Raises:
+        Cancelled: ``cancel`` was set.
+
+    """
+    widest = max(panel.width for panel in tiling.panels)
+    # Flat buffers, viewed as contiguous (rows, panel width) strips: the probabilities are computed
+    # on contiguous arrays, as predict() computes them on its batch.
+    buffer = np.empty(min(tiling.tile_size, grid.height) * widest, dtype=_FLOAT)
+    invalid_buffer = np.empty(buffer.shape, dtype=bool)
+    run = skipped = 0
+    for panel in tiling.panels:
+        for row in tile_rows(panel):
+            check_cancel(cancel)
+            start = time.perf_counter()
+            shape = (max(int(window.height) for window in row), panel.width)
+            size = shape[0] * shape[1]
+            strip = store.read(int(row[0].row_off), panel.col_off, buffer[:size].reshape(shape))
+            invalid = np.isnan(strip, out=invalid_buffer[:size].reshape(shape))
+            strip[invalid] = 0.0
+            valid = ~invalid
+            loaded = time.perf_counter()
+            probability = model.probabilities(strip)
+            scored = time.perf_counter()
+            for window in row:
+                h, w = int(window.height), int(window.width)
+                cols = slice(int(window.col_off) - panel.col_off, None)
+                tile_valid = valid[:h, cols][:, :w]
+                if not tile_valid.any():
+                    skipped += 1
+                    continue
+                if area is not None:  # pixels outside the area's polygons are nodata
+                    tile_valid = area.inside(grid, window, tile_valid)
+                tile = probability[:h, cols][:, :w]
+                for stitcher in stitchers:
+                    stitcher.add(window, tile, tile_valid)
+                run += 1
+            timings["read"] += loaded - start
+            timings["model"] += scored - loaded
+            timings["stitch"] += time.perf_counter() - scored
+            if on_tiles is not None:
+                on_tiles(run + skipped)
+    check_cancel(cancel)
+    return run, skipped
