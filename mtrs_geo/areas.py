@@ -9,14 +9,20 @@ edges of the source CRS keep their shape through the projection.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import geopandas as gpd
 import numpy as np
 import shapely
 from pyproj import CRS, Transformer
 
 from mtrs_geo.errors import InputError
 from mtrs_geo.grid import Grid
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+# geopandas is imported where a function needs it: a run without a minimum area needs none of
+# this module's GeoDataFrames before its first tile.
 
 # Edges longer than this are densified before reprojection (source CRS units: metres or degrees).
 _DENSIFY_METRES = 500.0
@@ -110,6 +116,8 @@ def ground_areas(gdf: gpd.GeoDataFrame) -> np.ndarray:
     crs = CRS.from_user_input(gdf.crs)
     if _is_local(crs):
         return np.asarray(gdf.geometry.area, dtype=np.float64)
+    import geopandas as gpd
+
     dense = gpd.GeoSeries(_densify(gdf.geometry.to_numpy(), crs), crs=crs)
     return np.asarray(dense.to_crs(_local_crs_for(gdf)).area, dtype=np.float64)
 
@@ -135,6 +143,8 @@ def simplify_metres(gdf: gpd.GeoDataFrame, tolerance_m: float) -> gpd.GeoDataFra
         simplified = metric.to_crs(crs)
     # Simplification (and the way back from the local projection) can leave holes outside their
     # shell or crossing it: every output geometry must be valid.
+    import geopandas as gpd
+
     result.geometry = gpd.GeoSeries(valid_polygons(simplified.to_numpy()), crs=crs)
     keep = ~(result.geometry.is_empty | result.geometry.isna())
     return result.loc[keep].reset_index(drop=True)
@@ -208,6 +218,8 @@ def min_region_pixels(grid: Grid, min_area_m2: float, simplify_m: float = 0.0) -
         for r in rows
         for c in cols
     ]
+    import geopandas as gpd
+
     areas = ground_areas(gpd.GeoDataFrame(geometry=pixels, crs=grid.crs))
     res_x, res_y = math.hypot(t.a, t.d), math.hypot(t.b, t.e)
     aspect = max(res_x, res_y) / min(res_x, res_y)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import threading
 import time
@@ -436,8 +437,16 @@ class Scene:
     grid: Grid
     area: AreaOfInterest | None
     tiling: Tiling
-    pair: PairInfo
     registered: ModelInfo | None  # the run's model described cheaply (None: a checkpoint path)
+
+    @functools.cached_property
+    def pair(self) -> PairInfo:
+        """Describe the scene as ``mtrs info`` does.
+
+        Asked for at the end of a run: its ground area needs geopandas, which a run imports only
+        once its tiles are done.
+        """
+        return _pair_info(self.images, self.grid, self.tiling, self.dates)
 
     def intervals(self) -> list[tuple[int, int]]:
         """Return the pairs of consecutive images compared, as indexes (one pair: ``(0, 1)``)."""
@@ -849,8 +858,7 @@ def _open_scene(config: DetectConfig, say: MessageCallback) -> Scene:
         check_pair(before, after, registered)
     dates = _image_dates(config)
     grid, area, tiling = _common_grid(images, config)
-    pair = _pair_info(images, grid, tiling, dates)
-    return Scene(images, dates, grid, area, tiling, pair, registered)
+    return Scene(images, dates, grid, area, tiling, registered)
 
 
 def _load_model(

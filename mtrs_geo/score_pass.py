@@ -77,9 +77,15 @@ class ScoreStore:
         """Keep the scores of ``window`` (``(h, w)`` or larger, cropped); NaN where not valid."""
         row_off, col_off = int(window.row_off), int(window.col_off)
         h, w = int(window.height), int(window.width)
-        tile = np.where(valid[:h, :w], scores[:h, :w], np.float32(np.nan))
+        if self._array is not None:  # straight into place: no temporary
+            tile = self._array[row_off : row_off + h, col_off : col_off + w]
+            np.copyto(tile, scores[:h, :w])
+        else:
+            tile = np.array(scores[:h, :w], dtype=_FLOAT)
+        inside = valid[:h, :w]
+        if not inside.all():
+            np.copyto(tile, np.float32(np.nan), where=~inside)
         if self._array is not None:
-            self._array[row_off : row_off + h, col_off : col_off + w] = tile
             return
         for row in range(h):
             self._pwrite(tile[row], (row_off + row) * self.width + col_off)

@@ -17,22 +17,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import geopandas as gpd
 import numpy as np
 import shapely
 from affine import Affine
 from rasterio.features import shapes
-from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from mtrs_geo.areas import valid_polygons
 from mtrs_geo.grid import Panel
 from mtrs_geo.probability_raster import PROBABILITY_NODATA
 
-# 4-connectivity, the same rule as ``rasterio.features.shapes(connectivity=4)``.
-_FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+# scipy and geopandas are imported where they are first needed (labelling, the polygon table):
+# a run reaches its first tile without them.
+
+# 4-connectivity, the same rule as ``rasterio.features.shapes(connectivity=4)``
+# (``scipy.ndimage.generate_binary_structure(2, 1)``).
+_FOUR_CONNECTED = np.array([[False, True, False], [True, True, True], [False, True, False]])
 # Strips hold about this many pixels (~20 B/px while labelling): memory follows the width only.
 _STRIP_PIXELS = 2 * 1024 * 1024
 # Empty columns wider than this split a strip into separately polygonized column ranges.
@@ -72,6 +76,19 @@ def changed_mask(values: np.ndarray, threshold: float, nodata: float | None) -> 
     if nodata is not None and np.isfinite(nodata):
         mask &= values != nodata
     return mask
+
+
+def _components(nodes: int, first: np.ndarray, second: np.ndarray) -> tuple[int, np.ndarray]:
+    """Find the connected components of ``nodes`` nodes joined by edges ``first[i] -- second[i]``.
+
+    Returns the number of components and each node's component.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(first.size, dtype=np.int8), (first, second)), shape=(nodes, nodes))
+    count, component = connected_components(graph, directed=False)
+    return int(count), component
 
 
 def _column_runs(mask: np.ndarray, min_gap: int = _MIN_COLUMN_GAP) -> list[tuple[int, int]]:
@@ -157,6 +174,8 @@ class RegionMerger:
         previous_last_row = self._previous_last_row
         next_key = self._next_key
         mask = changed_mask(values, self.threshold, self.nodata)
+        from scipy import ndimage
+
         labels, count = ndimage.label(mask, structure=_FOUR_CONNECTED)
         # Graph nodes: this strip's labels 1..count -> 0..count-1, then the open regions.
         open_keys = np.sort(np.fromiter(open_regions, dtype=np.int64, count=len(open_regions)))
@@ -171,11 +190,7 @@ class RegionMerger:
             )
             above_nodes = count + np.searchsorted(open_keys, pairs[:, 0])
             below_nodes = pairs[:, 1].astype(np.int64) - 1
-        graph = coo_matrix(
-            (np.ones(above_nodes.size, dtype=np.int8), (above_nodes, below_nodes)),
-            shape=(nodes, nodes),
-        )
-        components, component = connected_components(graph, directed=False)
+        components, component = _components(nodes, above_nodes, below_nodes)
         # A region stays open while one of its pieces lies on this strip's last row.
         last_row = labels[-1]
         on_last_row = last_row > 0
@@ -290,6 +305,8 @@ def region_table(
         polygons.append(polygon)
         scores.append(score)
         counts.append(count)
+    import geopandas as gpd
+
     geometry = valid_polygons(to_map_coordinates(np.asarray(polygons, dtype=object), transform))
     return gpd.GeoDataFrame(
         {
@@ -321,11 +338,7 @@ def join_at_seam(left: list[Region], right: list[Region], seam: int) -> list[Reg
     shared = shapely.intersection(geometries[len(left) + right_index], geometries[left_index])
     edge = shapely.length(shared) > 0
     nodes = len(regions)
-    graph = coo_matrix(
-        (np.ones(int(edge.sum()), np.int8), (left_index[edge], len(left) + right_index[edge])),
-        shape=(nodes, nodes),
-    )
-    count, component = connected_components(graph, directed=False)
+    count, component = _components(nodes, left_index[edge], len(left) + right_index[edge])
     groups: list[list[int]] = [[] for _ in range(count)]
     for index, group in enumerate(component):
         groups[group].append(index)
