@@ -7,6 +7,7 @@ Helpers are imported one way, as top-level modules of ``tests/`` (``from scenes 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,9 +71,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     info = folder / "scheduler.json"
     host = ["--host", "127.0.0.1", "--no-dashboard"]
 
+    # One thread per worker process for OpenMP and BLAS, as a nanny would set it: without a nanny
+    # torch would take every core and its float rounding would follow the machine's load.
+    one_thread = {
+        name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    }
+    environment = {**os.environ, **one_thread}
+
     def start(*args: str) -> subprocess.Popen[bytes]:
         quiet = subprocess.DEVNULL
-        return subprocess.Popen([str(dask), *args, *host], stdout=quiet, stderr=quiet)
+        command = [str(dask), *args, *host]
+        return subprocess.Popen(command, stdout=quiet, stderr=quiet, env=environment)
 
     processes = [start("scheduler", "--port", "0", "--scheduler-file", str(info))]
     try:

@@ -49,7 +49,9 @@ def assert_same_outputs(expected: Path, got: Path) -> None:
     one, other = gpd.read_file(expected), gpd.read_file(got)
     assert len(one) > 0
     assert list(one.columns) == list(other.columns)
-    assert one.drop(columns="geometry").equals(other.drop(columns="geometry"))
+    left, right = one.drop(columns="geometry"), other.drop(columns="geometry")
+    differ = [c for c in left.columns if not left[c].equals(right[c])]
+    assert not differ, {c: (left[c].tolist(), right[c].tolist()) for c in differ}
     assert wkb(one) == wkb(other)
 
 
