@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -179,34 +178,6 @@ def test_any_change_phrases() -> None:
 def test_cutout_dataclass_keeps_its_pixel_size() -> None:
     cut = Cutout("water", np.zeros((3, 4, 4), np.float32), np.ones((4, 4), np.float32), "x", 10.0)
     assert cut.gsd == 10.0
-
-
-def _urban_cutout(gsd: float) -> Cutout:
-    alpha = soft_alpha(np.pad(np.ones((12, 9), dtype=bool), 2))
-    return Cutout("building", np.full((3, *alpha.shape), 210, np.float32), alpha, "city", gsd)
-
-
-def test_real_cutouts_are_transplanted_only_onto_grounds_of_a_similar_pixel_size() -> None:
-    bank = ObjectBank({"building": [procedural_roof(np.random.default_rng(0), 0.5)]})
-    bank.cutouts["building"].append(_urban_cutout(10.0))
-    assert [c.gsd for c in bank.at_scale("building", 0.5)] == [0.5]
-    assert [c.gsd for c in bank.at_scale("building", 10.0)] == [10.0]
-    assert bank.at_scale("building", 60.0) == []
-
-
-def test_coarse_grounds_get_buildings_only_from_real_cutouts_of_their_scale() -> None:
-    roofs_only = ObjectBank({"building": [procedural_roof(np.random.default_rng(0), 0.5)]})
-    assert "building" not in roofs_only.classes(10.0)  # a drawn roof would be a pixel or two
-    urban = ObjectBank({"building": [_urban_cutout(10.0)]})
-    assert "building" in urban.classes(10.0)
-    ground = Ground("sentinel/one", _ground(128).image, 10.0)
-    options = SyntheticOptions(max_changes=4, empty_share=0.0, procedural_share=1.0)
-    for seed in range(5):
-        drawn = urban.draw("building", np.random.default_rng(seed), replace(options, gsd=10.0))
-        assert drawn is not None and drawn.source == "city"  # never a drawn roof at 10 m
-    pair = compose_pair(ground, urban, np.random.default_rng(2), options, "p")
-    subjects = {t.subject for t in pair.transitions.values()}
-    assert "building" in subjects and (pair.change > 0).any()
 
 
 def _donor_folder(root: Path) -> Path:

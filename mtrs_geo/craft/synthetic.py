@@ -227,7 +227,7 @@ def procedural_ground(rng: np.random.Generator, size: int) -> np.ndarray:
 def procedural(cls: str, rng: np.random.Generator, gsd: float) -> Cutout | None:
     """Draw an object of ``cls`` (None for classes that are only cut from real imagery)."""
     if cls == "building":
-        return procedural_roof(rng, gsd) if gsd <= MAX_BUILDING_GSD else None
+        return procedural_roof(rng, gsd)
     if cls == "water":
         return procedural_water(rng, gsd)
     return None
@@ -306,15 +306,7 @@ def _jitter_date(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 # Roofs are not drawn on grounds coarser than this (metres per pixel): they would be a pixel or two.
-# Coarser grounds get buildings only as real cutouts of their own scale (urban growth at 10 m).
 MAX_BUILDING_GSD = 3.0
-# A real cutout is transplanted only onto grounds within this factor of its own pixel size.
-MAX_SCALE_FACTOR = 4.0
-
-
-def _fits(cutout: Cutout, gsd: float) -> bool:
-    """Whether ``cutout`` can be resampled to a ground of ``gsd`` without losing its nature."""
-    return 1 / MAX_SCALE_FACTOR <= cutout.gsd / gsd <= MAX_SCALE_FACTOR
 
 
 @dataclass(frozen=True)
@@ -323,25 +315,21 @@ class ObjectBank:
 
     cutouts: dict[str, list[Cutout]]
 
-    def at_scale(self, cls: str, gsd: float) -> list[Cutout]:
-        """Real cutouts of ``cls`` whose pixel size suits a ground of ``gsd``."""
-        return [c for c in self.cutouts.get(cls) or [] if _fits(c, gsd)]
-
     def classes(self, gsd: float) -> tuple[str, ...]:
         """Classes that can be generated on a ground of ``gsd`` metres per pixel."""
         fine = gsd <= MAX_BUILDING_GSD
         drawable = {"water"} | ({"building"} if fine else set())
-        usable = {c for c in self.cutouts if self.at_scale(c, gsd)}
+        usable = {c for c in self.cutouts if self.cutouts[c] and (fine or c != "building")}
         return tuple(c for c in CLASSES if c in usable | drawable)
 
     def draw(self, cls: str, rng: np.random.Generator, options: SyntheticOptions) -> Cutout | None:
         """One object of ``cls`` at the ground's scale, randomly turned and flipped."""
-        real = self.at_scale(cls, options.gsd)
+        real = self.cutouts.get(cls) or []
         if not real or rng.random() < options.procedural_share:
             drawn = procedural(cls, rng, options.gsd)
             if drawn is not None:
                 return _resample(drawn, float(rng.uniform(0.8, 1.2)), int(rng.integers(4)), False)
-        for _ in range(6):  # a resampled cutout must stay between 4 and 160 px: try others
+        for _ in range(6):  # real cutouts of a very different pixel size do not fit: try others
             drawn = real[int(rng.integers(len(real)))] if real else None
             if drawn is None:
                 return None
