@@ -713,22 +713,46 @@ def _score_interval(
         vectorizers = _vectorizers(run)
         with ScoreStore(run.grid.height, run.grid.width, run.scratch) as store:
             run.say(RunMessage("stage", "scoring every pixel once"))
+            progress = _pass_progress(run.tiles_progress(done_before), len(windows), tiling)
             with model.session():
-                score_scene(model, stream, stats, store, run.cancel, timings)
+                score_scene(model, stream, stats, store, run.cancel, timings, progress)
             timings["read"] += stream.read_seconds
-            progress = run.tiles_progress(done_before)
             tiles_run, skipped = _into_stitchers(
                 run, paths, vectorizers, model,
                 lambda stitchers: stitch_scores(
                     model, store, tiling, stitchers, run.grid, run.area, run.cancel, timings,
-                    progress,
                 ),
             )  # fmt: skip
+            if progress is not None:
+                progress(len(windows))  # every tile of the interval is done
         with timed(timings, "vectorize"):
             polygons = [vectorizer.result() for vectorizer in vectorizers]
         return IntervalResult(polygons, paths, tiles_run, skipped)
     finally:
         stream.close()
+
+
+def _pass_progress(
+    report: Callable[[int], None] | None, windows: int, tiling: Tiling
+) -> Callable[[int], None] | None:
+    """Report a pixel score pass's windows done as the interval's tiles done (in proportion).
+
+    The pass reads the scene once in windows without overlap; the run's tiles (with overlap) are
+    then stitched from the kept scores in a moment, so progress follows the pass.
+    """
+    if report is None:
+        return None
+    tiles = sum(len(panel.windows) for panel in tiling.panels)
+    last = -1
+
+    def on_windows(done: int) -> None:
+        nonlocal last
+        tiles_done = done * tiles // max(windows, 1)
+        if tiles_done > last:  # the last call (the skipped windows too) may repeat the end
+            last = tiles_done
+            report(tiles_done)
+
+    return on_windows
 
 
 def _calibrate(

@@ -149,10 +149,12 @@ def score_scene(
     store: ScoreStore,
     cancel: threading.Event | None,
     timings: dict[str, float],
+    on_windows: Callable[[int], None] | None = None,
 ) -> None:
     """Score every window of ``stream`` (each pixel once) into ``store``; settle the model on them.
 
-    Adds the scoring to ``timings["model"]``.
+    Adds the scoring to ``timings["model"]``; calls ``on_windows`` with the windows scored so far
+    after each batch (the pass is where the run spends its time: progress moves with it).
 
     Raises:
         Cancelled: ``cancel`` was set.
@@ -170,6 +172,8 @@ def score_scene(
         part = model.score_summary(scores, batch.valid)
         summary = part if summary is None else model.merge_summaries([summary, part])
         timings["model"] += time.perf_counter() - start
+        if on_windows is not None:
+            on_windows(len(written))
     check_cancel(cancel)
     for window in stream.windows:  # the reader skipped them: no valid pixel there
         if (int(window.row_off), int(window.col_off)) not in written:
