@@ -720,7 +720,7 @@ def _score_interval(
             tiles_run, skipped = _into_stitchers(
                 run, paths, vectorizers, model,
                 lambda stitchers: stitch_scores(
-                    model, store, tiling, stitchers, run.grid, run.area, run.cancel, timings,
+                    model, store, tiling, stitchers, run.grid, run.area, run.cancel, timings
                 ),
             )  # fmt: skip
             if progress is not None:
@@ -788,9 +788,7 @@ def _calibrate(
     calibrate_on_samples(model, samples)
     stats = samples.stats
     del samples  # the scene samples are done with: not held through the run
-    if (
-        model.scene_pass and scene_pass
-    ):  # a streamed first pass over the whole scene (cva's histogram)
+    if model.scene_pass and scene_pass:  # a streamed first pass over the whole scene (a histogram)
         run.say(RunMessage("stage", "first pass over the whole scene"))
         model.calibrate_scene(
             scene_batches(

@@ -203,14 +203,13 @@ def stitch_scores(
     area: AreaOfInterest | None,
     cancel: threading.Event | None,
     timings: dict[str, float],
-    on_tiles: Callable[[int], None] | None = None,
 ) -> tuple[int, int]:
     """Add the probabilities of every tile of ``tiling`` (from the kept scores) to each stitcher.
 
     A row of a panel's tiles is read from ``store`` once and turned into probabilities in place;
     each tile is that strip's window. A tile without a valid pixel is skipped, as the tile reader
-    skips it. Adds to ``timings["read"]``, ``["model"]`` and ``["stitch"]``; calls ``on_tiles``
-    with the tiles done so far after each row.
+    skips it. Adds to ``timings["read"]``, ``["model"]`` and ``["stitch"]`` (progress is the
+    pass's: :func:`score_scene`).
 
     Returns:
         The tiles predicted and the tiles skipped.
@@ -254,7 +253,5 @@ def stitch_scores(
             timings["read"] += loaded - start
             timings["model"] += scored - loaded
             timings["stitch"] += time.perf_counter() - scored
-            if on_tiles is not None:
-                on_tiles(run + skipped)
     check_cancel(cancel)
     return run, skipped
