@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
 import numpy as np
 import rasterio
@@ -40,7 +40,13 @@ from mtrs_geo.normalize import BandStats
 from mtrs_geo.probability_raster import PROBABILITY_BLOCK
 from mtrs_geo.read import RasterInfo, align_longitudes, check_pair, open_raster
 from mtrs_geo.scene_samples import calibrate_on_samples, read_scene_samples
-from mtrs_geo.score_pass import ScoreStore, score_scene, stitch_scores
+from mtrs_geo.score_pass import (
+    PASS_WORKERS,
+    ScoreStore,
+    pass_shares,
+    score_scene,
+    stitch_scores,
+)
 from mtrs_geo.sources import local_inputs, quiet_open, remote_options, resolve_source
 from mtrs_geo.stitch import StripStitcher
 from mtrs_geo.tiling import (
@@ -701,35 +707,44 @@ def _score_interval(
     the run's overlapping tiles stitched from the kept scores (:func:`~mtrs_geo.score_pass.
     stitch_scores`): the outputs of :func:`_predict_interval`, without a second decode.
     """
+    from mtrs_geo.background_vectorize import BackgroundVectorizer
+
     config, timings, tiling = run.config, run.timings, run.tiling
     windows = [window for panel in tiling.pass_panels for window in panel.windows]
-    stream = TileStream(
-        before, after, run.grid, windows, tiling.tile_size, config.batch_size, config.prefetch
-    )
-    try:
+    with contextlib.ExitStack() as stack:
+        streams = [
+            TileStream(
+                before, after, run.grid, share, tiling.tile_size, config.batch_size,
+                config.prefetch,
+            )
+            for share in pass_shares(windows, PASS_WORKERS)
+        ]  # fmt: skip
+        for stream in streams:
+            stack.callback(stream.close)
         with timed(timings, "setup"):
-            stats = _calibrate(run, model, before, after, stream, index, scene_pass=False)
+            stats = _calibrate(run, model, before, after, streams[0], index, scene_pass=False)
+        for stream in streams[1:]:  # after the samples are read, as the first one
+            stream.start()
         paths = run.probability_paths(index)
-        vectorizers = _vectorizers(run)
+        # Rows are polygonized in threads of their own while the next ones are stitched.
+        vectorizers = [stack.enter_context(BackgroundVectorizer(v)) for v in _vectorizers(run)]
         with ScoreStore(run.grid.height, run.grid.width, run.scratch) as store:
             run.say(RunMessage("stage", "scoring every pixel once"))
             progress = _pass_progress(run.tiles_progress(done_before), len(windows), tiling)
             with model.session():
-                score_scene(model, stream, stats, store, run.cancel, timings, progress)
-            timings["read"] += stream.read_seconds
+                score_scene(model, streams, stats, store, run.cancel, timings, progress)
+            timings["read"] += sum(stream.read_seconds for stream in streams)
             tiles_run, skipped = _into_stitchers(
-                run, paths, vectorizers, model,
+                run, paths, cast("list[StreamingVectorizer]", vectorizers), model,
                 lambda stitchers: stitch_scores(
                     model, store, tiling, stitchers, run.grid, run.area, run.cancel, timings
                 ),
             )  # fmt: skip
             if progress is not None:
                 progress(len(windows))  # every tile of the interval is done
-        with timed(timings, "vectorize"):
+        with timed(timings, "vectorize"):  # what is left of the rows' polygonization
             polygons = [vectorizer.result() for vectorizer in vectorizers]
         return IntervalResult(polygons, paths, tiles_run, skipped)
-    finally:
-        stream.close()
 
 
 def _pass_progress(

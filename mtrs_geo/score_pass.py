@@ -6,7 +6,8 @@ and a second read of every tile (with overlap) for the answers, the engine reads
 
 1. :func:`score_scene`: every pixel once (``tiling.pass_panels``, tiles without overlap), its
    score kept in a :class:`ScoreStore` (NaN where no pixel is valid) while the batches' summaries
-   are merged; the model then settles its calibration on the whole scene.
+   are merged; the model then settles its calibration on the whole scene. The windows are dealt
+   to :data:`PASS_WORKERS` threads, each decoding and scoring its share (:func:`pass_shares`).
 2. :func:`stitch_scores`: the run's overlapping tiles, in the run's order, take their scores from
    the store, row of tiles by row of tiles; the probabilities go to the stitchers exactly as the
    model's :meth:`~mtrs_geo.model_api.ChangeModel.predict` would have made them (the same float32
@@ -19,9 +20,11 @@ folder (4 bytes per pixel of disk), written and read a row of a tile at a time.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -40,6 +43,10 @@ from mtrs_geo.tiling import TileStream
 # Scores of scenes up to this size are kept in memory (8192^2 pixels); larger ones in a file.
 SCORE_MEMORY_BYTES = 256 * 1024 * 1024
 _FLOAT = np.dtype(np.float32)
+# Threads scoring the pass at once: the pass is bound by decoding and numpy, which release the GIL.
+PASS_WORKERS = 2
+# How long the pass waits for a worker's next batch before checking for a cancel (seconds).
+_WAIT_SECONDS = 0.1
 
 
 class ScoreStore:
@@ -144,42 +151,130 @@ class ScoreStore:
 
 def score_scene(
     model: PixelScoreModel,
-    stream: TileStream,
+    streams: Sequence[TileStream],
     stats: tuple[BandStats, BandStats],
     store: ScoreStore,
     cancel: threading.Event | None,
     timings: dict[str, float],
     on_windows: Callable[[int], None] | None = None,
 ) -> None:
-    """Score every window of ``stream`` (each pixel once) into ``store``; settle the model on them.
+    """Score every window of ``streams`` (each pixel once) into ``store``; settle the model on them.
 
-    Adds the scoring to ``timings["model"]``; calls ``on_windows`` with the windows scored so far
-    after each batch (the pass is where the run spends its time: progress moves with it).
+    Each stream (a share of the scene's windows, :func:`pass_shares`) is scored in a worker thread
+    of its own, while its own reader thread decodes ahead: decoding, normalizing and scoring of
+    different windows run at once (numpy and GDAL release the GIL). The model's
+    :meth:`~mtrs_geo.model_api.PixelScoreModel.scores` and ``score_summary`` are therefore called
+    from several threads at once (a pixel score is a pure function of its pixel); the workers'
+    summaries are merged in stream order. Adds the scoring seconds of every worker to
+    ``timings["model"]``; calls ``on_windows`` with the windows scored so far after each batch of
+    any worker (the pass is where the run spends its time: progress moves with it).
 
     Raises:
-        Cancelled: ``cancel`` was set.
+        Cancelled: ``cancel`` was set (checked after each batch, and while waiting for one).
 
     """
-    summary: Any = None
-    written: set[tuple[int, int]] = set()
-    for batch in stream.batches(*stats):
-        check_cancel(cancel)
-        start = time.perf_counter()
-        scores = model.scores(batch.before, batch.after)
-        for tile, window in enumerate(batch.windows):
-            store.write(window, scores[tile], batch.valid[tile])
-            written.add((int(window.row_off), int(window.col_off)))
-        part = model.score_summary(scores, batch.valid)
-        summary = part if summary is None else model.merge_summaries([summary, part])
-        timings["model"] += time.perf_counter() - start
-        if on_windows is not None:
-            on_windows(len(written))
+    events: queue.Queue[_Scored | _ShareDone | BaseException] = queue.Queue()
+    stop = threading.Event()
+    workers = [
+        threading.Thread(
+            target=_score_share,
+            args=(model, stream, stats, store, stop, events, index),
+            name=f"mtrs-score-{index}",
+            daemon=True,
+        )
+        for index, stream in enumerate(streams)
+    ]
+    done: list[_ShareDone] = []
+    scored = 0
+    try:
+        for worker in workers:
+            worker.start()
+        while len(done) < len(workers):
+            check_cancel(cancel)
+            try:
+                event = events.get(timeout=_WAIT_SECONDS)
+            except queue.Empty:
+                continue
+            if isinstance(event, BaseException):
+                raise event
+            if isinstance(event, _ShareDone):
+                done.append(event)
+                continue
+            scored += event.windows
+            timings["model"] += event.seconds
+            if on_windows is not None:
+                on_windows(scored)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
     check_cancel(cancel)
-    for window in stream.windows:  # the reader skipped them: no valid pixel there
-        if (int(window.row_off), int(window.col_off)) not in written:
-            store.write_missing(window)
-    if summary is not None:
-        model.settle_scene([summary])
+    written = set().union(*(share.written for share in done))
+    for stream in streams:
+        for window in stream.windows:  # the reader skipped them: no valid pixel there
+            if (int(window.row_off), int(window.col_off)) not in written:
+                store.write_missing(window)
+    summaries = [share.summary for share in sorted(done, key=lambda share: share.index)]
+    summaries = [summary for summary in summaries if summary is not None]
+    if summaries:
+        model.settle_scene([model.merge_summaries(summaries)])
+
+
+def pass_shares(windows: Sequence[Window], count: int) -> list[list[Window]]:
+    """Deal ``windows`` out to ``count`` workers in turn (neighbours to different workers)."""
+    count = max(1, min(count, len(windows)))
+    return [list(windows[index::count]) for index in range(count)]
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """A worker scored a batch of ``windows`` windows in ``seconds``."""
+
+    windows: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _ShareDone:
+    """A worker's share is scored: its merged summary and the windows it wrote."""
+
+    index: int
+    summary: Any
+    written: set[tuple[int, int]]
+
+
+def _score_share(
+    model: PixelScoreModel,
+    stream: TileStream,
+    stats: tuple[BandStats, BandStats],
+    store: ScoreStore,
+    stop: threading.Event,
+    events: queue.Queue[_Scored | _ShareDone | BaseException],
+    index: int,
+) -> None:
+    """Worker: score the batches of one stream into ``store``; report each batch, then the share.
+
+    Stops after the batch in hand once ``stop`` is set; an error is handed to the caller.
+    """
+    try:
+        summary: Any = None
+        written: set[tuple[int, int]] = set()
+        for batch in stream.batches(*stats):
+            if stop.is_set():
+                return
+            start = time.perf_counter()
+            scores = model.scores(batch.before, batch.after)
+            for tile, window in enumerate(batch.windows):
+                store.write(window, scores[tile], batch.valid[tile])
+                written.add((int(window.row_off), int(window.col_off)))
+            part = model.score_summary(scores, batch.valid)
+            summary = part if summary is None else model.merge_summaries([summary, part])
+            events.put(_Scored(len(batch.windows), time.perf_counter() - start))
+        events.put(_ShareDone(index, summary, written))
+    except BaseException as exc:  # handed to the caller, which re-raises it
+        events.put(exc)
+    finally:
+        stream.close()
 
 
 def tile_rows(panel: Panel) -> Iterator[list[Window]]:

@@ -16,11 +16,16 @@ from scenes import ImageSpec, ScenePair, default_extent, make_pair
 
 import mtrs_geo.score_pass as score_pass
 from mtrs_geo import align
-from mtrs_geo.baselines.cva import build_model
+from mtrs_geo.baselines.cva import ChangeVectorAnalysis, build_model
+from mtrs_geo.cancel import Cancelled
 from mtrs_geo.config import DetectConfig
+from mtrs_geo.grid import Grid, common_grid, tile_windows
 from mtrs_geo.model_api import ChangeModel, PixelScoreModel
+from mtrs_geo.normalize import BandStats
 from mtrs_geo.pipeline import detect
-from mtrs_geo.score_pass import ScoreStore, tile_rows
+from mtrs_geo.read import open_raster
+from mtrs_geo.score_pass import ScoreStore, pass_shares, score_scene, tile_rows
+from mtrs_geo.tiling import TileStream
 
 
 class TilePredictedCva(ChangeModel):
@@ -159,3 +164,92 @@ def test_tiles_come_a_row_of_a_panel_at_a_time() -> None:
     rows = list(tile_rows(Panel(0, 18, 18, windows)))
     assert [[int(w.col_off) for w in row] for row in rows] == [[0, 8], [0, 8]]
     assert [int(row[0].row_off) for row in rows] == [0, 8]
+
+
+def _pass_streams(pair: ScenePair, shares: int) -> tuple[list[TileStream], Grid]:
+    """Streams over a 96-pixel tiling of ``pair``'s grid without overlap, dealt to ``shares``."""
+    before, after = open_raster(pair.before), open_raster(pair.after)
+    grid = common_grid(before.grid, after.grid)
+    windows = tile_windows(grid.width, grid.height, 96, 0)
+    streams = [
+        TileStream(before, after, grid, share, 96, 2, prefetch=2)
+        for share in pass_shares(windows, shares)
+    ]
+    return streams, grid
+
+
+def _scored(
+    pair: ScenePair, folder: Path, shares: int, **options: Any
+) -> tuple[np.ndarray, Any, list[int]]:
+    """The kept scores, the settled threshold and the progress of a pass in ``shares`` workers."""
+    streams, grid = _pass_streams(pair, shares)
+    model = ChangeVectorAnalysis()
+    seen: list[int] = []
+    timings = {"model": 0.0}
+    with ScoreStore(grid.height, grid.width, folder, **options) as store:
+        score_scene(model, streams, (STATS, STATS), store, None, timings, seen.append)
+        scores = store.read(0, 0, np.empty((grid.height, grid.width), np.float32))
+    return scores, model.calibration(), seen
+
+
+STATS = BandStats(low=(30.0, 30.0, 30.0), high=(220.0, 220.0, 220.0))
+
+
+def test_windows_are_dealt_to_the_workers_in_turn() -> None:
+    windows = [Window(col, 0, 1, 1) for col in range(5)]
+    assert pass_shares(windows, 2) == [windows[0::2], windows[1::2]]
+    assert pass_shares(windows[:1], 2) == [windows[:1]]
+
+
+@pytest.mark.parametrize("memory_bytes", [None, 0])
+def test_scoring_in_two_workers_keeps_the_scores_and_calibration_of_one(
+    bordered_pair: ScenePair, tmp_path: Path, memory_bytes: int | None
+) -> None:
+    one, settled_one, seen_one = _scored(bordered_pair, tmp_path, 1, memory_bytes=memory_bytes)
+    two, settled_two, seen_two = _scored(bordered_pair, tmp_path, 2, memory_bytes=memory_bytes)
+    assert np.array_equal(one.view(np.uint32), two.view(np.uint32))  # NaN where not valid too
+    assert np.isnan(one).any() and not np.isnan(one).all()
+    assert settled_one == settled_two
+    assert seen_one[-1] == seen_two[-1] and seen_two == sorted(seen_two)
+
+
+def test_an_error_in_a_worker_reaches_the_caller_and_no_thread_is_left(
+    bordered_pair: ScenePair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = ChangeVectorAnalysis()
+    calls = 0
+
+    def failing(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        if calls >= 3:  # both workers may count at once
+            raise RuntimeError("scoring failed")
+        return ChangeVectorAnalysis().scores(before, after)
+
+    monkeypatch.setattr(model, "scores", failing)
+    streams, grid = _pass_streams(bordered_pair, 2)
+    with (
+        ScoreStore(grid.height, grid.width, tmp_path) as store,
+        pytest.raises(RuntimeError, match="scoring failed"),
+    ):
+        score_scene(model, streams, (STATS, STATS), store, None, {"model": 0.0})
+    assert not any(t.name.startswith(("mtrs-score", "mtrs-tile")) for t in threading.enumerate())
+
+
+def test_a_cancel_stops_the_workers_at_the_next_batch(
+    bordered_pair: ScenePair, tmp_path: Path
+) -> None:
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def progress(done: int) -> None:
+        seen.append(done)
+        cancel.set()
+
+    streams, grid = _pass_streams(bordered_pair, 2)
+    with ScoreStore(grid.height, grid.width, tmp_path) as store, pytest.raises(Cancelled):
+        score_scene(
+            ChangeVectorAnalysis(), streams, (STATS, STATS), store, cancel, {"model": 0.0}, progress
+        )
+    assert seen == [2]  # one batch of two windows, then no more
+    assert not any(t.name.startswith(("mtrs-score", "mtrs-tile")) for t in threading.enumerate())
