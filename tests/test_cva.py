@@ -57,6 +57,19 @@ def test_the_histogram_counts_each_valid_finite_magnitude_in_its_bin() -> None:
     assert counts[4095] >= 1 and counts.sum() == finite.sum() == valid.sum() - 2
 
 
+def test_the_histogram_of_tiles_valid_everywhere_counts_every_pixel() -> None:
+    rng = np.random.default_rng(4)
+    before = rng.random((2, 3, 40, 50), dtype=np.float32)
+    after = rng.random((2, 3, 40, 50), dtype=np.float32)
+    magnitude = change_magnitude(before, after)
+    expected = np.bincount(
+        np.minimum((magnitude * 4096).astype(np.int64), 4095).ravel(), minlength=4096
+    )
+    counts = magnitude_histogram(before, after, np.ones((2, 40, 50), dtype=bool))
+    np.testing.assert_array_equal(counts, expected)
+    assert counts.sum() == 2 * 40 * 50
+
+
 def planted_tiles(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     before = (0.4 + 0.05 * rng.random((2, 3, 64, 64))).astype(np.float32)
