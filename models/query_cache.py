@@ -24,10 +24,14 @@ import os
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+from mtrs_geo.models.query_text import is_any_change
 
-from mtrs_geo.models.text import TextBranch, TextEmbeds, is_any_change
+if TYPE_CHECKING:  # torch only where tensors are made: the CPU runtime reads keys and arrays
+    import torch
+
+    from mtrs_geo.models.text import TextBranch, TextEmbeds
 
 FORMAT = "mtrs-query-embeds-1"
 _SMALL_FILE = 1 << 20  # bytes: files up to this size are hashed by content
@@ -65,36 +69,52 @@ class QueryCache:
         if self.folder is None:
             return None
         if branch not in self._fingerprints:  # the folders are read once per branch
-            self._fingerprints[branch] = self._fingerprint(branch)
-        fingerprint = self._fingerprints[branch]
-        if fingerprint is None:
+            owned = branch.mode != "sentence" or branch.encoder is not None
+            self._fingerprints[branch] = (
+                None
+                if owned or branch.model_dir is None
+                else encoder_fingerprint(branch.model_dir, branch.tokenizer_dir, branch.max_length)
+            )
+        return self.key_of(self._fingerprints[branch], texts)
+
+    def key_of(self, fingerprint: str | None, texts: Sequence[str]) -> str | None:
+        """Return the cache key of ``texts`` for an :func:`encoder_fingerprint` (None: none)."""
+        if self.folder is None or fingerprint is None:
             return None
         digest = hashlib.sha256(f"{fingerprint}\n{len(texts)}\n".encode())
         for text in texts:
             digest.update(f"{len(text)}:{text}\n".encode())
         return digest.hexdigest()
 
-    @staticmethod
-    def _fingerprint(branch: TextBranch) -> str | None:
-        if branch.mode != "sentence" or branch.encoder is not None or branch.model_dir is None:
-            return None  # an LLM runs per batch; an owned text model's weights are the checkpoint's
-        digest = hashlib.sha256(f"{FORMAT}\nmax_length {branch.max_length}\n".encode())
-        try:
-            for folder in dict.fromkeys((branch.model_dir, branch.tokenizer_dir)):
-                _hash_folder(digest, Path(folder))
-        except OSError:
+    def load_arrays(self, key: str | None) -> dict[str, Any] | None:
+        """Return the numpy arrays kept under ``key`` (None: none, or an unreadable file)."""
+        path = self._path(key)
+        if path is None:
             return None
-        return digest.hexdigest()
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
 
-    def load(self, key: str | None) -> TextEmbeds | None:
-        """Return the embeddings kept under ``key`` (None: none, or an unreadable file)."""
+        try:
+            arrays = load_file(path)
+        except (OSError, SafetensorError):
+            return None
+        return arrays if {"tokens", "mask", "empty"} <= set(arrays) else None
+
+    def _path(self, key: str | None) -> Path | None:
         if key is None or self.folder is None:
             return None
         path = self.folder / f"{key}.safetensors"
-        if not path.is_file():
+        return path if path.is_file() else None
+
+    def load(self, key: str | None) -> TextEmbeds | None:
+        """Return the embeddings kept under ``key`` (None: none, or an unreadable file)."""
+        path = self._path(key)
+        if path is None:
             return None
         from safetensors import SafetensorError
         from safetensors.torch import load_file
+
+        from mtrs_geo.models.text import TextEmbeds
 
         try:
             tensors = load_file(path)
@@ -125,6 +145,17 @@ class QueryCache:
                 partial.unlink()
 
 
+def encoder_fingerprint(model_dir: str, tokenizer_dir: str, max_length: int) -> str | None:
+    """Fingerprint a frozen sentence encoder by its folders (None: a folder cannot be read)."""
+    digest = hashlib.sha256(f"{FORMAT}\nmax_length {max_length}\n".encode())
+    try:
+        for folder in dict.fromkeys((model_dir, tokenizer_dir)):
+            _hash_folder(digest, Path(folder))
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def cached_embeds(
     cache: QueryCache, branch: TextBranch, texts: list[str], device: torch.device
 ) -> TextEmbeds:
@@ -132,6 +163,8 @@ def cached_embeds(
 
     Queries that all ask for any change need no encoder (and no cache).
     """
+    import torch
+
     if all(is_any_change(text) for text in texts):
         return branch.encode(texts, device)
     key = cache.key(branch, texts)

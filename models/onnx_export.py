@@ -1,0 +1,259 @@
+"""Export an MTRefSeg-R1 checkpoint to the two ONNX graphs the CPU runtime runs.
+
+The network is cut where :meth:`~mtrs_geo.models.network.MTRefSegR1Layers.encode_pair` ends, so
+that several queries share one backbone pass (:mod:`mtrs_geo.models.onnx_runtime`):
+
+* ``encoder.onnx``: ``before``, ``after`` ``(N, C, H, W)`` float32 in [0, 1] (``H`` and ``W``
+  multiples of 32; the runtime mirror-pads) -> the four fused change levels ``fused0`` ..
+  ``fused3``;
+* ``decoder.onnx``: the four levels and ``Q`` encoded queries (``tokens (Q, L, D)``, ``mask (Q, L)``
+  bool, ``empty (Q,)`` bool, ``pooled (Q, D)``) -> ``probability (Q * N, H, W)``, the
+  presence-gated change probability, query-major (query ``q`` of pair ``b`` at ``q * N + b``).
+
+The decoder computes the text branch's sentence-mode projection with tensor arithmetic where the
+network branches on values (an "any change" row takes the learned token), so the same numbers come
+out as from the network. Only sentence-mode checkpoints with a frozen encoder export (an LLM runs
+per batch, and a trained text model is part of the weights).
+
+Needs ``torch`` and the ``onnx`` package (the exporter's); the runtime itself needs neither.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.export import Dim
+
+from mtrs_geo.models import decoder as decoders
+from mtrs_geo.models.onnx_runtime import (
+    DECODER_FILE,
+    DECODER_INPUTS,
+    ENCODER_FILE,
+    ENCODER_INPUTS,
+    FORMAT,
+    LEVELS,
+    MANIFEST_FILE,
+    MULTIPLE,
+    weights_digest,
+)
+
+if TYPE_CHECKING:
+    from mtrs_geo.models.network import MTRefSegR1Layers
+
+OPSET = 18
+
+
+def exportable(network: MTRefSegR1Layers) -> bool:
+    """Whether the network's text branch is one the decoder graph computes (sentence, frozen)."""
+    text = network.text
+    return text.mode == "sentence" and text.encoder is None and text.model_dir is not None
+
+
+def _unit_steps(count: int | torch.SymInt, device: torch.device) -> torch.Tensor:
+    """``torch.linspace(0, 1, count)`` from a size the exporter keeps symbolic (to a float ulp)."""
+    steps = torch.arange(count, device=device, dtype=torch.float32)
+    return steps / steps[-1:].clamp(min=1.0)
+
+
+def _traceable_position_encoding(
+    height: int, width: int, dim: int, device: torch.device
+) -> torch.Tensor:
+    """:func:`~mtrs_geo.models.decoder.sine_position_encoding` without ``linspace``.
+
+    ``linspace`` takes its step count as a number, so an exported graph would keep the example's
+    sides; this is the same encoding from ``arange``, whose size stays an axis of the graph.
+    """
+    quarter = max(dim // 4, 1)
+    freq = torch.exp(torch.arange(quarter, device=device) * (-math.log(10000.0) / quarter))
+    ys = _unit_steps(height, device)[:, None] * freq * 2 * math.pi
+    xs = _unit_steps(width, device)[:, None] * freq * 2 * math.pi
+    y_enc = torch.cat([ys.sin(), ys.cos()], 1)[:, None, :].expand(height, width, -1)
+    x_enc = torch.cat([xs.sin(), xs.cos()], 1)[None, :, :].expand(height, width, -1)
+    enc = torch.cat([y_enc, x_enc], 2).reshape(height * width, -1)
+    if enc.shape[1] < dim:
+        enc = F.pad(enc, (0, dim - enc.shape[1]))
+    return enc[:, :dim]
+
+
+class _Encoder(nn.Module):
+    def __init__(self, network: MTRefSegR1Layers) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.network.encode_pair(before, after).fused
+
+
+class _Decoder(nn.Module):
+    def __init__(self, network: MTRefSegR1Layers, stride: int) -> None:
+        super().__init__()
+        self.network = network
+        self.stride = stride
+
+    def forward(
+        self,
+        fused0: torch.Tensor,
+        fused1: torch.Tensor,
+        fused2: torch.Tensor,
+        fused3: torch.Tensor,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        empty: torch.Tensor,
+        pooled: torch.Tensor,
+    ) -> torch.Tensor:
+        net, text = self.network, self.network.text
+        count, batch = tokens.shape[0], fused0.shape[0]
+        # TextBranch.forward in sentence mode, without its branches on values.
+        chosen = empty.to(tokens.dtype)
+        words = text.word_proj(tokens) * (1 - chosen)[:, None, None]
+        words = words + text.any_change * chosen[:, None, None]
+        query = text.query_proj(pooled) * (1 - chosen)[:, None] + text.any_change * chosen[:, None]
+        first = torch.arange(mask.shape[1]) == 0
+        mask = mask | (empty[:, None] & first[None, :])
+
+        # Every query over every pair, query-major (as MTRefSegR1Layers.decode repeats them), by
+        # expand and reshape: the exported repeats would mix up the two axes.
+        def pairs_of_queries(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor[None].expand(count, *tensor.shape).flatten(0, 1)
+
+        def queries_of_pairs(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor[:, None].expand(tensor.shape[0], batch, *tensor.shape[1:]).flatten(0, 1)
+
+        levels = [pairs_of_queries(f) for f in (fused0, fused1, fused2, fused3)]
+        words, mask, query = (queries_of_pairs(t) for t in (words, mask, query))
+        fused = [pwam(f, words, mask) for pwam, f in zip(net.pixel_word, levels, strict=True)]
+        mask_features, memory = net.pixel_decoder(fused)
+        predictions, presence = net.decoder(query, memory, mask_features, words, mask)
+        logits = F.interpolate(
+            predictions[-1][:, None], scale_factor=float(self.stride), mode="bilinear"
+        )[:, 0]
+        return logits.sigmoid() * presence.sigmoid()[:, None, None]
+
+
+def export_graphs(checkpoint: Path, folder: Path) -> Path:
+    """Write ``checkpoint``'s two graphs and their manifest into ``folder``; return ``folder``.
+
+    The graphs are written under temporary names and renamed when complete, the manifest last:
+    a folder with a manifest holds whole graphs.
+
+    Raises:
+        ValueError: the checkpoint's text branch cannot run in the decoder graph.
+
+    """
+    from mtrs_geo.models.network import load_network
+
+    network = load_network(Path(checkpoint)).eval()
+    if not exportable(network):
+        raise ValueError(f"{checkpoint}: only a sentence-mode checkpoint with a frozen encoder")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # An example whose every axis has its own size, none 0 or 1: the exporter fixes sizes 0 and 1
+    # and would take axes of equal sizes for one. 2 pairs of 3 x 4 coarse cells, 3 queries of 5.
+    size = 3 * MULTIPLE
+    image = torch.rand(2, network.config.in_channels, size, 4 * MULTIPLE)
+    embeds = network.text.any_change_embeds(1, torch.device("cpu"))
+    width = network.text.text_dim
+    tokens = torch.randn(3, 5, width)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False], [False] * 5])
+    empty = torch.tensor([False, False, True])
+    pooled = torch.randn(3, width)
+    encoder = _Encoder(network).eval()
+    with torch.inference_mode():
+        levels = encoder(image, image)
+    decoder = _Decoder(network, size // _prediction_side(network, embeds, size)).eval()
+    with _quiet_export(), torch.inference_mode():
+        # The encoder by tracing: torch.export's encoder graph gives other numbers in ONNX
+        # Runtime (its decoder graph gives the network's). Its sides stay axes of the graph for
+        # multiples of 32 (the runtime pads to them).
+        traced = {0: "pairs", 2: "rows", 3: "cols"}
+        partial = folder / f".{ENCODER_FILE}.partial"
+        torch.onnx.export(
+            encoder,
+            (image, image),
+            str(partial),
+            input_names=list(ENCODER_INPUTS),
+            output_names=list(LEVELS),
+            dynamic_axes={name: traced for name in (*ENCODER_INPUTS, *LEVELS)},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+        partial.replace(folder / ENCODER_FILE)
+    # The decoder by torch.export, with every axis symbolic (the tracer keeps the example's query
+    # and word counts). Sides in units of the coarsest stride: level l is 2 ** (3 - l) of them.
+    pairs, queries = Dim("pairs", min=1, max=4096), Dim("queries", min=1, max=1024)
+    words = Dim("words", min=1, max=4096)
+    rows, cols = (Dim(name, min=1, max=4096) for name in ("rows", "cols"))
+    axes: dict[str, dict[int, Any]] = {
+        name: {0: pairs, 2: 2 ** (3 - i) * rows, 3: 2 ** (3 - i) * cols}
+        for i, name in enumerate(LEVELS)
+    }
+    axes |= {"tokens": {0: queries, 1: words}, "mask": {0: queries, 1: words}}
+    axes |= {"empty": {0: queries}, "pooled": {0: queries}}
+    with (
+        _quiet_export(),
+        mock.patch.object(decoders, "sine_position_encoding", _traceable_position_encoding),
+    ):
+        program = torch.onnx.export(
+            decoder,
+            (*levels, tokens, mask, empty, pooled),
+            input_names=list(DECODER_INPUTS),
+            output_names=["probability"],
+            dynamic_shapes=axes,
+            opset_version=OPSET,
+            dynamo=True,
+        )
+    assert program is not None
+    partial = folder / f".{DECODER_FILE}.partial"
+    program.save(str(partial), external_data=False)
+    partial.replace(folder / DECODER_FILE)
+    manifest = {
+        "format": FORMAT,
+        "weights_sha256": weights_digest(Path(checkpoint)),
+        "text_width": width,
+        "in_channels": network.config.in_channels,
+        "torch": torch.__version__,
+    }
+    partial = folder / f".{MANIFEST_FILE}.partial"
+    partial.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    partial.replace(folder / MANIFEST_FILE)
+    return folder
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Silence the exporters' progress lines and their notes on shapes."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _prediction_side(network: MTRefSegR1Layers, embeds: object, size: int) -> int:
+    """Side of the decoder's last mask prediction for the export's square image, pixels."""
+    captured: list[int] = []
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        predictions = output[0]  # type: ignore[index]
+        captured.append(int(predictions[-1].shape[-1]))
+
+    handle = network.decoder.register_forward_hook(hook)
+    try:
+        with torch.inference_mode():
+            features = network.encode_pair(
+                torch.rand(1, network.config.in_channels, size, size),
+                torch.rand(1, network.config.in_channels, size, size),
+            )
+            network.decode(features, embeds)  # type: ignore[arg-type]
+    finally:
+        handle.remove()
+    return captured[0]

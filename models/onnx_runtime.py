@@ -1,0 +1,267 @@
+"""MTRefSeg-R1 on the CPU through ONNX Runtime: the same network, without importing torch.
+
+On a CPU the network runs about twice as fast in ONNX Runtime as in eager torch (2 cores, 256 px
+tiles: ``benchmarks/model_path.py``), and a run that asks a query seen before needs neither torch
+nor ``transformers``: the graphs hold the weights and the query cache
+(:mod:`mtrs_geo.models.query_cache`) holds the encoded query. Torch is imported only to encode a
+new query (the sentence encoder) or to export the graphs of a checkpoint that has none.
+
+The graphs (:mod:`mtrs_geo.models.onnx_export`) are an ``encoder.onnx`` (backbone and bi-temporal
+fusion, once per tile pair) and a ``decoder.onnx`` (language and mask decoder, every query of a run
+at once). They are found, in order:
+
+1. in the checkpoint's ``onnx/`` folder (the bundled checkpoint ships them), when its manifest
+   names the checkpoint's weights (their SHA-256) and this format;
+2. in ``<cache>/onnx/<weights sha256>/`` (``$XDG_CACHE_HOME/mtrs``), exported there on first use.
+
+Inputs are mirror-padded as the network pads them (:func:`mtrs_geo.padding.pad_tile`, to a
+multiple of 32 and at least 32 px), so the probabilities are the network's up to float rounding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtrs_geo.errors import ModelError
+from mtrs_geo.model_api import ChangeModel, ModelInfo
+from mtrs_geo.models.query_cache import QueryCache, encoder_fingerprint
+from mtrs_geo.models.query_text import is_any_change, minilm_path
+from mtrs_geo.padding import pad_tile
+
+FORMAT = "mtrs-onnx-1"
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+MANIFEST_FILE = "onnx.json"
+SUBFOLDER = "onnx"  # of a checkpoint, and of the cache folder
+LEVELS = ("fused0", "fused1", "fused2", "fused3")
+ENCODER_INPUTS = ("before", "after")
+DECODER_INPUTS = (*LEVELS, "tokens", "mask", "empty", "pooled")
+MULTIPLE = 32  # the network's coarsest stride: inputs are padded to a multiple of it
+# Pixels per date in one call: one 512 px pair, four 256 px pairs (as the torch path on the CPU).
+CALL_PIXELS = 512 * 512
+
+
+def weights_digest(checkpoint: Path) -> str:
+    """SHA-256 of a checkpoint's ``model.safetensors`` (what its graphs were exported from)."""
+    digest = hashlib.sha256()
+    with (Path(checkpoint) / "model.safetensors").open("rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def runtime_available() -> bool:
+    """Whether ONNX Runtime is installed (the CPU path falls back to torch without it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def _manifest(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _holds_graphs(folder: Path, digest: str) -> bool:
+    manifest = _manifest(folder)
+    return (
+        manifest.get("format") == FORMAT
+        and manifest.get("weights_sha256") == digest
+        and all((folder / name).is_file() for name in (ENCODER_FILE, DECODER_FILE))
+    )
+
+
+def graph_folder(checkpoint: Path, cache_dir: Path | None) -> Path:
+    """Return the folder of ``checkpoint``'s graphs; export them into the cache when none match.
+
+    Raises:
+        ModelError: no graphs and no cache folder to export them into, or the export failed.
+
+    """
+    checkpoint = Path(checkpoint)
+    digest = weights_digest(checkpoint)
+    for folder in (checkpoint / SUBFOLDER, *([] if cache_dir is None else [cache_dir])):
+        if folder is not cache_dir and _holds_graphs(folder, digest):
+            return folder
+    if cache_dir is None:
+        raise ModelError(f"{checkpoint} has no ONNX graphs and no cache folder to export them to")
+    folder = Path(cache_dir) / SUBFOLDER / digest
+    if _holds_graphs(folder, digest):
+        return folder
+    from mtrs_geo.models.onnx_export import export_graphs
+
+    try:
+        return export_graphs(checkpoint, folder)
+    except Exception as exc:  # noqa: BLE001 - any failure means no graphs: the caller falls back
+        raise ModelError(f"cannot export {checkpoint} to ONNX: {exc}") from exc
+
+
+def session_threads() -> int:
+    """Intra-op threads: ``OMP_NUM_THREADS`` when set (as torch reads it), else 0 (ORT's own)."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 0
+
+
+@dataclass(frozen=True)
+class TextEncoder:
+    """Where a checkpoint's frozen sentence encoder lives (the query cache's key needs it)."""
+
+    model_dir: str
+    tokenizer_dir: str
+    max_length: int
+    width: int
+
+    @classmethod
+    def of_checkpoint(cls, config: dict[str, Any], width: int) -> TextEncoder | None:
+        """Read the encoder of a checkpoint's ``config.json``; None when it is not a frozen one."""
+        if config.get("text_mode", "sentence") != "sentence" or config.get("text_model_config"):
+            return None
+        if config.get("text_trainable"):
+            return None
+        model_dir = config.get("text_model_path") or str(minilm_path())
+        tokenizer_dir = config.get("text_tokenizer_path") or model_dir
+        length = int(config.get("text_max_length", 32))
+        return cls(str(model_dir), str(tokenizer_dir), length, width)
+
+
+class OnnxMTRefSegModel(ChangeModel):
+    """MTRefSeg-R1's probabilities from its ONNX graphs, on the CPU (see the module docstring).
+
+    Args:
+        checkpoint: the checkpoint folder (its torch network encodes new queries).
+        graphs: the folder of its graphs (:func:`graph_folder`).
+        info: the checkpoint's description.
+        text: its sentence encoder.
+        queries: the query cache.
+
+    """
+
+    def __init__(
+        self,
+        checkpoint: Path,
+        graphs: Path,
+        info: ModelInfo,
+        text: TextEncoder,
+        queries: QueryCache,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.checkpoint = Path(checkpoint)
+        self.info = info
+        self.text = text
+        self.queries = queries
+        self.graphs = graphs
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = session_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only
+        providers = ["CPUExecutionProvider"]
+        self._encoder = ort.InferenceSession(str(graphs / ENCODER_FILE), options, providers)
+        self._decoder = ort.InferenceSession(str(graphs / DECODER_FILE), options, providers)
+        self._bands = int(_manifest(graphs).get("in_channels", 3))
+        self._fingerprint: str | None = None
+        self._text: dict[str, np.ndarray] = self._any_change(1)
+
+    def _any_change(self, count: int) -> dict[str, np.ndarray]:
+        width = self.text.width
+        return {
+            "tokens": np.zeros((count, 1, width), np.float32),
+            "mask": np.zeros((count, 1), bool),
+            "empty": np.ones(count, bool),
+            "pooled": np.zeros((count, width), np.float32),
+        }
+
+    def prepare(self, query: str | None) -> None:
+        """Encode ``query`` once per run; ``None``/empty selects the "any change" mode."""
+        self.prepare_queries([query])
+
+    def prepare_queries(self, queries: Sequence[str | None]) -> None:
+        """Encode the run's queries as one batch (all of them run in each decoder call)."""
+        texts = tuple((query or "").strip() for query in queries) or ("",)
+        self._queries = texts
+        if all(is_any_change(text) for text in texts):
+            self._text = self._any_change(len(texts))
+            return
+        self._text = self._encode(["" if is_any_change(text) else text for text in texts])
+
+    def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Return the embeddings of ``texts``: from the query cache, else from the text encoder."""
+        if self._fingerprint is None:
+            fingerprint = encoder_fingerprint(
+                self.text.model_dir, self.text.tokenizer_dir, self.text.max_length
+            )
+            self._fingerprint = fingerprint or ""
+        arrays = self.queries.load_arrays(self.queries.key_of(self._fingerprint or None, texts))
+        if arrays is None or "pooled" not in arrays:
+            arrays = self._encode_with_torch(texts)
+        return {
+            "tokens": np.ascontiguousarray(arrays["tokens"], np.float32),
+            "mask": np.ascontiguousarray(arrays["mask"], bool),
+            "empty": np.ascontiguousarray(arrays["empty"], bool),
+            "pooled": np.ascontiguousarray(arrays["pooled"], np.float32),
+        }
+
+    def _encode_with_torch(self, texts: list[str]) -> dict[str, np.ndarray]:
+        import torch
+
+        from mtrs_geo.models.network import load_network
+        from mtrs_geo.models.query_cache import cached_embeds
+
+        try:
+            branch = load_network(self.checkpoint).text
+            embeds = cached_embeds(self.queries, branch, texts, torch.device("cpu"))
+        except OSError as exc:
+            raise ModelError(f"cannot load the text encoder of {self.info.name}: {exc}") from exc
+        assert embeds.pooled is not None, "a sentence encoder pools its words"
+        return {
+            "tokens": embeds.tokens.numpy(),
+            "mask": embeds.mask.numpy(),
+            "empty": embeds.empty.numpy(),
+            "pooled": embeds.pooled.numpy(),
+        }
+
+    def predict(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Return the probability ``(B, H, W)`` of the (first) prepared query."""
+        return self.predict_queries(before, after)[0]
+
+    def predict_queries(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Return ``(Q, B, H, W)``: the encoder once per pair, the decoder for every query."""
+        bands = self._bands
+        if before.ndim != 4 or before.shape[1] != bands or after.shape != before.shape:
+            raise ModelError(
+                f"{self.info.name} takes two (B, {bands}, H, W) batches, got "
+                f"{tuple(before.shape)} and {tuple(after.shape)}"
+            )
+        count, height, width = before.shape[0], before.shape[2], before.shape[3]
+        size = max(1, CALL_PIXELS // max(1, height * width))
+        parts = [
+            self._call(before[start : start + size], after[start : start + size])
+            for start in range(0, count, size)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def _call(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        count, _, height, width = before.shape
+        padded_h = max(MULTIPLE, -(-height // MULTIPLE) * MULTIPLE)
+        padded_w = max(MULTIPLE, -(-width // MULTIPLE) * MULTIPLE)
+        pair = [
+            np.ascontiguousarray(pad_tile(image, padded_h, padded_w), dtype=np.float32)
+            for image in (before, after)
+        ]
+        levels = self._encoder.run(None, dict(zip(ENCODER_INPUTS, pair, strict=True)))
+        feeds = dict(zip(LEVELS, levels, strict=True)) | self._text
+        (probability,) = self._decoder.run(None, feeds)
+        queries = len(self._text["empty"])
+        probability = probability.reshape(queries, count, padded_h, padded_w)
+        return np.clip(probability[:, :, :height, :width], 0.0, 1.0)
