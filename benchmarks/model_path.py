@@ -9,10 +9,12 @@ machine's load is the same for all of them:
   time, setup (from the child's start to the model's first prediction: imports, opening, model
   loading, query, calibration) in wall and CPU seconds, tiles/s over the rest, scene Mpx/s, peak
   RSS, whether ``transformers`` was imported;
-* ``network``: the same network alone (the bundled checkpoint, BatchNorms folded, channels-last,
-  query encoded once) on random tiles of the engine's size, at batch 1 and the engine's and at
-  1 .. all CPU threads, as ``benchmarks/model.py`` times it (warm, median); its best tiles/s is also
-  given as the scene Mpx/s an engine that did nothing but the network would reach;
+* ``network``: the same network alone (the bundled checkpoint, query encoded once) on random tiles
+  of the engine's size, at batch 1 and the engine's and at 1 .. all CPU threads (warm, median),
+  in both runtimes: ONNX Runtime (its graphs, as the engine runs them on the CPU) and torch
+  (BatchNorms folded, channels-last, as ``benchmarks/model.py`` times it); the best tiles/s of
+  the engine's runtime is the engine's reference, also given as the scene Mpx/s an engine that
+  did nothing but the network would reach;
 * ``floor``: the bare windowed-read loop over the same windows (the I/O floor);
 * ``torchgeo``: torchgeo's streaming read path (``RasterDataset`` + ``GridGeoSampler``, one
   query per window and image);
@@ -45,10 +47,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine import OVERLAP, TILE, generate_pair, run_floor  # noqa: E402
 
 QUERY = "new buildings"
+# The engine's model classes, by runtime.
+RUNTIMES = {"OnnxMTRefSegModel": "onnx", "MTRefSegChangeModel": "torch"}
 START = time.perf_counter()  # a child's clock starts before its imports
 
 
@@ -92,9 +98,11 @@ def run_engine(before: Path, after: Path, out: Path, options: dict[str, Any]) ->
         **extra,
     )
     first: dict[str, float] = {}
+    result_model: dict[str, ChangeModel] = {}
 
     def models(name: str) -> ChangeModel:
-        loaded = load_model(name)
+        loaded = load_model(name, device="cpu")  # as the engine loads it: its CPU runtime
+        result_model["model"] = loaded
         predict = loaded.predict_queries
 
         def timed(before: Any, after: Any) -> Any:
@@ -125,33 +133,65 @@ def run_engine(before: Path, after: Path, out: Path, options: dict[str, Any]) ->
         "timings": summary["timings"],
         "torch_threads_after": threads,
         "transformers_imported": "transformers" in sys.modules,
+        "torch_imported": "torch" in sys.modules,
+        "runtime": RUNTIMES.get(type(result_model.get("model")).__name__, "numpy"),
     }
 
 
 def run_network(before: Path, after: Path, out: Path, options: dict[str, Any]) -> dict[str, Any]:
-    """The bundled network alone on random tiles of the engine's size and batch."""
-    import torch
+    """The bundled network alone on random tiles of the engine's size and batch.
 
-    from mtrs_geo.models.inference import CHECKPOINT_DIR
-    from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
-
-    torch.set_num_threads(int(options["threads"]))
+    ``runtime`` ``onnx``: its ONNX graphs as the engine runs them on the CPU (threads from
+    ``OMP_NUM_THREADS``, set by :func:`measure`); ``torch``: the torch network (BatchNorms folded,
+    channels-last), as ``benchmarks/model.py`` times it.
+    """
     batch, px = int(options["batch"]), int(options["px"])
-    model = MTRefSegR1.from_pretrained(CHECKPOINT_DIR, local_files_only=True)
-    model.fuse_for_inference().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    gen = torch.Generator().manual_seed(0)
-    image_b = torch.rand(batch, 3, px, px, generator=gen)
-    image_a = torch.rand(batch, 3, px, px, generator=gen)
-    with torch.inference_mode():
-        embeds = model.encode_text([QUERY])
-        model(image_b, image_a, text_embeds=embeds).probabilities()  # warm-up
-        times = []
-        for _ in range(int(options["repeats"])):
-            t0 = time.perf_counter()
-            model(image_b, image_a, text_embeds=embeds).probabilities()
-            times.append(time.perf_counter() - t0)
+    rng = np.random.default_rng(0)
+    image_b = rng.random((batch, 3, px, px), dtype=np.float32)
+    image_a = rng.random((batch, 3, px, px), dtype=np.float32)
+    if options["runtime"] == "onnx":
+        from mtrs_geo.model_api import load_model
+
+        model = load_model("mtrefseg-r1", device="cpu")
+        if RUNTIMES.get(type(model).__name__) != "onnx":
+            raise RuntimeError("the bundled checkpoint did not load in ONNX Runtime")
+        model.prepare(QUERY)
+
+        def run() -> None:
+            model.predict(image_b, image_a)
+
+        threads = int(options["threads"])
+    else:
+        import torch
+
+        from mtrs_geo.models.inference import CHECKPOINT_DIR
+        from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
+
+        torch.set_num_threads(int(options["threads"]))
+        network = MTRefSegR1.from_pretrained(CHECKPOINT_DIR, local_files_only=True)
+        network.fuse_for_inference().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        tensors = [torch.from_numpy(image) for image in (image_b, image_a)]
+        with torch.inference_mode():
+            embeds = network.encode_text([QUERY])
+
+        def run() -> None:
+            with torch.inference_mode():
+                network(*tensors, text_embeds=embeds).probabilities()
+
+        threads = torch.get_num_threads()
+    run()  # warm-up
+    times = []
+    for _ in range(int(options["repeats"])):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
     seconds = statistics.median(times)
-    return {"threads": torch.get_num_threads(), "batch": batch, "tiles_per_s": batch / seconds}
+    return {
+        "runtime": options["runtime"],
+        "threads": threads,
+        "batch": batch,
+        "tiles_per_s": batch / seconds,
+    }
 
 
 def run_torchgeo(before: Path, after: Path, out: Path, options: dict[str, Any]) -> dict[str, Any]:
@@ -191,6 +231,8 @@ def measure(kind: str, before: Path, after: Path, out: Path, **options: Any) -> 
         json.dumps(options),
     ]  # fmt: skip
     env = dict(os.environ)
+    if options.get("runtime") == "onnx":  # ONNX Runtime's threads (models/onnx_runtime.py)
+        env["OMP_NUM_THREADS"] = str(options["threads"])
     if "cache" in options:  # encoded queries (mtrs_geo.models.query_cache)
         env["XDG_CACHE_HOME"] = options["cache"]
     start = time.perf_counter()
@@ -237,11 +279,18 @@ def torch_side(
     batches = sorted({1, int(engines["cached"]["batch"])})
     px = int(engines["cached"]["tile_size"])
     networks = [
-        measure("network", before, after, out, threads=t, batch=b, px=px, repeats=repeats)
+        measure(
+            "network", before, after, out, runtime=r, threads=t, batch=b, px=px, repeats=repeats
+        )
+        for r in ("onnx", "torch")
         for b in batches
         for t in threads
     ]
-    best = max(networks, key=lambda n: n["tiles_per_s"])
+    runtime = engines["cached"]["runtime"]  # the engine is compared with its own runtime
+    best = max(
+        (n for n in networks if n["runtime"] == runtime),
+        key=lambda n: n["tiles_per_s"],
+    )
     rows = {}
     for query, engine in engines.items():
         tiles = int(engine["tiles"])
@@ -299,14 +348,16 @@ def report(record: dict[str, Any]) -> str:
         f"{record['load_before']:.1f} before / {record['load_after']:.1f} after",
         "",
         "| scene | tile px | query | engine wall s | setup s | setup CPU s | tiles "
-        "| engine tiles/s | network alone tiles/s (threads x batch) | engine / best network "
-        "| engine Mpx/s | network Mpx/s | peak RSS MiB | transformers imported |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| engine tiles/s | network alone tiles/s (runtime threads x batch) "
+        "| engine / best network of its runtime | engine Mpx/s | network Mpx/s | peak RSS MiB "
+        "| runtime | torch imported |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["torch"]:
         net = r["network_best"]
         others = ", ".join(
-            f"{n['tiles_per_s']:.2f} ({n['threads']} x {n['batch']})" for n in r["networks"]
+            f"{n['runtime']} {n['tiles_per_s']:.2f} ({n['threads']} x {n['batch']})"
+            for n in r["networks"]
         )
         for query, e in r["engine"].items():
             lines.append(
@@ -316,7 +367,7 @@ def report(record: dict[str, Any]) -> str:
                 f"| {e['tiles_per_s']:.2f} | {others} "
                 f"| {e['vs_network']:.2f} of {net['tiles_per_s']:.2f} | {e['mpx_s']:.2f} "
                 f"| {r['network_mpx_s']:.2f} | {e['engine']['peak_rss_mib']:,.0f} "
-                f"| {'yes' if e['engine']['transformers_imported'] else 'no'} |"
+                f"| {e['engine']['runtime']} | {'yes' if e['engine']['torch_imported'] else 'no'} |"
             )
     lines += [
         "",

@@ -45,6 +45,7 @@ from mtrs_geo.models.onnx_runtime import (
     LEVELS,
     MANIFEST_FILE,
     MULTIPLE,
+    SUBFOLDER,
     weights_digest,
 )
 
@@ -257,3 +258,12 @@ def _prediction_side(network: MTRefSegR1Layers, embeds: object, size: int) -> in
     finally:
         handle.remove()
     return captured[0]
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m mtrs_geo.models.onnx_export CHECKPOINT_FOLDER")
+    source = Path(sys.argv[1])
+    print(export_graphs(source, source / SUBFOLDER))

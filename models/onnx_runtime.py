@@ -4,15 +4,14 @@ On a CPU the network runs about twice as fast in ONNX Runtime as in eager torch 
 tiles: ``benchmarks/model_path.py``), and a run that asks a query seen before needs neither torch
 nor ``transformers``: the graphs hold the weights and the query cache
 (:mod:`mtrs_geo.models.query_cache`) holds the encoded query. Torch is imported only to encode a
-new query (the sentence encoder) or to export the graphs of a checkpoint that has none.
+query not seen before (the sentence encoder).
 
 The graphs (:mod:`mtrs_geo.models.onnx_export`) are an ``encoder.onnx`` (backbone and bi-temporal
 fusion, once per tile pair) and a ``decoder.onnx`` (language and mask decoder, every query of a run
-at once). They are found, in order:
-
-1. in the checkpoint's ``onnx/`` folder (the bundled checkpoint ships them), when its manifest
-   names the checkpoint's weights (their SHA-256) and this format;
-2. in ``<cache>/onnx/<weights sha256>/`` (``$XDG_CACHE_HOME/mtrs``), exported there on first use.
+at once), in the checkpoint's ``onnx/`` folder with a manifest naming the weights they were
+exported from (their SHA-256). The bundled checkpoint ships them (``scripts/train_bundled.py``
+writes them when it ships one; ``python -m mtrs_geo.models.onnx_export PATH`` for any other); a
+checkpoint without graphs for its weights runs in torch.
 
 Inputs are mirror-padded as the network pads them (:func:`mtrs_geo.padding.pad_tile`, to a
 multiple of 32 and at least 32 px), so the probabilities are the network's up to float rounding.
@@ -82,35 +81,50 @@ def _holds_graphs(folder: Path, digest: str) -> bool:
     )
 
 
-def graph_folder(checkpoint: Path, cache_dir: Path | None) -> Path:
-    """Return the folder of ``checkpoint``'s graphs; export them into the cache when none match.
-
-    Raises:
-        ModelError: no graphs and no cache folder to export them into, or the export failed.
-
-    """
-    checkpoint = Path(checkpoint)
-    digest = weights_digest(checkpoint)
-    for folder in (checkpoint / SUBFOLDER, *([] if cache_dir is None else [cache_dir])):
-        if folder is not cache_dir and _holds_graphs(folder, digest):
-            return folder
-    if cache_dir is None:
-        raise ModelError(f"{checkpoint} has no ONNX graphs and no cache folder to export them to")
-    folder = Path(cache_dir) / SUBFOLDER / digest
-    if _holds_graphs(folder, digest):
-        return folder
-    from mtrs_geo.models.onnx_export import export_graphs
-
-    try:
-        return export_graphs(checkpoint, folder)
-    except Exception as exc:  # noqa: BLE001 - any failure means no graphs: the caller falls back
-        raise ModelError(f"cannot export {checkpoint} to ONNX: {exc}") from exc
+def graph_folder(checkpoint: Path) -> Path | None:
+    """Return the folder of ``checkpoint``'s graphs, None when it has none for these weights."""
+    folder = Path(checkpoint) / SUBFOLDER
+    if not (folder / MANIFEST_FILE).is_file():
+        return None
+    return folder if _holds_graphs(folder, weights_digest(Path(checkpoint))) else None
 
 
 def session_threads() -> int:
     """Intra-op threads: ``OMP_NUM_THREADS`` when set (as torch reads it), else 0 (ORT's own)."""
     value = os.environ.get("OMP_NUM_THREADS", "")
     return int(value) if value.isdigit() and int(value) > 0 else 0
+
+
+_POOL: list[bool] = []  # [whether the process-wide thread pool is in use], once set
+
+
+def session_options() -> Any:
+    """Options of the two sessions: one thread pool for both, else no spinning threads.
+
+    The encoder and the decoder run in turn. Each session's own pool would keep its threads
+    spinning after its run, on the cores the other one needs (a third slower on 2 cores); one
+    process-wide pool (ONNX Runtime's global pool, set before its environment exists) serves
+    both, and where it cannot be had the sessions' threads do not spin.
+    """
+    import onnxruntime as ort
+
+    if not _POOL:
+        try:
+            from onnxruntime.capi import _pybind_state
+
+            _pybind_state.set_global_thread_pool_sizes(session_threads(), 1)
+            _POOL.append(True)
+        except (ImportError, AttributeError, RuntimeError):  # an older runtime, or env made
+            _POOL.append(False)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    if _POOL[0]:
+        options.use_per_session_threads = False
+    else:
+        options.intra_op_num_threads = session_threads()
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 @dataclass(frozen=True)
@@ -162,10 +176,7 @@ class OnnxMTRefSegModel(ChangeModel):
         self.text = text
         self.queries = queries
         self.graphs = graphs
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = session_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only
+        options = session_options()
         providers = ["CPUExecutionProvider"]
         self._encoder = ort.InferenceSession(str(graphs / ENCODER_FILE), options, providers)
         self._decoder = ort.InferenceSession(str(graphs / DECODER_FILE), options, providers)

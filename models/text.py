@@ -29,6 +29,7 @@ from mtrs_geo.models.query_text import is_any_change, minilm_path
 if TYPE_CHECKING:  # transformers is imported only where a text model or tokenizer is needed
     from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
 
+
 @dataclass(frozen=True)
 class TextEmbeds:
     """Encoded queries of a batch (from :meth:`MTRefSegR1.encode_text`).

@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import importlib
+import inspect
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,14 +212,20 @@ def model_info(name: str) -> ModelInfo:
     return info
 
 
-def load_model(name_or_path: str) -> ChangeModel:
-    """Build a registered model by name, or load a checkpoint folder by path."""
+def load_model(name_or_path: str, device: str | None = None) -> ChangeModel:
+    """Build a registered model by name, or load a checkpoint folder by path.
+
+    With ``device`` the model comes back on it (:meth:`ChangeModel.to`), and a model with a faster
+    runtime for that device loads in it (MTRefSeg-R1 on the CPU: ONNX Runtime, when its checkpoint
+    carries the graphs).
+    """
     if name_or_path in _REGISTRY:
-        model = importlib.import_module(_REGISTRY[name_or_path]).build_model()
+        module = importlib.import_module(_REGISTRY[name_or_path])
+        model = module.build_model() if device is None else _build_on(module, device)
     elif Path(name_or_path).is_dir():
         from mtrs_geo.models.inference import load_checkpoint  # heavy import, only when asked
 
-        model = load_checkpoint(Path(name_or_path))
+        model = load_checkpoint(Path(name_or_path), device=device)
     else:
         known = ", ".join(registered_names())
         raise ModelError(
@@ -227,3 +234,10 @@ def load_model(name_or_path: str) -> ChangeModel:
     if not isinstance(model, ChangeModel):
         raise ModelError(f"model {name_or_path!r} does not implement the ChangeModel interface")
     return model
+
+
+def _build_on(module: Any, device: str) -> ChangeModel:
+    """``module.build_model`` on ``device``: given it when it takes one, else moved there."""
+    if "device" in inspect.signature(module.build_model).parameters:
+        return module.build_model(device=device)
+    return module.build_model().to(device)

@@ -345,7 +345,8 @@ def detect(
             :class:`~mtrs_geo.cancel.CancelSwitch` also tells the caller when it is too late.
         messages: receives :class:`RunMessage` lines: what the setup is loading, and notes (a
             query the model ignores).
-        models: returns the model of a name (default: :func:`load_model`); a warm engine passes
+        models: returns the model of a name (default: :func:`load_model` on the run's device, in
+            its fastest runtime there); a warm engine passes
             a cache (:class:`mtrs_geo.serve.ModelCache`).
         scheduler: split the scene into panels predicted on a Dask cluster: a scheduler address
             (``tcp://host:8786``) or ``local:N`` (:func:`mtrs_geo.distributed.detect_on_cluster`;
@@ -366,7 +367,9 @@ def detect(
         from mtrs_geo.distributed import detect_on_cluster
 
         return detect_on_cluster(config, scheduler, progress, cancel, messages)
-    return run_detect(config, LocalPredictor(models or load_model), progress, cancel, messages)
+    if models is None:  # loaded for the run's device: its fastest runtime there
+        models = functools.partial(load_model, device=config.device)
+    return run_detect(config, LocalPredictor(models), progress, cancel, messages)
 
 
 def run_detect(
@@ -667,29 +670,31 @@ def _predict_interval(
     """
     if isinstance(model, PixelScoreModel):  # every pixel decoded once (cva)
         return _score_interval(run, model, before, after, index, done_before)
+    from mtrs_geo.background_vectorize import BackgroundVectorizer
+
     config, timings = run.config, run.timings
     windows, tile_size = run.tiling.windows, run.tiling.tile_size
-    stream = TileStream(
-        before, after, run.grid, windows, tile_size, config.batch_size, config.prefetch
-    )
-    try:
+    with contextlib.ExitStack() as stack:
+        stream = TileStream(
+            before, after, run.grid, windows, tile_size, config.batch_size, config.prefetch
+        )
+        stack.callback(stream.close)
         with timed(timings, "setup"):
             stats = _calibrate(run, model, before, after, stream, index)
         paths = run.probability_paths(index)
-        vectorizers = _vectorizers(run)
+        # Rows are polygonized in threads of their own while the model predicts the next tiles.
+        vectorizers = [stack.enter_context(BackgroundVectorizer(v)) for v in _vectorizers(run)]
         progress = run.batch_progress(done_before)
         tiles_run = _into_stitchers(
-            run, paths, vectorizers, model,
+            run, paths, cast("list[StreamingVectorizer]", vectorizers), model,
             lambda stitchers: predict_tiles(
                 model, stream, stats, stitchers, run.grid, run.area, run.cancel, timings, progress
             ),
         )  # fmt: skip
         timings["read"] += stream.read_seconds
-        with timed(timings, "vectorize"):
+        with timed(timings, "vectorize"):  # what is left of the rows' polygonization
             polygons = [vectorizer.result() for vectorizer in vectorizers]
         return IntervalResult(polygons, paths, tiles_run, stream.skipped)
-    finally:
-        stream.close()
 
 
 def _score_interval(

@@ -42,7 +42,7 @@ class WorkerModels(WorkerPlugin):
             if key not in self._models:
                 counted = f"{name}@{device}"
                 self.loads[counted] = self.loads.get(counted, 0) + 1
-                self._models[key] = load_model(name).to(device)
+                self._models[key] = load_model(name, device=device)
             return self._models[key]
 
     def __getstate__(self) -> dict[str, Any]:

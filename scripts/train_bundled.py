@@ -364,6 +364,8 @@ def write_checkpoint(work: Path, base: Path, final: Path, out: Path, seconds: fl
   (stopped early by its time cap: {language["stopped_early"]}), resumed across interruptions;
   recipe in language.yaml. {LANGUAGE_HISTORY}
 - Hardware: CPU only (2 cores shared with other work), no GPU.
+- `onnx/`: the same weights as ONNX graphs (encoder and decoder), which the engine runs on the
+  CPU in ONNX Runtime (`mtrs_geo/models/onnx_runtime.py`; `MTRS_RUNTIME=torch` runs torch).
 - Reproduce: `.venv/bin/python scripts/train_bundled.py` (resumable; `--base DIR` skips stages
   1-2); the tables: `.venv/bin/python scripts/train_bundled.py --evaluate-only`.
 
@@ -385,6 +387,11 @@ Train on your own data with `mtrs train` (a `craft_stream` source over your own 
 CRAFT triplets).
 """
     (out / "README.md").write_text(card)
+    # The CPU runs the checkpoint in ONNX Runtime: its graphs, of these weights.
+    from mtrs_geo.models.onnx_export import export_graphs
+    from mtrs_geo.models.onnx_runtime import SUBFOLDER
+
+    export_graphs(out, out / SUBFOLDER)
     print(f"Wrote {out}")
 
 

@@ -225,7 +225,7 @@ def test_a_model_that_needs_other_bands_is_refused_before_any_tile(
     model.info = ModelInfo(
         name="rgbn-net", description="", query_aware=True, in_channels=4, needs="4 bands"
     )
-    monkeypatch.setattr(pipeline, "load_model", lambda name: model)
+    monkeypatch.setattr(pipeline, "load_model", lambda name, device=None: model)
     pair = make_pair(tmp_path / "scene")
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
@@ -240,7 +240,7 @@ def test_the_query_reaches_prepare_once_and_any_change_sends_none(
     model = build_model()
     queries: list[str | None] = []
     monkeypatch.setattr(model, "prepare", queries.append)
-    monkeypatch.setattr(pipeline, "load_model", lambda name: model)
+    monkeypatch.setattr(pipeline, "load_model", lambda name, device=None: model)
     pair = make_pair(tmp_path / "scene")
     for query, any_change in (("new roads", False), ("new roads", True), ("  ", False)):
         detect(

@@ -717,7 +717,7 @@ class Trainer:
         """Score the model on each validation source; append to ``eval.csv``, return the metrics."""
         from mtrs_geo.model_api import ModelInfo
         from mtrs_geo.models.evaluate import evaluate_model
-        from mtrs_geo.models.inference import MTRefSegChangeModel
+        from mtrs_geo.models.torch_inference import MTRefSegChangeModel
         from mtrs_geo.models.training.sources import build_source
 
         config, network = self.config, self.network

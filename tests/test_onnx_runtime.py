@@ -1,0 +1,138 @@
+"""MTRefSeg-R1 on the CPU in ONNX Runtime: the torch network's numbers, without importing torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scenes import make_pair
+
+from mtrs_geo.model_api import load_model
+from mtrs_geo.models import inference, onnx_runtime
+from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
+from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
+from mtrs_geo.models.onnx_export import export_graphs
+from mtrs_geo.models.onnx_runtime import OnnxMTRefSegModel
+from mtrs_geo.models.torch_inference import MTRefSegChangeModel
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random checkpoint with its graphs (the export takes tens of seconds: once)."""
+    folder = tmp_path_factory.mktemp("onnx") / "tiny"
+    torch.manual_seed(0)
+    MTRefSegR1(MTRefSegR1Config.from_size("tiny")).save_pretrained(folder)
+    export_graphs(folder, folder / onnx_runtime.SUBFOLDER)
+    return folder
+
+
+def _pair(count: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    before = rng.random((count, 3, height, width), dtype=np.float32)
+    after = before.copy()
+    after[:, :, height // 4 : height // 2, width // 3 :] = (
+        1.0 - after[:, :, height // 4 : height // 2, width // 3 :]
+    )
+    return before, after
+
+
+@pytest.mark.parametrize(
+    "queries",
+    [["new buildings"], ["any change"], ["new buildings", "demolished roads", "any change"]],
+)
+@pytest.mark.parametrize("shape", [(1, 64, 64), (3, 40, 72), (2, 20, 33)])
+def test_the_graphs_give_the_networks_probabilities(
+    exported: Path, tmp_path: Path, queries: list[str], shape: tuple[int, int, int]
+) -> None:
+    in_torch = inference.load_checkpoint(exported, cache_dir=tmp_path)
+    in_onnx = inference.load_checkpoint(exported, cache_dir=tmp_path, device="cpu")
+    assert isinstance(in_torch, MTRefSegChangeModel) and isinstance(in_onnx, OnnxMTRefSegModel)
+    before, after = _pair(*shape)
+    in_torch.prepare_queries(queries)
+    in_onnx.prepare_queries(queries)
+    expected = in_torch.predict_queries(before, after)
+    got = in_onnx.predict_queries(before, after)
+    assert got.shape == expected.shape == (len(queries), *shape)
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+
+
+def test_one_query_predicts_as_the_first_of_several(exported: Path, tmp_path: Path) -> None:
+    model = inference.load_checkpoint(exported, cache_dir=tmp_path, device="cpu")
+    before, after = _pair(2, 64, 64, seed=3)
+    model.prepare("demolished roads")
+    alone = model.predict(before, after)
+    model.prepare_queries(["demolished roads", "new water"])
+    together = model.predict_queries(before, after)
+    np.testing.assert_allclose(together[0], alone, atol=2e-6)
+
+
+def test_torch_is_loaded_without_a_device_when_asked_or_for_other_weights(
+    exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert isinstance(inference.load_checkpoint(exported, cache_dir=tmp_path), MTRefSegChangeModel)
+    monkeypatch.setenv(inference.RUNTIME_VARIABLE, "torch")
+    forced = inference.load_checkpoint(exported, cache_dir=tmp_path, device="cpu")
+    assert isinstance(forced, MTRefSegChangeModel)
+    monkeypatch.delenv(inference.RUNTIME_VARIABLE)
+    retrained = tmp_path / "retrained"
+    shutil.copytree(exported, retrained)
+    manifest = retrained / onnx_runtime.SUBFOLDER / onnx_runtime.MANIFEST_FILE
+    record = json.loads(manifest.read_text())
+    record["weights_sha256"] = "0" * 64  # graphs of other weights
+    manifest.write_text(json.dumps(record))
+    assert onnx_runtime.graph_folder(retrained) is None
+    stale = inference.load_checkpoint(retrained, cache_dir=tmp_path, device="cpu")
+    assert isinstance(stale, MTRefSegChangeModel)
+
+
+def test_a_model_in_onnx_runtime_runs_on_the_cpu_only(exported: Path, tmp_path: Path) -> None:
+    model = inference.load_checkpoint(exported, cache_dir=tmp_path, device="cpu")
+    assert model.to("cpu") is model and model.device == "cpu"
+    with pytest.raises(Exception, match="CPU only"):
+        model.to("cuda")
+
+
+def test_the_bundled_checkpoint_ships_graphs_of_its_weights() -> None:
+    assert onnx_runtime.graph_folder(inference.CHECKPOINT_DIR) is not None
+    assert isinstance(load_model("mtrefseg-r1", device="cpu"), OnnxMTRefSegModel)
+
+
+_RUN = """
+import sys
+from pathlib import Path
+from mtrs_geo.config import DetectConfig
+from mtrs_geo.pipeline import detect
+before, after, out = (Path(a) for a in sys.argv[1:4])
+detect(DetectConfig(before=before, after=after, query="new buildings", output=out,
+                    model="mtrefseg-r1", device="cpu"))
+print(sorted(m for m in ("torch", "transformers") if m in sys.modules))
+"""
+
+
+def test_a_cpu_run_with_a_query_asked_before_imports_no_torch(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path)
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    env.pop(inference.RUNTIME_VARIABLE, None)
+    imported = []
+    for run in ("first", "again"):
+        out = tmp_path / f"{run}.gpkg"
+        done = subprocess.run(
+            [sys.executable, "-c", _RUN, str(pair.before), str(pair.after), str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.is_file()
+        imported.append(done.stdout.strip().splitlines()[-1])
+    assert "torch" in imported[0]  # the new query is encoded (the encoder needs torch)
+    assert imported[1] == "[]"  # then it comes from the cache: neither torch nor transformers
