@@ -805,7 +805,8 @@ def _calibrate(
     if index == 0:
         run.say(RunMessage("stage", "preparing the model"))
         model.prepare_queries(model_queries(config))
-    calibrate_on_samples(model, samples)
+    if not model.scene_pass:  # a scene pass settles the model on every pixel instead
+        calibrate_on_samples(model, samples)
     stats = samples.stats
     del samples  # the scene samples are done with: not held through the run
     if model.scene_pass and scene_pass:  # a streamed first pass over the whole scene (a histogram)
