@@ -208,7 +208,8 @@ def _onnx_model(folder: Path, info: ModelInfo, queries: QueryCache) -> ChangeMod
     try:
         return onnx_runtime.OnnxMTRefSegModel(folder, graphs, info, text, queries)
     except Exception as exc:  # noqa: BLE001 - graphs that name these weights but do not load
-        raise ModelError(f"cannot load the ONNX graphs of {folder}: {exc}") from exc
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load the ONNX graphs of {folder}: {message}") from exc
 
 
 def build_model(device: str | None = None) -> ChangeModel:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from scenes import make_pair
 
+from mtrs_geo.errors import ModelError
 from mtrs_geo.model_api import load_model
 from mtrs_geo.models import inference, onnx_runtime
 from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
@@ -92,6 +93,25 @@ def test_torch_is_loaded_without_a_device_when_asked_or_for_other_weights(
     assert onnx_runtime.graph_folder(retrained) is None
     stale = inference.load_checkpoint(retrained, cache_dir=tmp_path, device="cpu")
     assert isinstance(stale, MTRefSegChangeModel)
+
+
+def test_without_onnx_runtime_installed_the_cpu_runs_torch(
+    exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(onnx_runtime, "runtime_available", lambda: False)
+    model = inference.load_checkpoint(exported, cache_dir=tmp_path, device="cpu")
+    assert isinstance(model, MTRefSegChangeModel) and model.device == "cpu"
+
+
+def test_graphs_that_name_the_weights_but_do_not_load_are_a_one_line_model_error(
+    exported: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(exported, broken)
+    (broken / onnx_runtime.SUBFOLDER / onnx_runtime.DECODER_FILE).write_bytes(b"not a graph")
+    with pytest.raises(ModelError) as error:
+        inference.load_checkpoint(broken, cache_dir=tmp_path, device="cpu")
+    assert "\n" not in str(error.value) and "ONNX graphs" in str(error.value)
 
 
 def test_a_model_in_onnx_runtime_runs_on_the_cpu_only(exported: Path, tmp_path: Path) -> None:
