@@ -18,6 +18,7 @@ starts predicting after the pair's setup only (opening, samples, the query's enc
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import sys
@@ -67,18 +68,27 @@ def config_from_json(payload: dict[str, Any]) -> DetectConfig:
 
 
 class ModelCache:
-    """Models loaded once by name (or checkpoint folder) and reused by later runs."""
+    """Models loaded once by name (or checkpoint folder) and device, reused by later runs."""
 
     def __init__(self) -> None:
-        self._models: dict[str, ChangeModel] = {}
+        self._models: dict[tuple[str, str | None], ChangeModel] = {}
 
-    def __call__(self, name: str) -> ChangeModel:
-        """Return the model ``name``, loading it the first time."""
-        if name not in self._models:
+    def __call__(self, name: str, device: str | None = None) -> ChangeModel:
+        """Return the model ``name``, loading it the first time.
+
+        With ``device`` it is loaded for that device, in its fastest runtime there
+        (:func:`mtrs_geo.model_api.load_model`: MTRefSeg-R1 on the CPU in ONNX Runtime).
+        """
+        key = (name, device)
+        if key not in self._models:
             from mtrs_geo.model_api import load_model
 
-            self._models[name] = load_model(name)
-        return self._models[name]
+            self._models[key] = load_model(name, device=device)
+        return self._models[key]
+
+    def on(self, device: str) -> Callable[[str], ChangeModel]:
+        """Return the loader of this cache for runs on ``device`` (``detect``'s ``models``)."""
+        return functools.partial(self, device=device)
 
 
 def environment_payload() -> dict[str, Any]:
@@ -211,7 +221,7 @@ class Server:
                 self._cancelled.discard(ident)
                 switch.set()
         try:
-            result = detect(config, progress, switch, message, models=self.models)
+            result = detect(config, progress, switch, message, models=self.models.on(config.device))
         except Cancelled as exc:
             say({"event": "error", "message": str(exc) or "cancelled", "exit_code": 130})
             return

@@ -418,7 +418,7 @@ def run_in_process(
             progress=on_progress,
             cancel=cancel,
             messages=on_message,
-            models=_IN_PROCESS_MODELS,
+            models=_IN_PROCESS_MODELS.on(config.device),
         )
     except Cancelled as exc:
         raise RunCancelled(str(exc) or "cancelled by the user") from exc

@@ -6,8 +6,11 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 from scenes import make_pair
 
+from mtrs_geo import model_api
+from mtrs_geo.model_api import ChangeModel
 from mtrs_geo.serve import ModelCache, Server, config_from_json
 
 
@@ -18,31 +21,29 @@ def answers(lines: list[dict[str, object]], models: ModelCache | None = None) ->
     return [json.loads(line) for line in stdout.getvalue().splitlines()]
 
 
-def test_two_runs_share_one_loaded_model_and_answer_with_their_ids(tmp_path: Path) -> None:
+def test_two_runs_share_one_loaded_model_and_answer_with_their_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pair = make_pair(tmp_path / "pair")
     config = {"before": str(pair.before), "after": str(pair.after), "tile_size": 64, "overlap": 8}
     loads: list[str] = []
     cache = ModelCache()
-    original = cache.__class__.__call__
+    original = model_api.load_model
 
-    def counting(self: ModelCache, name: str) -> object:
-        if name not in self._models:
-            loads.append(name)
-        return original(self, name)
+    def counting(name: str, device: str | None = None) -> ChangeModel:
+        loads.append(name)
+        return original(name, device=device)
 
-    cache.__class__.__call__ = counting  # type: ignore[method-assign]
-    try:
-        events = answers(
-            [
-                {"id": "a", "op": "detect", "config": config | {"output": str(tmp_path / "a.fgb")}},
-                {"id": "b", "op": "detect", "config": config | {"output": str(tmp_path / "b.fgb")}},
-                {"id": "c", "op": "detect", "config": config | {"bands_before": [1, 9]}},
-                {"id": "d", "op": "nonsense"},
-            ],
-            cache,
-        )
-    finally:
-        cache.__class__.__call__ = original  # type: ignore[method-assign]
+    monkeypatch.setattr(model_api, "load_model", counting)
+    events = answers(
+        [
+            {"id": "a", "op": "detect", "config": config | {"output": str(tmp_path / "a.fgb")}},
+            {"id": "b", "op": "detect", "config": config | {"output": str(tmp_path / "b.fgb")}},
+            {"id": "c", "op": "detect", "config": config | {"bands_before": [1, 9]}},
+            {"id": "d", "op": "nonsense"},
+        ],
+        cache,
+    )
     assert events[0] == {"event": "ready"}
     done = {e["id"]: e for e in events if e.get("event") in ("done", "error")}
     assert done["a"]["event"] == done["b"]["event"] == "done"
@@ -75,3 +76,14 @@ def test_a_cancel_that_comes_before_its_run_starts_still_cancels_it(tmp_path: Pa
     )
     (end,) = [e for e in events if e.get("event") in ("done", "error")]
     assert end["exit_code"] == 130 and not (tmp_path / "c.fgb").exists()
+
+
+def test_the_warm_cache_loads_per_device_in_the_fastest_runtime_there() -> None:
+    from mtrs_geo.models.onnx_runtime import OnnxMTRefSegModel
+
+    cache = ModelCache()
+    on_cpu = cache.on("cpu")
+    model = on_cpu("mtrefseg-r1")
+    assert isinstance(model, OnnxMTRefSegModel)  # the bundled checkpoint ships its graphs
+    assert on_cpu("mtrefseg-r1") is model  # loaded once per device
+    assert cache("mtrefseg-r1") is not model  # without a device: the torch model, as before
