@@ -21,10 +21,18 @@ from mtrs_geo.models.backbones import SeparableConv, group_norm
 
 def sine_position_encoding(height: int, width: int, dim: int, device: torch.device) -> torch.Tensor:
     """2-D sine/cosine position encoding ``(H * W, dim)`` (half the channels per axis)."""
+    rows = torch.linspace(0, 1, height, device=device)
+    cols = torch.linspace(0, 1, width, device=device)
+    return position_encoding_of(rows, cols, dim)
+
+
+def position_encoding_of(rows: torch.Tensor, cols: torch.Tensor, dim: int) -> torch.Tensor:
+    """:func:`sine_position_encoding` of the rows' and columns' positions in [0, 1] (1-D each)."""
+    height, width, device = rows.shape[0], cols.shape[0], rows.device
     quarter = max(dim // 4, 1)
     freq = torch.exp(torch.arange(quarter, device=device) * (-math.log(10000.0) / quarter))
-    ys = torch.linspace(0, 1, height, device=device)[:, None] * freq * 2 * math.pi
-    xs = torch.linspace(0, 1, width, device=device)[:, None] * freq * 2 * math.pi
+    ys = rows[:, None] * freq * 2 * math.pi
+    xs = cols[:, None] * freq * 2 * math.pi
     y_enc = torch.cat([ys.sin(), ys.cos()], 1)[:, None, :].expand(height, width, -1)
     x_enc = torch.cat([xs.sin(), xs.cos()], 1)[None, :, :].expand(height, width, -1)
     enc = torch.cat([y_enc, x_enc], 2).reshape(height * width, -1)

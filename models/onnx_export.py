@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,16 +74,9 @@ def _traceable_position_encoding(
     ``linspace`` takes its step count as a number, so an exported graph would keep the example's
     sides; this is the same encoding from ``arange``, whose size stays an axis of the graph.
     """
-    quarter = max(dim // 4, 1)
-    freq = torch.exp(torch.arange(quarter, device=device) * (-math.log(10000.0) / quarter))
-    ys = _unit_steps(height, device)[:, None] * freq * 2 * math.pi
-    xs = _unit_steps(width, device)[:, None] * freq * 2 * math.pi
-    y_enc = torch.cat([ys.sin(), ys.cos()], 1)[:, None, :].expand(height, width, -1)
-    x_enc = torch.cat([xs.sin(), xs.cos()], 1)[None, :, :].expand(height, width, -1)
-    enc = torch.cat([y_enc, x_enc], 2).reshape(height * width, -1)
-    if enc.shape[1] < dim:
-        enc = F.pad(enc, (0, dim - enc.shape[1]))
-    return enc[:, :dim]
+    return decoders.position_encoding_of(
+        _unit_steps(height, device), _unit_steps(width, device), dim
+    )
 
 
 class _Encoder(nn.Module):
