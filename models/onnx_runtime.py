@@ -275,4 +275,5 @@ class OnnxMTRefSegModel(ChangeModel):
         (probability,) = self._decoder.run(None, feeds)
         queries = len(self._text["empty"])
         probability = probability.reshape(queries, count, padded_h, padded_w)
-        return np.clip(probability[:, :, :height, :width], 0.0, 1.0)
+        np.clip(probability, 0.0, 1.0, out=probability)  # the runtime's own array: no copy
+        return probability[:, :, :height, :width]
