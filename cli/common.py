@@ -254,7 +254,10 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
             default=DEFAULT_DEVICE,
             show_default=True,
             callback=_library_check(_parse_device),
-            help="auto, cpu, cuda, cuda:N or mps.",
+            help=(
+                "auto, cpu, cuda, cuda:N or mps. On the CPU mtrefseg-r1 runs in ONNX Runtime "
+                "(MTRS_RUNTIME=torch: in torch)."
+            ),
         ),
         click.option(
             "--threshold",
