@@ -32,7 +32,7 @@ import numpy as np
 from mtrs_geo.errors import ModelError
 from mtrs_geo.model_api import ChangeModel, ModelInfo
 from mtrs_geo.models.query_cache import QueryCache, encoder_fingerprint
-from mtrs_geo.models.query_text import is_any_change, minilm_path
+from mtrs_geo.models.query_text import encoder_folders, is_any_change
 from mtrs_geo.padding import pad_tile
 
 FORMAT = "mtrs-onnx-1"
@@ -143,8 +143,9 @@ class TextEncoder:
             return None
         if config.get("text_trainable"):
             return None
-        model_dir = config.get("text_model_path") or str(minilm_path())
-        tokenizer_dir = config.get("text_tokenizer_path") or model_dir
+        model_dir, tokenizer_dir = encoder_folders(
+            config.get("text_model_path"), config.get("text_tokenizer_path")
+        )
         length = int(config.get("text_max_length", 32))
         return cls(str(model_dir), str(tokenizer_dir), length, width)
 

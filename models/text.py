@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtrs_geo.models.query_text import is_any_change, minilm_path
+from mtrs_geo.models.query_text import encoder_folders, is_any_change, minilm_path
 
 if TYPE_CHECKING:  # transformers is imported only where a text model or tokenizer is needed
     from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
@@ -140,9 +140,7 @@ class TextBranch(nn.Module):
         self.mode = config.text_mode
         self.max_length = config.text_max_length
         self.model_dir = None if config.text_model_config else _text_model_dir(config)
-        self.tokenizer_dir = (
-            config.text_tokenizer_path or config.text_model_path or str(minilm_path())
-        )
+        self.tokenizer_dir = encoder_folders(config.text_model_path, config.text_tokenizer_path)[1]
         self._config = config
         # Saved with the checkpoint only when it is trained or built from a config (random weights).
         self.owns_encoder = bool(config.text_trainable or config.text_model_config)

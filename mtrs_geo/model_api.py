@@ -15,7 +15,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import importlib
-import inspect
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,7 +191,7 @@ class PixelScoreModel(ChangeModel):
 
 
 # name -> module. Each module exports ``MODEL_INFO: ModelInfo`` and
-# ``build_model() -> ChangeModel``; they are imported lazily so the CLI starts fast.
+# ``build_model(device=None) -> ChangeModel``; they are imported lazily so the CLI starts fast.
 _REGISTRY: dict[str, str] = {
     "cva": "mtrs_geo.baselines.cva",
     "mtrefseg-r1": "mtrs_geo.models.inference",
@@ -220,8 +219,7 @@ def load_model(name_or_path: str, device: str | None = None) -> ChangeModel:
     carries the graphs).
     """
     if name_or_path in _REGISTRY:
-        module = importlib.import_module(_REGISTRY[name_or_path])
-        model = module.build_model() if device is None else _build_on(module, device)
+        model = importlib.import_module(_REGISTRY[name_or_path]).build_model(device=device)
     elif Path(name_or_path).is_dir():
         from mtrs_geo.models.inference import load_checkpoint  # heavy import, only when asked
 
@@ -234,10 +232,3 @@ def load_model(name_or_path: str, device: str | None = None) -> ChangeModel:
     if not isinstance(model, ChangeModel):
         raise ModelError(f"model {name_or_path!r} does not implement the ChangeModel interface")
     return model
-
-
-def _build_on(module: Any, device: str) -> ChangeModel:
-    """``module.build_model`` on ``device``: given it when it takes one, else moved there."""
-    if "device" in inspect.signature(module.build_model).parameters:
-        return module.build_model(device=device)
-    return module.build_model().to(device)

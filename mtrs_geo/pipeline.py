@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import rasterio
@@ -64,8 +64,8 @@ from mtrs_geo.write import (
 )
 
 if TYPE_CHECKING:
+    from mtrs_geo.background_vectorize import BackgroundVectorizer
     from mtrs_geo.distributed import Scheduler
-    from mtrs_geo.vectorize import StreamingVectorizer
 
 # geopandas, shapely and scipy (areas, vectorize, the output table) are imported when a run needs
 # them: importing the engine stays well under a second.
@@ -597,7 +597,7 @@ def timed_rows(timings: dict[str, float], key: str, rows_to: RowsCallback) -> Ro
     return on_rows
 
 
-def _rows_into(vectorizer: StreamingVectorizer) -> RowsCallback:
+def _rows_into(vectorizer: BackgroundVectorizer) -> RowsCallback:
     """Return a stitcher callback handing its rows to a streaming vectorizer."""
     return lambda first_row, first_col, rows: vectorizer.add_rows(first_row, rows, first_col)
 
@@ -670,8 +670,6 @@ def _predict_interval(
     """
     if isinstance(model, PixelScoreModel):  # every pixel decoded once (cva)
         return _score_interval(run, model, before, after, index, done_before)
-    from mtrs_geo.background_vectorize import BackgroundVectorizer
-
     config, timings = run.config, run.timings
     windows, tile_size = run.tiling.windows, run.tiling.tile_size
     with contextlib.ExitStack() as stack:
@@ -682,11 +680,10 @@ def _predict_interval(
         with timed(timings, "setup"):
             stats = _calibrate(run, model, before, after, stream, index)
         paths = run.probability_paths(index)
-        # Rows are polygonized in threads of their own while the model predicts the next tiles.
-        vectorizers = [stack.enter_context(BackgroundVectorizer(v)) for v in _vectorizers(run)]
+        vectorizers = _vectorizers(run, stack)
         progress = run.batch_progress(done_before)
         tiles_run = _into_stitchers(
-            run, paths, cast("list[StreamingVectorizer]", vectorizers), model,
+            run, paths, vectorizers, model,
             lambda stitchers: predict_tiles(
                 model, stream, stats, stitchers, run.grid, run.area, run.cancel, timings, progress
             ),
@@ -712,8 +709,6 @@ def _score_interval(
     the run's overlapping tiles stitched from the kept scores (:func:`~mtrs_geo.score_pass.
     stitch_scores`): the outputs of :func:`_predict_interval`, without a second decode.
     """
-    from mtrs_geo.background_vectorize import BackgroundVectorizer
-
     config, timings, tiling = run.config, run.timings, run.tiling
     windows = [window for panel in tiling.pass_panels for window in panel.windows]
     with contextlib.ExitStack() as stack:
@@ -731,8 +726,7 @@ def _score_interval(
         for stream in streams[1:]:  # after the samples are read, as the first one
             stream.start()
         paths = run.probability_paths(index)
-        # Rows are polygonized in threads of their own while the next ones are stitched.
-        vectorizers = [stack.enter_context(BackgroundVectorizer(v)) for v in _vectorizers(run)]
+        vectorizers = _vectorizers(run, stack)
         with ScoreStore(run.grid.height, run.grid.width, run.scratch) as store:
             run.say(RunMessage("stage", "scoring every pixel once"))
             progress = _pass_progress(run.tiles_progress(done_before), len(windows), tiling)
@@ -740,7 +734,7 @@ def _score_interval(
                 score_scene(model, streams, stats, store, run.cancel, timings, progress)
             timings["read"] += sum(stream.read_seconds for stream in streams)
             tiles_run, skipped = _into_stitchers(
-                run, paths, cast("list[StreamingVectorizer]", vectorizers), model,
+                run, paths, vectorizers, model,
                 lambda stitchers: stitch_scores(
                     model, store, tiling, stitchers, run.grid, run.area, run.cancel, timings
                 ),
@@ -820,23 +814,32 @@ def _calibrate(
     return stats
 
 
-def _vectorizers(run: RunPlan) -> list[StreamingVectorizer]:
-    """Return a streaming vectorizer per query: polygons from the stitched rows as they finish."""
+def _vectorizers(run: RunPlan, stack: contextlib.ExitStack) -> list[BackgroundVectorizer]:
+    """Return a vectorizer per query: polygons from the stitched rows as they finish.
+
+    Each polygonizes in a thread of its own (:class:`~mtrs_geo.background_vectorize.
+    BackgroundVectorizer`) while the run predicts and stitches the next rows; ``stack`` ends them.
+    """
     from mtrs_geo.areas import min_region_pixels
+    from mtrs_geo.background_vectorize import BackgroundVectorizer
     from mtrs_geo.vectorize import StreamingVectorizer
 
     config, grid = run.config, run.grid
     min_pixels = min_region_pixels(grid, config.min_area, config.simplify)
     return [
-        StreamingVectorizer(
-            grid.width,
-            grid.height,
-            grid.transform,
-            grid.crs,
-            config.threshold,
-            PROBABILITY_BLOCK,
-            panels=run.tiling.panels,
-            min_pixels=min_pixels,
+        stack.enter_context(
+            BackgroundVectorizer(
+                StreamingVectorizer(
+                    grid.width,
+                    grid.height,
+                    grid.transform,
+                    grid.crs,
+                    config.threshold,
+                    PROBABILITY_BLOCK,
+                    panels=run.tiling.panels,
+                    min_pixels=min_pixels,
+                )
+            )
         )
         for _ in config.query_list()
     ]
@@ -848,7 +851,7 @@ T = TypeVar("T")
 def _into_stitchers(
     run: RunPlan,
     paths: Sequence[Path | None],
-    vectorizers: Sequence[StreamingVectorizer],
+    vectorizers: Sequence[BackgroundVectorizer],
     model: ChangeModel,
     fill: Callable[[Sequence[StripStitcher]], T],
 ) -> T:
@@ -874,7 +877,7 @@ def _into_stitchers(
     return result
 
 
-def _stitcher(run: RunPlan, path: Path | None, vectorizer: StreamingVectorizer) -> StripStitcher:
+def _stitcher(run: RunPlan, path: Path | None, vectorizer: BackgroundVectorizer) -> StripStitcher:
     """Return the stitcher of one query: rows to ``vectorizer`` (timed), to ``path`` if any."""
     rows_to = timed_rows(run.timings, "vectorize", _rows_into(vectorizer))
     return StripStitcher(path, run.grid, run.tiling, rows_to)

@@ -261,6 +261,7 @@ class ChangeVectorAnalysis(PixelScoreModel):
         return self.probabilities(magnitude)
 
 
-def build_model() -> ChangeModel:
-    """Build a fresh, uncalibrated CVA model."""
-    return ChangeVectorAnalysis()
+def build_model(device: str | None = None) -> ChangeModel:
+    """Build a fresh, uncalibrated CVA model (on ``device`` when given: the CPU only)."""
+    model = ChangeVectorAnalysis()
+    return model if device is None else model.to(device)
