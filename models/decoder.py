@@ -53,14 +53,31 @@ class PixelDecoder(nn.Module):
         self.mask_proj = nn.Conv2d(dim, dim, 1)
 
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Return ``(mask_features (B, dim, H/4, W/4), [memory at strides 32, 16, 8])``."""
+        """Return ``(pixels (B, dim, H/4, W/4), [memory at strides 32, 16, 8])``.
+
+        The mask features are ``mask_proj(pixels)``; the mask decoder folds that 1x1 projection
+        into its mask embeddings (:func:`mask_logits`) instead of running it over every pixel.
+        """
         x = self.laterals[3](features[3])
         outs = [self.outputs[3](x)]
         for level in (2, 1, 0):
             lateral = self.laterals[level](features[level])
             x = lateral + F.interpolate(x, lateral.shape[-2:], mode="bilinear", align_corners=False)
             outs.append(self.outputs[level](x))
-        return self.mask_proj(outs[-1]), outs[:3]
+        return outs[-1], outs[:3]
+
+
+def mask_logits(embed: torch.Tensor, pixels: torch.Tensor, projection: nn.Conv2d) -> torch.Tensor:
+    """Return the ``(B, Q, H, W)`` products of ``embed`` ``(B, Q, C)`` with ``projection(pixels)``.
+
+    Computed as ``(embed W) pixels + embed b``: one product over the pixels instead of a 1x1
+    convolution and a product.
+    """
+    weight = projection.weight.flatten(1).to(embed.dtype)  # (C, C_in)
+    folded = torch.matmul(embed, weight)
+    offset = torch.matmul(embed, projection.bias.to(embed.dtype))[..., None]  # type: ignore[union-attr]
+    logits = torch.matmul(folded, pixels.flatten(2)) + offset
+    return logits.view(*logits.shape[:2], *pixels.shape[-2:])
 
 
 class DecoderLayer(nn.Module):
@@ -138,13 +155,15 @@ class MaskDecoder(nn.Module):
         self,
         query: torch.Tensor,
         memory: list[torch.Tensor],
-        mask_features: torch.Tensor,
+        pixels: torch.Tensor,
+        projection: nn.Conv2d,
         words: torch.Tensor,
         word_mask: torch.Tensor,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Return ``([mask logits (B, H/4, W/4) per prediction, final last], presence (B,))``.
 
-        ``query`` ``(B, dim)`` is the language query; ``memory`` the coarse-to-fine pixel features.
+        ``query`` ``(B, dim)`` is the language query; ``memory`` the coarse-to-fine pixel features;
+        the mask features are ``projection(pixels)`` (:class:`PixelDecoder`).
         """
         batch, dim = query.shape
         flat = [m.flatten(2).transpose(1, 2) for m in memory]
@@ -161,7 +180,7 @@ class MaskDecoder(nn.Module):
         )
         queries = torch.cat([q0, self.latent.expand(batch, -1, -1).to(q0.dtype)], dim=1)
         query_pos = self.query_pos[None].to(q0.dtype)
-        masks, pixel_mask = self._predict(queries, mask_features, memory[0].shape[-2:])
+        masks, pixel_mask = self._predict(queries, pixels, projection, memory[0].shape[-2:])
         predictions = [masks[:, 0]]
         for index, layer in enumerate(self.layers):
             level = index % len(memory)
@@ -169,19 +188,18 @@ class MaskDecoder(nn.Module):
                 queries, query_pos, flat[level], pos[level], pixel_mask, words, word_mask
             )
             next_size = memory[(index + 1) % len(memory)].shape[-2:]
-            masks, pixel_mask = self._predict(queries, mask_features, next_size)
+            masks, pixel_mask = self._predict(queries, pixels, projection, next_size)
             predictions.append(masks[:, 0])
         presence = self.presence(self.out_norm(queries[:, 0])).squeeze(-1)
         return predictions, presence
 
     def _predict(
-        self, queries: torch.Tensor, mask_features: torch.Tensor, size: torch.Size
+        self, queries: torch.Tensor, pixels: torch.Tensor, projection: nn.Conv2d, size: torch.Size
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict every query's mask logits and the attention mask they give at ``size``."""
-        embed = self.mask_embed(self.out_norm(queries))
-        masks = torch.einsum("bqc,bchw->bqhw", embed, mask_features)
+        masks = mask_logits(self.mask_embed(self.out_norm(queries)), pixels, projection)
         small = F.interpolate(masks.detach(), size, mode="bilinear", align_corners=False)
-        blocked = (small.sigmoid() < 0.5).flatten(2)
+        blocked = (small < 0).flatten(2)  # sigmoid < 0.5
         # A query whose mask is empty attends everywhere (as in Mask2Former).
         blocked = blocked & ~blocked.all(-1, keepdim=True)
         return masks, blocked.repeat_interleave(self.heads, dim=0)

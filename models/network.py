@@ -312,8 +312,9 @@ class MTRefSegR1Layers(nn.Module):
             pwam(f, words, word_mask)
             for pwam, f in zip(self.pixel_word, features.fused, strict=True)
         ]
-        mask_features, memory = self.pixel_decoder(fused)
-        predictions, presence = self.decoder(query, memory, mask_features, words, word_mask)
+        pixels, memory = self.pixel_decoder(fused)
+        projection = self.pixel_decoder.mask_proj
+        predictions, presence = self.decoder(query, memory, pixels, projection, words, word_mask)
 
         (height, width), (pad_h, pad_w) = features.size, features.pad
         padded = (height + pad_h, width + pad_w)

@@ -126,8 +126,9 @@ class _Decoder(nn.Module):
         levels = [pairs_of_queries(f) for f in (fused0, fused1, fused2, fused3)]
         words, mask, query = (queries_of_pairs(t) for t in (words, mask, query))
         fused = [pwam(f, words, mask) for pwam, f in zip(net.pixel_word, levels, strict=True)]
-        mask_features, memory = net.pixel_decoder(fused)
-        predictions, presence = net.decoder(query, memory, mask_features, words, mask)
+        pixels, memory = net.pixel_decoder(fused)
+        projection = net.pixel_decoder.mask_proj
+        predictions, presence = net.decoder(query, memory, pixels, projection, words, mask)
         logits = F.interpolate(
             predictions[-1][:, None], scale_factor=float(self.stride), mode="bilinear"
         )[:, 0]
@@ -252,10 +253,26 @@ def _prediction_side(network: MTRefSegR1Layers, embeds: object, size: int) -> in
     return captured[0]
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mtrs_geo.models.onnx_export CHECKPOINT [--out FOLDER]``: write the graphs."""
+    import argparse
 
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m mtrs_geo.models.onnx_export CHECKPOINT_FOLDER")
-    source = Path(sys.argv[1])
-    print(export_graphs(source, source / SUBFOLDER))
+    parser = argparse.ArgumentParser(
+        prog="python -m mtrs_geo.models.onnx_export",
+        description="Export a checkpoint's encoder and decoder graphs for ONNX Runtime.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a save_pretrained checkpoint folder")
+    parser.add_argument("--out", type=Path, help=f"graph folder (default: CHECKPOINT/{SUBFOLDER})")
+    args = parser.parse_args(argv)
+    if not (args.checkpoint / "model.safetensors").is_file():
+        parser.exit(
+            2, f"error: {args.checkpoint} is not a checkpoint folder (no model.safetensors)\n"
+        )
+    try:
+        print(export_graphs(args.checkpoint, args.out or args.checkpoint / SUBFOLDER))
+    except ValueError as error:
+        parser.exit(2, f"error: {error}\n")
+
+
+if __name__ == "__main__":
+    main()

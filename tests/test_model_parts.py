@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mtrs_geo.models.backbones import (
     ConvNetBackbone,
@@ -18,7 +19,7 @@ from mtrs_geo.models.backbones import (
     SimpleFeaturePyramid,
 )
 from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
-from mtrs_geo.models.decoder import MaskDecoder, PixelDecoder
+from mtrs_geo.models.decoder import MaskDecoder, PixelDecoder, mask_logits
 from mtrs_geo.models.fusion import BiTemporalFusion, CrossTemporalAttention
 from mtrs_geo.models.losses import dice_loss, referring_change_loss
 from mtrs_geo.models.text import PixelWordAttention, TextBranch, TextEmbeds
@@ -206,17 +207,28 @@ def test_pixel_decoder_and_mask_decoder_shapes_and_gradients() -> None:
     pixel_decoder = PixelDecoder(dims, 16)
     decoder = MaskDecoder(16, heads=2, layers=3, latent_queries=2, ffn_dim=32, dropout=0.0)
     features = [torch.randn(2, d, 64 // s, 96 // s) for d, s in zip(dims, STRIDES, strict=True)]
-    mask_features, memory = pixel_decoder(features)
-    assert mask_features.shape == (2, 16, 16, 24)
+    pixels, memory = pixel_decoder(features)
+    assert pixels.shape == (2, 16, 16, 24)
     assert [m.shape[-2:] for m in memory] == [(2, 3), (4, 6), (8, 12)]
     words, word_mask = torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool)
-    predictions, presence = decoder(torch.randn(2, 16), memory, mask_features, words, word_mask)
+    projection = pixel_decoder.mask_proj
+    predictions, presence = decoder(
+        torch.randn(2, 16), memory, pixels, projection, words, word_mask
+    )
     assert len(predictions) == 4  # before the first layer + one per layer (deep supervision)
     assert all(p.shape == (2, 16, 24) for p in predictions)
     assert presence.shape == (2,)
     (sum(p.mean() for p in predictions) + presence.sum()).backward()
     _assert_all_grads(pixel_decoder)
     _assert_all_grads(decoder)
+
+
+def test_mask_logits_are_the_embeddings_times_the_projected_features() -> None:
+    torch.manual_seed(0)
+    projection = nn.Conv2d(16, 16, 1)
+    pixels, embed = torch.randn(2, 16, 8, 12), torch.randn(2, 3, 16)
+    expected = torch.einsum("bqc,bchw->bqhw", embed, projection(pixels))
+    assert torch.allclose(mask_logits(embed, pixels, projection), expected, atol=1e-5)
 
 
 def test_losses_reward_the_right_mask_and_an_empty_one_for_absent_targets() -> None:
