@@ -44,11 +44,11 @@ from mtrs_geo.score_pass import (
     PASS_WORKERS,
     ScoreStore,
     pass_shares,
+    score_rows,
     score_scene,
-    stitch_scores,
 )
 from mtrs_geo.sources import local_inputs, quiet_open, remote_options, resolve_source
-from mtrs_geo.stitch import StripStitcher
+from mtrs_geo.stitch import RowSink, StripStitcher
 from mtrs_geo.tiling import (
     TileBatch,
     TileStream,
@@ -706,8 +706,9 @@ def _score_interval(
 
     The scene samples, then one pass over the scene without overlap that keeps every pixel's
     score and settles the model on all of them (:func:`mtrs_geo.score_pass.score_scene`), then
-    the run's overlapping tiles stitched from the kept scores (:func:`~mtrs_geo.score_pass.
-    stitch_scores`): the outputs of :func:`_predict_interval`, without a second decode.
+    the rows of answers computed once from the kept scores (:func:`~mtrs_geo.score_pass.
+    score_rows`): the outputs of :func:`_predict_interval` (up to the float rounding of its
+    blend), without a second decode and without stitching.
     """
     config, timings, tiling = run.config, run.timings, run.tiling
     windows = [window for panel in tiling.pass_panels for window in panel.windows]
@@ -733,12 +734,7 @@ def _score_interval(
             with model.session():
                 score_scene(model, streams, stats, store, run.cancel, timings, progress)
             timings["read"] += sum(stream.read_seconds for stream in streams)
-            tiles_run, skipped = _into_stitchers(
-                run, paths, vectorizers, model,
-                lambda stitchers: stitch_scores(
-                    model, store, tiling, stitchers, run.grid, run.area, run.cancel, timings
-                ),
-            )  # fmt: skip
+            tiles_run, skipped = _score_rows_into(run, paths, vectorizers, model, store)
             if progress is not None:
                 progress(len(windows))  # every tile of the interval is done
         with timed(timings, "vectorize"):  # what is left of the rows' polygonization
@@ -875,6 +871,35 @@ def _into_stitchers(
     vectorized = timings["vectorize"] - vectorize_start
     timings["stitch"] = max(stitch_start, timings["stitch"] - vectorized)
     return result
+
+
+def _score_rows_into(
+    run: RunPlan,
+    paths: Sequence[Path | None],
+    vectorizers: Sequence[BackgroundVectorizer],
+    model: PixelScoreModel,
+    store: ScoreStore,
+) -> tuple[int, int]:
+    """Hand the rows of a pixel score model's answers to a sink per query (:func:`score_rows`).
+
+    The probability raster of a query is written (at ``paths``) only when a mask raster is asked
+    for. The rows it vectorizes count as vectorizing; the rest as stitching.
+    """
+    timings = run.timings
+    stitch_start, vectorize_start = timings["stitch"], timings["vectorize"]
+    with model.session(), contextlib.ExitStack() as stack:
+        sinks = [
+            stack.enter_context(
+                RowSink(path, run.grid, timed_rows(timings, "vectorize", _rows_into(vectorizer)))
+            )
+            for path, vectorizer in zip(paths, vectorizers, strict=True)
+        ]
+        counts = score_rows(
+            model, store, run.tiling, sinks, run.grid, run.area, run.cancel, timings
+        )
+    vectorized = timings["vectorize"] - vectorize_start
+    timings["stitch"] = max(stitch_start, timings["stitch"] - vectorized)
+    return counts
 
 
 def _stitcher(run: RunPlan, path: Path | None, vectorizer: BackgroundVectorizer) -> StripStitcher:

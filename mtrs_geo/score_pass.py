@@ -1,4 +1,4 @@
-"""One decode of a scene for a pixel score model (``cva``): scores kept, then stitched.
+"""One decode of a scene for a pixel score model (``cva``): scores kept, then rows of answers.
 
 A :class:`~mtrs_geo.model_api.PixelScoreModel` answers each pixel from one score of that pixel,
 calibrated on the scores of the whole scene. Instead of a pass over the scene for the calibration
@@ -8,10 +8,11 @@ and a second read of every tile (with overlap) for the answers, the engine reads
    score kept in a :class:`ScoreStore` (NaN where no pixel is valid) while the batches' summaries
    are merged; the model then settles its calibration on the whole scene. The windows are dealt
    to :data:`PASS_WORKERS` threads, each decoding and scoring its share (:func:`pass_shares`).
-2. :func:`stitch_scores`: the run's overlapping tiles, in the run's order, take their scores from
-   the store, row of tiles by row of tiles; the probabilities go to the stitchers exactly as the
-   model's :meth:`~mtrs_geo.model_api.ChangeModel.predict` would have made them (the same float32
-   operations on the same values), so the outputs equal a run that predicts every tile.
+2. :func:`score_rows`: the finished rows of probabilities, straight from the store, panel by
+   panel and a row of the run's tiles at a time, to each query's :class:`~mtrs_geo.stitch.RowSink`
+   (probability raster, vectorizer). A pixel's answer depends on its score alone, so the blend of
+   the overlapping tiles a stitcher would make is that answer: no stitching, and the outputs are
+   those of a run that predicts every tile, up to the blend's float rounding.
 
 The store is in memory up to :data:`SCORE_MEMORY_BYTES`, else a float32 file in the run's scratch
 folder (4 bytes per pixel of disk), written and read a row of a tile at a time.
@@ -37,7 +38,8 @@ from mtrs_geo.cancel import check_cancel
 from mtrs_geo.grid import Grid, Panel, Tiling
 from mtrs_geo.model_api import PixelScoreModel
 from mtrs_geo.normalize import BandStats
-from mtrs_geo.stitch import StripStitcher
+from mtrs_geo.probability_raster import PROBABILITY_NODATA
+from mtrs_geo.stitch import RowSink
 from mtrs_geo.tiling import TileStream
 
 # Scores of scenes up to this size are kept in memory (8192^2 pixels); larger ones in a file.
@@ -289,22 +291,26 @@ def tile_rows(panel: Panel) -> Iterator[list[Window]]:
         yield row
 
 
-def stitch_scores(
+def score_rows(
     model: PixelScoreModel,
     store: ScoreStore,
     tiling: Tiling,
-    stitchers: Sequence[StripStitcher],
+    sinks: Sequence[RowSink],
     grid: Grid,
     area: AreaOfInterest | None,
     cancel: threading.Event | None,
     timings: dict[str, float],
 ) -> tuple[int, int]:
-    """Add the probabilities of every tile of ``tiling`` (from the kept scores) to each stitcher.
+    """Hand each sink the finished rows of probabilities, computed once from the kept scores.
 
-    A row of a panel's tiles is read from ``store`` once and turned into probabilities in place;
-    each tile is that strip's window. A tile without a valid pixel is skipped, as the tile reader
-    skips it. Adds to ``timings["read"]``, ``["model"]`` and ``["stitch"]`` (progress is the
-    pass's: :func:`score_scene`).
+    A pixel score model answers a pixel from its score alone, so every overlapping tile gives a
+    pixel the same answer and their blend is that answer: the rows need no stitching (the
+    stitched rows equal them up to the blend's float rounding, within 1e-6). They go out as the
+    stitcher hands them on: panel by panel, the panel's own columns, a row of tiles at a time from
+    the top. A pixel without a valid score, or outside ``area``, is nodata. The tiles of
+    ``tiling`` are counted as the tile path counts them: one without a valid pixel is skipped.
+    Adds to ``timings["read"]``, ``["model"]`` and ``["stitch"]`` (progress is the pass's:
+    :func:`score_scene`).
 
     Returns:
         The tiles predicted and the tiles skipped.
@@ -314,37 +320,44 @@ def stitch_scores(
 
     """
     widest = max(panel.width for panel in tiling.panels)
-    # Flat buffers, viewed as contiguous (rows, panel width) strips: the probabilities are computed
-    # on contiguous arrays, as predict() computes them on its batch.
-    buffer = np.empty(min(tiling.tile_size, grid.height) * widest, dtype=_FLOAT)
-    invalid_buffer = np.empty(buffer.shape, dtype=bool)
+    height = min(tiling.tile_size, grid.height)
+    strip_buffer = np.empty(height * widest, dtype=_FLOAT)
+    invalid_buffer = np.empty(strip_buffer.shape, dtype=bool)
+    rows_buffer = np.empty(strip_buffer.shape, dtype=_FLOAT)
     run = skipped = 0
     for panel in tiling.panels:
-        for row in tile_rows(panel):
+        tile_tops = [int(row[0].row_off) for row in tile_rows(panel)]
+        for index, row in enumerate(tile_rows(panel)):
             check_cancel(cancel)
             start = time.perf_counter()
+            top = tile_tops[index]
             shape = (max(int(window.height) for window in row), panel.width)
             size = shape[0] * shape[1]
-            strip = store.read(int(row[0].row_off), panel.col_off, buffer[:size].reshape(shape))
+            strip = store.read(top, panel.col_off, strip_buffer[:size].reshape(shape))
             invalid = np.isnan(strip, out=invalid_buffer[:size].reshape(shape))
-            strip[invalid] = 0.0
-            valid = ~invalid
-            loaded = time.perf_counter()
-            probability = model.probabilities(strip)
-            scored = time.perf_counter()
             for window in row:
-                h, w = int(window.height), int(window.width)
-                cols = slice(int(window.col_off) - panel.col_off, None)
-                tile_valid = valid[:h, cols][:, :w]
-                if not tile_valid.any():
+                first = int(window.col_off) - panel.col_off
+                tile = invalid[: int(window.height), first : first + int(window.width)]
+                if tile.all():
                     skipped += 1
-                    continue
-                if area is not None:  # pixels outside the area's polygons are nodata
-                    tile_valid = area.inside(grid, window, tile_valid)
-                tile = probability[:h, cols][:, :w]
-                for stitcher in stitchers:
-                    stitcher.add(window, tile, tile_valid)
-                run += 1
+                else:
+                    run += 1
+            # This row of tiles finishes the rows above the next row of tiles' top.
+            count = tile_tops[index + 1] - top if index + 1 < len(tile_tops) else shape[0]
+            own = (count, panel.own_width)
+            rows = rows_buffer[: own[0] * own[1]].reshape(own)
+            np.copyto(rows, strip[:count, : own[1]])
+            valid = ~invalid[:count, : own[1]]
+            if area is not None:  # pixels outside the area's polygons are nodata
+                window = Window(panel.col_off, top, own[1], count)
+                valid = area.inside(grid, window, valid)
+            rows[~valid] = 0.0
+            loaded = time.perf_counter()
+            probability = model.probabilities(rows)
+            np.copyto(probability, np.float32(PROBABILITY_NODATA), where=~valid)
+            scored = time.perf_counter()
+            for sink in sinks:
+                sink.put(top, panel.col_off, probability)
             timings["read"] += loaded - start
             timings["model"] += scored - loaded
             timings["stitch"] += time.perf_counter() - scored

@@ -44,6 +44,55 @@ def blend_weights(tile_size: int, overlap: int) -> np.ndarray:
     return np.outer(ramp, ramp).astype(np.float32)
 
 
+class RowSink:
+    """Where finished rows of probabilities go: the probability GeoTIFF (if any), then ``on_rows``.
+
+    Args:
+        path: the probability GeoTIFF to create; ``None`` writes no file.
+        grid: the common grid.
+        on_rows: called as ``on_rows(first_row, first_col, rows)`` with each run of rows put;
+            ``rows`` is exactly what is written to the file and only valid during the call.
+
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        grid: Grid,
+        on_rows: Callable[[int, int, np.ndarray], None] | None = None,
+    ) -> None:
+        self.path = Path(path) if path is not None else None
+        self._on_rows = on_rows
+        self._dst: DatasetWriter | None = None
+        if self.path is not None:
+            self._dst = rasterio.open(self.path, "w", **probability_profile(grid))
+
+    def put(self, first_row: int, first_col: int, rows: np.ndarray) -> None:
+        """Write ``rows`` (float32, nodata where nothing was predicted) at that grid position."""
+        if self._dst is not None:
+            height, width = rows.shape
+            self._dst.write(rows, 1, window=Window(first_col, first_row, width, height))
+        if self._on_rows is not None:
+            self._on_rows(first_row, first_col, rows)
+
+    def close(self) -> None:
+        """Close the file (also after a failure: the caller removes it then)."""
+        if self._dst is not None:
+            self._dst.close()
+            self._dst = None
+
+    def __enter__(self) -> RowSink:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 class StripStitcher:
     """Accumulates weighted tile predictions panel by panel, row-major, and streams rows out.
 
@@ -66,7 +115,6 @@ class StripStitcher:
         on_rows: Callable[[int, int, np.ndarray], None] | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else None
-        self._on_rows = on_rows
         self.grid = grid
         self.panels = list(tiling.panels)
         self._panel_starts = [panel.col_off for panel in self.panels]
@@ -82,9 +130,7 @@ class StripStitcher:
         self._panel = -1
         self._top = 0  # grid row of the strip's first row; rows above it are written
         self._last_row_off = 0
-        self._dst: DatasetWriter | None = None
-        if self.path is not None:
-            self._dst = rasterio.open(self.path, "w", **probability_profile(grid))
+        self._sink = RowSink(path, grid, on_rows)
         self._open = True
         self._begin_panel(0)
 
@@ -184,10 +230,7 @@ class StripStitcher:
         np.clip(rows, 0.0, 1.0, out=rows)
         np.logical_not(covered, out=covered)
         np.copyto(rows, np.float32(PROBABILITY_NODATA), where=covered)
-        if self._dst is not None:
-            self._dst.write(rows, 1, window=Window(panel.col_off, self._top, own, count))
-        if self._on_rows is not None:
-            self._on_rows(self._top, panel.col_off, rows)
+        self._sink.put(self._top, panel.col_off, rows)
         keep = self._strip_height - count
         if keep > 0:
             # numpy copies overlapping slices correctly.
@@ -208,16 +251,12 @@ class StripStitcher:
                 break
             self._begin_panel(self._panel + 1)
         self._open = False
-        if self._dst is not None:
-            self._dst.close()
-            self._dst = None
+        self._sink.close()
 
     def abort(self) -> None:
         """Close without finishing (the caller removes the file)."""
         self._open = False
-        if self._dst is not None:
-            self._dst.close()
-            self._dst = None
+        self._sink.close()
 
     def __enter__(self) -> StripStitcher:
         return self

@@ -1,4 +1,4 @@
-"""cva reads every pixel once: scores kept during one pass, then stitched (mtrs_geo.score_pass)."""
+"""cva reads every pixel once: scores kept during one pass, then rows of answers (score_pass)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from mtrs_geo.grid import Grid, common_grid, tile_windows
 from mtrs_geo.model_api import ChangeModel, PixelScoreModel
 from mtrs_geo.normalize import BandStats
 from mtrs_geo.pipeline import detect
+from mtrs_geo.probability_raster import PROBABILITY_NODATA
 from mtrs_geo.read import open_raster
 from mtrs_geo.score_pass import ScoreStore, pass_shares, score_scene, tile_rows
 from mtrs_geo.tiling import TileStream
@@ -66,7 +67,7 @@ def _outputs(pair: ScenePair, out: Path, model: ChangeModel, **options: Any) -> 
         probability = src.read(1)
     table = pyogrio.read_dataframe(out / "changes.gpkg")
     return {
-        "probability": probability.view(np.uint32),  # compared bit for bit
+        "probability": probability,
         "wkb": [geometry.wkb for geometry in table.geometry],
         "attributes": table.drop(columns="geometry").to_dict("list"),
         "tiles": (result.tiles_run, result.tiles_skipped),
@@ -82,9 +83,17 @@ def bordered_pair(tmp_path: Path) -> ScenePair:
 
 
 def _assert_same(one: dict[str, Any], other: dict[str, Any]) -> None:
-    assert np.array_equal(one["probability"], other["probability"])
+    """The same outputs, up to the float rounding of the tile path's blend of equal answers."""
+    np.testing.assert_allclose(one["probability"], other["probability"], rtol=0, atol=1e-6)
+    nodata = one["probability"] == PROBABILITY_NODATA
+    assert np.array_equal(nodata, other["probability"] == PROBABILITY_NODATA)
     assert one["wkb"] == other["wkb"]
-    assert one["attributes"] == other["attributes"]
+    assert one["attributes"].keys() == other["attributes"].keys()
+    for name, values in one["attributes"].items():
+        if name == "mean_score":
+            np.testing.assert_allclose(values, other["attributes"][name], rtol=0, atol=1e-6)
+        else:
+            assert values == other["attributes"][name]
     assert one["tiles"] == other["tiles"]
 
 
