@@ -42,7 +42,7 @@ from mtrs_geo.cancel import check_cancel
 from mtrs_geo.config import DetectConfig
 from mtrs_geo.errors import ModelError, OutputError
 from mtrs_geo.grid import Grid, Panel, Tiling, scene_tiling
-from mtrs_geo.model_api import ChangeModel
+from mtrs_geo.model_api import ChangeModel, PixelScoreModel
 from mtrs_geo.normalize import BandStats
 from mtrs_geo.pipeline import (
     model_queries,
@@ -309,8 +309,13 @@ def predict_panel(
                 stack.enter_context(_PanelRaster(path, grid, panel)) if path is not None else None
                 for path in rasters
             ]
+            # A pixel score model's tiles give a pixel one answer: kept as it is, as one
+            # process keeps it (mtrs_geo.score_pass.score_rows), not blended.
+            blend = not isinstance(model, PixelScoreModel)
             stitchers = [
-                stack.enter_context(StripStitcher(None, grid, layout, rows_to(vectorizer, writer)))
+                stack.enter_context(
+                    StripStitcher(None, grid, layout, rows_to(vectorizer, writer), blend=blend)
+                )
                 for vectorizer, writer in zip(vectorizers, writers, strict=True)
             ]
             predict_tiles(

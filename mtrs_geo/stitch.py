@@ -104,6 +104,9 @@ class StripStitcher:
         on_rows: called as ``on_rows(first_row, first_col, rows)`` with each run of finished rows
             of a panel's own columns, panel after panel and top to bottom within one; ``rows`` is
             exactly what is written to the file and only valid during the call.
+        blend: ``False`` for answers that do not depend on the tile (a pixel score model's):
+            a pixel takes a tile's answer as it is, unweighted, which is every covering tile's
+            (the rows of :func:`mtrs_geo.score_pass.score_rows`, bit for bit).
 
     """
 
@@ -113,9 +116,11 @@ class StripStitcher:
         grid: Grid,
         tiling: Tiling,
         on_rows: Callable[[int, int, np.ndarray], None] | None = None,
+        blend: bool = True,
     ) -> None:
         self.path = Path(path) if path is not None else None
         self.grid = grid
+        self.blend = blend
         self.panels = list(tiling.panels)
         self._panel_starts = [panel.col_off for panel in self.panels]
         self.weights = blend_weights(tiling.tile_size, tiling.overlap)
@@ -160,8 +165,12 @@ class StripStitcher:
             raise ValueError("tile taller than the stitching strip")
         prob = np.asarray(probability, dtype=np.float32)[:h, :w]
         mask = np.asarray(valid, dtype=bool)[:h, :w]
-        weight = self.weights[:h, :w] if mask.all() else self.weights[:h, :w] * mask
         r0, c0 = row_off - self._top, col_off - self.panels[self._panel].col_off
+        if not self.blend:  # the answer as it is, weight 1 (the rows divide by it)
+            np.copyto(self._sum[r0 : r0 + h, c0 : c0 + w], prob, where=mask)
+            np.copyto(self._weight[r0 : r0 + h, c0 : c0 + w], np.float32(1.0), where=mask)
+            return
+        weight = self.weights[:h, :w] if mask.all() else self.weights[:h, :w] * mask
         weighted = np.multiply(weight, prob, out=self._scratch[:h, :w])
         self._sum[r0 : r0 + h, c0 : c0 + w] += weighted
         self._weight[r0 : r0 + h, c0 : c0 + w] += weight

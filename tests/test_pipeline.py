@@ -341,16 +341,16 @@ def test_sentinel2_band_files_stacked_in_vrts_on_a_lonlat_grid(tmp_path: Path) -
     assert found[~changed].mean() < 0.08
 
 
-def test_polygons_streamed_while_stitching_match_the_written_probability_raster(
+def test_polygons_streamed_with_the_rows_match_the_written_probability_raster(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     raster_paths: list[Path | None] = []
 
-    def recording_stitcher(path: Path | None, *args: Any) -> pipeline.StripStitcher:
+    def recording_sink(path: Path | None, *args: Any) -> stitch.RowSink:
         raster_paths.append(path)
-        return stitch.StripStitcher(path, *args)
+        return stitch.RowSink(path, *args)
 
-    monkeypatch.setattr(pipeline, "StripStitcher", recording_stitcher)
+    monkeypatch.setattr(pipeline, "RowSink", recording_sink)  # cva's rows go to a sink each
     pair = make_pair(tmp_path / "scene", after=ImageSpec(crs="EPSG:4326"))
     without_mask = DetectConfig(
         before=pair.before, after=pair.after, output=tmp_path / "b.gpkg",

@@ -219,3 +219,29 @@ def test_tiles_of_an_earlier_panel_are_refused(tmp_path: Path) -> None:
         stitcher.add(panels[1].windows[0], *tile)
         with pytest.raises(ValueError, match="panel by panel"):
             stitcher.add(panels[0].windows[0], *tile)
+
+
+def test_answers_that_do_not_depend_on_the_tile_are_kept_bit_for_bit_without_blending() -> None:
+    grid = make_grid(300, 260)
+    tiling = scene_tiling(grid, 64, 16, panel_width=100)  # several panels and their seams
+    answer = np.random.default_rng(3).random((grid.height, grid.width), dtype=np.float32)
+    answer[:20, :30] = PROBABILITY_NODATA  # nothing valid there
+    rows: dict[str, np.ndarray] = {}
+    for blend in (True, False):
+        out = np.full((grid.height, grid.width), np.nan, dtype=np.float32)
+
+        def take(first_row: int, first_col: int, values: np.ndarray, out: np.ndarray = out) -> None:
+            out[first_row : first_row + len(values), first_col : first_col + values.shape[1]] = (
+                values
+            )
+
+        with StripStitcher(None, grid, tiling, take, blend=blend) as stitcher:
+            for window in tiling.windows:
+                r, c, h, w = (
+                    int(v) for v in (window.row_off, window.col_off, window.height, window.width)
+                )
+                tile = answer[r : r + h, c : c + w]
+                stitcher.add(window, tile, tile != PROBABILITY_NODATA)
+        rows[str(blend)] = out
+    assert np.array_equal(rows["False"], answer)  # every pixel, nodata included
+    np.testing.assert_allclose(rows["True"], answer, rtol=0, atol=1e-6)  # a blend of equal answers
