@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import importlib
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,16 @@ class PixelScoreModel(ChangeModel):
     @abc.abstractmethod
     def probabilities(self, scores: np.ndarray) -> np.ndarray:
         """Return the float32 probabilities of ``scores``, computed in place in ``scores``."""
+
+    def min_score(self, probability: float) -> float:
+        """Return a score below which no probability reaches ``probability`` (0 < it < 1).
+
+        The engine computes the probabilities of the pixels at or above it only, when nothing but
+        the changed pixels is asked for (polygons without a probability raster). The default,
+        ``-inf``, computes every pixel's; a model with monotone probabilities returns a bound
+        a little below its exact cut (the pixels in between get their exact probabilities).
+        """
+        return -math.inf
 
     def scene_summary(self, batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Any:
         """Return the merged :meth:`score_summary` of every batch's scores."""

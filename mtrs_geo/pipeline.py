@@ -895,8 +895,9 @@ def _score_rows_into(
             for path, vectorizer in zip(paths, vectorizers, strict=True)
         ]
         counts = score_rows(
-            model, store, run.tiling, sinks, run.grid, run.area, run.cancel, timings
-        )
+            model, store, run.tiling, sinks, run.grid, run.area, run.cancel, timings,
+            run.config.threshold,
+        )  # fmt: skip
     vectorized = timings["vectorize"] - vectorize_start
     timings["stitch"] = max(stitch_start, timings["stitch"] - vectorized)
     return counts

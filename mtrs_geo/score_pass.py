@@ -300,6 +300,7 @@ def score_rows(
     area: AreaOfInterest | None,
     cancel: threading.Event | None,
     timings: dict[str, float],
+    threshold: float | None = None,
 ) -> tuple[int, int]:
     """Hand each sink the finished rows of probabilities, computed once from the kept scores.
 
@@ -312,6 +313,12 @@ def score_rows(
     Adds to ``timings["read"]``, ``["model"]`` and ``["stitch"]`` (progress is the pass's:
     :func:`score_scene`).
 
+    When no sink writes a probability raster and ``threshold`` (the probability the sinks'
+    polygons are cut at, 0 < it < 1) is given, only the pixels whose score reaches
+    :meth:`~mtrs_geo.model_api.PixelScoreModel.min_score` get their probability computed; the
+    others, below ``threshold`` whatever their exact value, are handed on as 0. The changed
+    pixels, and so the polygons and their mean probabilities, are the same.
+
     Returns:
         The tiles predicted and the tiles skipped.
 
@@ -319,6 +326,9 @@ def score_rows(
         Cancelled: ``cancel`` was set.
 
     """
+    cut = -np.inf
+    if threshold is not None and 0.0 < threshold < 1.0 and all(s.path is None for s in sinks):
+        cut = model.min_score(threshold)
     widest = max(panel.width for panel in tiling.panels)
     height = min(tiling.tile_size, grid.height)
     strip_buffer = np.empty(height * widest, dtype=_FLOAT)
@@ -346,20 +356,39 @@ def score_rows(
             count = tile_tops[index + 1] - top if index + 1 < len(tile_tops) else shape[0]
             own = (count, panel.own_width)
             rows = rows_buffer[: own[0] * own[1]].reshape(own)
-            np.copyto(rows, strip[:count, : own[1]])
             valid = ~invalid[:count, : own[1]]
             if area is not None:  # pixels outside the area's polygons are nodata
                 window = Window(panel.col_off, top, own[1], count)
                 valid = area.inside(grid, window, valid)
-            rows[~valid] = 0.0
             loaded = time.perf_counter()
-            probability = model.probabilities(rows)
-            np.copyto(probability, np.float32(PROBABILITY_NODATA), where=~valid)
+            _probabilities_into(model, strip[:count, : own[1]], valid, cut, rows)
+            np.copyto(rows, np.float32(PROBABILITY_NODATA), where=~valid)
             scored = time.perf_counter()
             for sink in sinks:
-                sink.put(top, panel.col_off, probability)
+                sink.put(top, panel.col_off, rows)
             timings["read"] += loaded - start
             timings["model"] += scored - loaded
             timings["stitch"] += time.perf_counter() - scored
     check_cancel(cancel)
     return run, skipped
+
+
+def _probabilities_into(
+    model: PixelScoreModel, scores: np.ndarray, valid: np.ndarray, cut: float, out: np.ndarray
+) -> None:
+    """Write the probabilities of the valid ``scores`` into ``out`` (``scores`` is kept).
+
+    With a finite ``cut`` only the valid pixels scoring at or above it are computed, the rest
+    are 0; an infinite one (``inf``: nothing can change) leaves every pixel 0.
+    """
+    if cut == -np.inf:
+        np.copyto(out, scores)
+        out[~valid] = 0.0
+        model.probabilities(out)
+        return
+    out.fill(0.0)
+    if cut == np.inf:
+        return
+    keep = np.greater_equal(scores, np.float32(cut))  # NaN (no valid score) compares false
+    keep &= valid
+    out[keep] = model.probabilities(scores[keep])

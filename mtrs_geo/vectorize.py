@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 _FOUR_CONNECTED = np.array([[False, True, False], [True, True, True], [False, True, False]])
 # Strips hold about this many pixels (~20 B/px while labelling): memory follows the width only.
 _STRIP_PIXELS = 2 * 1024 * 1024
-# Empty columns wider than this split a strip into separately polygonized column ranges.
-_MIN_COLUMN_GAP = 32
+# Empty bands of rows or columns wider than this split a strip into separately polygonized blocks.
+_MIN_GAP = 32
+Block = tuple[int, int, int, int]  # top, bottom, left, right (pixels of a strip)
 
 
 @dataclass
@@ -71,11 +72,37 @@ def default_block_rows(width: int) -> int:
 
 
 def changed_mask(values: np.ndarray, threshold: float, nodata: float | None) -> np.ndarray:
-    """Pixels that count as changed: finite, not nodata, and at or above ``threshold``."""
-    mask = np.isfinite(values) & (values >= threshold)
-    if nodata is not None and np.isfinite(nodata):
+    """Pixels that count as changed: finite, not nodata, and at or above ``threshold``.
+
+    One comparison over the strip (NaN compares false); nodata and infinities are looked for only
+    where they could count, among the few pixels at or above the threshold.
+    """
+    mask = np.greater_equal(values, threshold)
+    if nodata is not None and np.isfinite(nodata) and nodata >= threshold:
         mask &= values != nodata
+    if np.isinf(values[mask]).any():  # +inf passes the comparison but is not a probability
+        mask &= np.isfinite(values)
     return mask
+
+
+def label_changes(mask: np.ndarray, blocks: Sequence[Block]) -> tuple[np.ndarray, int]:
+    """4-connected labels (int32, 0 = unchanged) and their count, like ``scipy.ndimage.label``.
+
+    Only the ``blocks`` (:func:`change_blocks`) are labelled: no 4-connected region leaves its
+    block, and labelling costs per pixel, so a sparse strip costs a fraction of its area. Labels
+    are numbered block by block.
+    """
+    from scipy import ndimage
+
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    count = 0
+    for top, bottom, left, right in blocks:
+        block = labels[top:bottom, left:right]
+        found = ndimage.label(mask[top:bottom, left:right], structure=_FOUR_CONNECTED, output=block)
+        if found:
+            block[block > 0] += count
+            count += int(found)
+    return labels, count
 
 
 def _components(nodes: int, first: np.ndarray, second: np.ndarray) -> tuple[int, np.ndarray]:
@@ -91,23 +118,50 @@ def _components(nodes: int, first: np.ndarray, second: np.ndarray) -> tuple[int,
     return int(count), component
 
 
-def _column_runs(mask: np.ndarray, min_gap: int = _MIN_COLUMN_GAP) -> list[tuple[int, int]]:
-    """Column ranges ``[start, stop)`` holding every changed pixel, split at wide empty gaps.
-
-    No 4-connected region crosses an empty column, so each range can be polygonized alone: sparse
-    changes then cost a fraction of the strip's width.
-    """
-    active = np.flatnonzero(mask.any(axis=0))
-    if active.size == 0:
+def _runs(active: np.ndarray, min_gap: int) -> list[tuple[int, int]]:
+    """Return the ``[start, stop)`` ranges of ``active``'s True entries, split at gaps > min_gap."""
+    index = np.flatnonzero(active)
+    if index.size == 0:
         return []
-    breaks = np.flatnonzero(np.diff(active) > min_gap)
-    starts = np.concatenate([[active[0]], active[breaks + 1]])
-    stops = np.concatenate([active[breaks], [active[-1]]]) + 1
+    breaks = np.flatnonzero(np.diff(index) > min_gap)
+    starts = np.concatenate([[index[0]], index[breaks + 1]])
+    stops = np.concatenate([index[breaks], [index[-1]]]) + 1
     return list(zip(starts.tolist(), stops.tolist(), strict=True))
 
 
+def change_blocks(mask: np.ndarray, min_gap: int = _MIN_GAP) -> list[Block]:
+    """Rectangles ``(top, bottom, left, right)`` that hold every changed pixel of ``mask``.
+
+    Cut recursively at empty bands of columns and of rows wider than ``min_gap`` (an X-Y cut), and
+    trimmed to their changes: no 4-connected region crosses an empty band, so each block can be
+    labelled and polygonized alone, and sparse changes cost a fraction of the strip's area. The
+    blocks come sorted by their left column, then their top row.
+    """
+    blocks: list[Block] = []
+    # (block, the axis to cut next: 1 columns, 0 rows, and whether the last cut changed nothing)
+    pending: list[tuple[Block, int, bool]] = [((0, mask.shape[0], 0, mask.shape[1]), 1, False)]
+    while pending:
+        (top, bottom, left, right), axis, settled = pending.pop()
+        part = mask[top:bottom, left:right]
+        runs = _runs(np.asarray(part.any(axis=1 - axis)), min_gap)
+        if axis == 1:
+            pieces = [(top, bottom, left + start, left + stop) for start, stop in runs]
+        else:
+            pieces = [(top + start, top + stop, left, right) for start, stop in runs]
+        unchanged = pieces == [(top, bottom, left, right)]
+        if unchanged and settled:
+            blocks.append((top, bottom, left, right))
+            continue
+        pending.extend((piece, 1 - axis, unchanged) for piece in pieces)
+    return sorted(blocks, key=lambda block: (block[2], block[0]))
+
+
 def _piece_polygons(
-    labels: np.ndarray, mask: np.ndarray, row_offset: int, col_offset: int = 0
+    labels: np.ndarray,
+    mask: np.ndarray,
+    blocks: Sequence[Block],
+    row_offset: int,
+    col_offset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Polygonize a label image: ``(labels, polygons)``, in whole-raster pixel coordinates.
 
@@ -118,12 +172,9 @@ def _piece_polygons(
     coords: list[tuple[float, float]] = []
     ring_lengths: list[int] = []
     rings_per_polygon: list[int] = []
-    for start, stop in _column_runs(mask):
-        # Only the rows holding changes of this column range: polygonizing costs per pixel.
-        rows = np.flatnonzero(mask[:, start:stop].any(axis=1))
-        top, bottom = int(rows[0]), int(rows[-1]) + 1
-        block = np.ascontiguousarray(labels[top:bottom, start:stop])
-        to_raster = Affine.translation(col_offset + start, row_offset + top)
+    for top, bottom, left, right in blocks:  # polygonizing costs per pixel: the blocks only
+        block = np.ascontiguousarray(labels[top:bottom, left:right])
+        to_raster = Affine.translation(col_offset + left, row_offset + top)
         for geom, value in shapes(block, mask=block > 0, connectivity=4, transform=to_raster):
             values.append(int(value))
             rings = geom["coordinates"]
@@ -174,9 +225,8 @@ class RegionMerger:
         previous_last_row = self._previous_last_row
         next_key = self._next_key
         mask = changed_mask(values, self.threshold, self.nodata)
-        from scipy import ndimage
-
-        labels, count = ndimage.label(mask, structure=_FOUR_CONNECTED)
+        blocks = change_blocks(mask)
+        labels, count = label_changes(mask, blocks)
         # Graph nodes: this strip's labels 1..count -> 0..count-1, then the open regions.
         open_keys = np.sort(np.fromiter(open_regions, dtype=np.int64, count=len(open_regions)))
         nodes = count + open_keys.size
@@ -203,7 +253,9 @@ class RegionMerger:
             weights = values[mask].astype(np.float64)
             sums = np.bincount(changed_labels, weights=weights, minlength=count + 1)[1:]
             pixels = np.bincount(changed_labels, minlength=count + 1)[1:]
-            piece_labels, polygons = _piece_polygons(labels, mask, row_offset, self.col_offset)
+            piece_labels, polygons = _piece_polygons(
+                labels, mask, blocks, row_offset, self.col_offset
+            )
             piece_nodes = component[piece_labels - 1]
             # Most regions are one finished piece: emit those without any bookkeeping.
             alone = np.bincount(component, minlength=components)[piece_nodes] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -51,20 +52,24 @@ class TilePredictedCva(ChangeModel):
         return self.inner.predict(before, after)
 
 
-def _outputs(pair: ScenePair, out: Path, model: ChangeModel, **options: Any) -> dict[str, Any]:
+def _outputs(
+    pair: ScenePair, out: Path, model: ChangeModel, raster: bool = True, **options: Any
+) -> dict[str, Any]:
     """Run cva on ``pair`` with ``model``; return its probabilities, polygons and tile counts."""
     out.mkdir()
     config = DetectConfig(
         before=pair.before,
         after=pair.after,
         output=out / "changes.gpkg",
-        mask_out=out / "probability.tif",
+        mask_out=out / "probability.tif" if raster else None,
         model="cva",
         **options,
     )
     result = detect(config, models=lambda name: model)
-    with rasterio.open(out / "probability.tif") as src:
-        probability = src.read(1)
+    probability = None
+    if raster:
+        with rasterio.open(out / "probability.tif") as src:
+            probability = src.read(1)
     table = pyogrio.read_dataframe(out / "changes.gpkg")
     return {
         "probability": probability,
@@ -84,9 +89,10 @@ def bordered_pair(tmp_path: Path) -> ScenePair:
 
 def _assert_same(one: dict[str, Any], other: dict[str, Any]) -> None:
     """The same outputs, up to the float rounding of the tile path's blend of equal answers."""
-    np.testing.assert_allclose(one["probability"], other["probability"], rtol=0, atol=1e-6)
-    nodata = one["probability"] == PROBABILITY_NODATA
-    assert np.array_equal(nodata, other["probability"] == PROBABILITY_NODATA)
+    if one["probability"] is not None:
+        np.testing.assert_allclose(one["probability"], other["probability"], rtol=0, atol=1e-6)
+        nodata = one["probability"] == PROBABILITY_NODATA
+        assert np.array_equal(nodata, other["probability"] == PROBABILITY_NODATA)
     assert one["wkb"] == other["wkb"]
     assert one["attributes"].keys() == other["attributes"].keys()
     for name, values in one["attributes"].items():
@@ -112,6 +118,44 @@ def test_reading_each_pixel_once_gives_the_outputs_of_predicting_every_tile(
     tiled = _outputs(bordered_pair, tmp_path / "tiled", TilePredictedCva(), **options)
     assert len(once["wkb"]) > 0
     _assert_same(once, tiled)
+
+
+class CountingCva(ChangeVectorAnalysis):
+    """cva that counts the pixels it is asked the probability of."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        self.asked += scores.size
+        return super().probabilities(scores)
+
+
+def test_polygons_alone_need_the_probabilities_of_the_changed_pixels_only(
+    bordered_pair: ScenePair, tmp_path: Path
+) -> None:
+    options = {"tile_size": 96, "overlap": 24, "panel_width": 200}
+    counting = CountingCva()
+    once = _outputs(bordered_pair, tmp_path / "once", counting, raster=False, **options)
+    tiled = _outputs(bordered_pair, tmp_path / "tiled", TilePredictedCva(), raster=False, **options)
+    assert len(once["wkb"]) > 0
+    _assert_same(once, tiled)
+    assert 0 < counting.asked < 384 * 384 / 4  # the scene's changed pixels and a margin
+
+
+def test_cva_probabilities_stay_below_a_level_under_its_min_score() -> None:
+    model = ChangeVectorAnalysis()
+    model.threshold, model.scale = 0.3, 0.02
+    for level in (0.1, 0.5, 0.9):
+        cut = model.min_score(level)
+        below = np.linspace(cut - 0.2, cut, 1000, dtype=np.float32)[:-1]
+        assert (model.probabilities(below.copy()) < level).all()
+        step = np.float32(0.01 * model.scale)
+        above = np.float32(cut) + step * np.arange(1, 10, dtype=np.float32)
+        assert (model.probabilities(above) >= level).any()
+    model.threshold = math.inf
+    assert model.min_score(0.5) == math.inf
 
 
 def test_an_area_of_interest_gives_the_outputs_of_predicting_every_tile(

@@ -160,3 +160,23 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path: Path) -> None
     torch.save([1, 2], crafted / STATE_FILE)
     with pytest.raises(InputError, match="not an mtrs trainer state"):
         load_trainer_state(crafted)
+
+
+def test_a_continuation_takes_setting_overrides_over_its_checkpoint(tmp_path: Path) -> None:
+    from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
+    from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
+    from mtrs_geo.models.training.loop import build_network
+
+    start = tmp_path / "start"
+    MTRefSegR1(MTRefSegR1Config.from_size("tiny", text_model_config=TINY_TEXT)).save_pretrained(
+        start
+    )
+    source = {"type": "change_folder", "root": "cd"}
+    overrides = {"text_model_config": TINY_TEXT, "dice_weight": 2.5}
+    path = _config(tmp_path / "c.yaml", 2, source, tmp_path / "r", init_from=str(start),
+                   overrides=overrides)  # fmt: skip
+    assert build_network(load_config(path)).config.dice_weight == 2.5
+    bad = _config(tmp_path / "bad.yaml", 2, source, tmp_path / "r", init_from=str(start),
+                  overrides={"dice_wieght": 2.5})  # fmt: skip
+    with pytest.raises(InputError, match="dice_wieght"):
+        build_network(load_config(bad))

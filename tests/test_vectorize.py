@@ -303,3 +303,25 @@ def test_small_regions_are_dropped_while_streaming_but_not_halves_cut_by_a_seam(
     assert 0 < len(kept) < len(expected)
     assert sorted(result["pixel_count"]) == sorted(kept["pixel_count"])
     assert 16 in set(result["pixel_count"])  # the two halves of 8, joined across the seam
+
+
+@pytest.mark.parametrize("density", [0.0, 0.002, 0.02, 0.4])
+def test_change_blocks_cover_every_change_once_and_label_like_scipy(density: float) -> None:
+    from mtrs_geo.vectorize import change_blocks, label_changes
+
+    rng = np.random.default_rng(7)
+    mask = rng.random((96, 400)) < density
+    mask[:, 150:200] = False  # an empty band of columns
+    mask[40:80, 200:] = False  # and of rows, right of it
+    blocks = change_blocks(mask, min_gap=4)
+    cover = np.zeros(mask.shape, dtype=int)
+    for top, bottom, left, right in blocks:
+        cover[top:bottom, left:right] += 1
+    assert cover.max(initial=0) <= 1 and not (mask & (cover == 0)).any()
+    if density > 0:  # the blocks leave the empty bands out
+        assert cover[:, 150:200].sum() == 0 and cover[40:80, 200:].sum() == 0
+    labels, count = label_changes(mask, blocks)
+    expected, expected_count = ndimage.label(mask)  # 4-connected by default
+    assert count == expected_count
+    assert np.array_equal(labels > 0, mask)
+    assert len(set(zip(labels[mask].tolist(), expected[mask].tolist(), strict=True))) == count

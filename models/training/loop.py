@@ -169,7 +169,11 @@ def seed_everything(seed: int) -> None:
 
 
 def build_network(config: TrainConfig) -> torch.nn.Module:
-    """Build the model: fresh at ``model.size`` with overrides, or from ``model.init_from``."""
+    """Build the model: fresh at ``model.size`` with overrides, or from ``model.init_from``.
+
+    With ``init_from`` the overrides change the checkpoint's configuration (e.g. the loss weights
+    of a continuation); a key the configuration does not have is an error.
+    """
     from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
     from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
 
@@ -177,8 +181,12 @@ def build_network(config: TrainConfig) -> torch.nn.Module:
         folder = Path(config.model.init_from)
         if not (folder / "config.json").is_file():
             raise InputError(f"model.init_from {folder} is not a checkpoint folder (config.json)")
+        overrides = dict(config.model.overrides)
+        unknown = sorted(key for key in overrides if not hasattr(MTRefSegR1Config(), key))
+        if unknown:
+            raise InputError(f"model.overrides: {', '.join(unknown)} is not a model setting")
         with quiet_loading():
-            return MTRefSegR1.from_pretrained(folder, local_files_only=True)
+            return MTRefSegR1.from_pretrained(folder, local_files_only=True, **overrides)
     return MTRefSegR1(MTRefSegR1Config.from_size(config.model.size, **config.model.overrides))
 
 

@@ -253,6 +253,17 @@ class ChangeVectorAnalysis(PixelScoreModel):
         scores += np.float32(1.0)
         return np.reciprocal(scores, out=scores)
 
+    def min_score(self, probability: float) -> float:
+        """Return the magnitude of the logistic's ``probability`` level, less 0.01 of its scale.
+
+        ``inf`` when the threshold is (no change: every probability is 0).
+        """
+        threshold = self.threshold if self.threshold is not None else 0.5
+        if math.isinf(threshold):
+            return math.inf
+        logit = math.log(probability / (1.0 - probability))
+        return threshold + self.scale * (logit - 0.01)
+
     def predict(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         """Return the change probability ``(B, H, W)`` (uncalibrated: the batch sets the cut)."""
         magnitude = change_magnitude(before, after)
