@@ -313,7 +313,7 @@ def test_change_blocks_cover_every_change_once_and_label_like_scipy(density: flo
     mask = rng.random((96, 400)) < density
     mask[:, 150:200] = False  # an empty band of columns
     mask[40:80, 200:] = False  # and of rows, right of it
-    blocks = change_blocks(mask, min_gap=4)
+    blocks = change_blocks(mask, min_gap=4, split_pixels=0)
     cover = np.zeros(mask.shape, dtype=int)
     for top, bottom, left, right in blocks:
         cover[top:bottom, left:right] += 1
@@ -325,3 +325,16 @@ def test_change_blocks_cover_every_change_once_and_label_like_scipy(density: flo
     assert count == expected_count
     assert np.array_equal(labels > 0, mask)
     assert len(set(zip(labels[mask].tolist(), expected[mask].tolist(), strict=True))) == count
+
+
+def test_change_blocks_are_not_cut_at_bands_cheaper_than_a_polygonizing_call() -> None:
+    from mtrs_geo.vectorize import change_blocks
+
+    mask = np.zeros((100, 1000), dtype=bool)
+    mask[10:20, 0:10] = mask[10:20, 50:60] = mask[10:20, 900:910] = True
+    # 40 empty columns of the strip's 100 rows: 4000 pixels, not worth a call; 840 columns are
+    assert change_blocks(mask, min_gap=4, split_pixels=5000) == [
+        (10, 20, 0, 60),
+        (10, 20, 900, 910),
+    ]
+    assert len(change_blocks(mask, min_gap=4, split_pixels=0)) == 3
