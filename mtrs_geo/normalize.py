@@ -67,10 +67,18 @@ def percentiles(values: np.ndarray, q: list[float]) -> np.ndarray:
     times faster on the millions of pixels the statistics are drawn from).
     """
     if values.dtype.kind in "ui" and values.size:
-        low = int(values.min())
-        span = int(values.max()) - low
-        if span < 1 << 20:
-            counts = np.bincount(values.astype(np.int64) - low, minlength=span + 1)
+        if values.dtype.kind == "u" and values.dtype.itemsize <= 2:  # counted as they are
+            low, span = 0, (1 << (8 * values.dtype.itemsize)) - 1
+            counts = np.bincount(values, minlength=span + 1)
+        else:
+            low = int(values.min())
+            span = int(values.max()) - low
+            counts = (
+                np.bincount(values.astype(np.int64) - low, minlength=span + 1)
+                if span < 1 << 20
+                else None
+            )
+        if counts is not None:
             cumulative = np.cumsum(counts)
             position = np.asarray(q, dtype=np.float64) / 100.0 * (values.size - 1)
             below = np.floor(position).astype(np.int64)
