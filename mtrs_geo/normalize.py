@@ -67,6 +67,7 @@ def percentiles(values: np.ndarray, q: list[float]) -> np.ndarray:
     times faster on the millions of pixels the statistics are drawn from).
     """
     if values.dtype.kind in "ui" and values.size:
+        counts: np.ndarray | None
         if values.dtype.kind == "u" and values.dtype.itemsize <= 2:  # counted as they are
             low, span = 0, (1 << (8 * values.dtype.itemsize)) - 1
             counts = np.bincount(values, minlength=span + 1)
