@@ -362,7 +362,6 @@ def score_rows(
                 valid = area.inside(grid, window, valid)
             loaded = time.perf_counter()
             _probabilities_into(model, strip[:count, : own[1]], valid, cut, rows)
-            np.copyto(rows, np.float32(PROBABILITY_NODATA), where=~valid)
             scored = time.perf_counter()
             for sink in sinks:
                 sink.put(top, panel.col_off, rows)
@@ -376,19 +375,21 @@ def score_rows(
 def _probabilities_into(
     model: PixelScoreModel, scores: np.ndarray, valid: np.ndarray, cut: float, out: np.ndarray
 ) -> None:
-    """Write the probabilities of the valid ``scores`` into ``out`` (``scores`` is kept).
+    """Write the probabilities of the valid ``scores`` into ``out``, nodata elsewhere.
 
-    With a finite ``cut`` only the valid pixels scoring at or above it are computed, the rest
-    are 0; an infinite one (``inf``: nothing can change) leaves every pixel 0.
+    ``scores`` is kept. With a finite ``cut`` only the valid pixels scoring at or above it are
+    computed, the other valid ones are 0; an infinite one (``inf``: nothing can change) leaves
+    every valid pixel 0.
     """
+    invalid = ~valid
     if cut == -np.inf:
         np.copyto(out, scores)
-        out[~valid] = 0.0
+        out[invalid] = 0.0
         model.probabilities(out)
-        return
-    out.fill(0.0)
-    if cut == np.inf:
-        return
-    keep = np.greater_equal(scores, np.float32(cut))  # NaN (no valid score) compares false
-    keep &= valid
-    out[keep] = model.probabilities(scores[keep])
+    else:
+        out.fill(0.0)
+        if cut != np.inf:
+            keep = np.greater_equal(scores, np.float32(cut))  # NaN (no valid score): false
+            keep &= valid
+            out[keep] = model.probabilities(scores[keep])
+    np.copyto(out, np.float32(PROBABILITY_NODATA), where=invalid)
