@@ -53,7 +53,7 @@ _WAIT_SECONDS = 0.1
 
 
 def scores_in_memory(height: int, width: int) -> np.ndarray:
-    """A float32 ``(height, width)`` array in fresh memory, its pages mapped at once where possible.
+    """Return a float32 ``(height, width)`` array in fresh memory, mapped at once where possible.
 
     An anonymous memory map of its own, not ``np.empty``: numpy asks the kernel for huge pages on
     large arrays, and the first touch of 256 MiB of them by the pass's threads cost 0.5-0.9 s of
@@ -88,6 +88,8 @@ class ScoreStore:
         self.path: Path | None = None
         self._array: np.ndarray | None = None
         self._fd = -1
+        # (row_off, col_off, height, width) of each window written with an invalid pixel
+        self._holes: list[tuple[int, int, int, int]] = []
         if height * width * _FLOAT.itemsize <= memory_bytes:
             self._array = scores_in_memory(height, width)
         else:
@@ -111,6 +113,7 @@ class ScoreStore:
         inside = valid[:h, :w]
         if not inside.all():
             np.copyto(tile, np.float32(np.nan), where=~inside)
+            self._holes.append((row_off, col_off, h, w))  # list.append: safe across threads
         if self._array is not None:
             return
         for row in range(h):
@@ -121,12 +124,23 @@ class ScoreStore:
         h, w = int(window.height), int(window.width)
         self.write(window, np.zeros((h, w), _FLOAT), np.zeros((h, w), dtype=bool))
 
+    def all_valid(self, row_off: int, col_off: int, height: int, width: int) -> bool:
+        """Return True when every pixel of the block has a score (no window there had a hole)."""
+        return not any(
+            r < row_off + height and row_off < r + h and c < col_off + width and col_off < c + w
+            for r, c, h, w in self._holes
+        )
+
     def read(self, row_off: int, col_off: int, out: np.ndarray) -> np.ndarray:
-        """Copy the scores of rows ``row_off...`` and columns ``col_off...`` into ``out`` (2-D)."""
+        """Return the scores of rows ``row_off...`` and columns ``col_off...`` (``out``'s shape).
+
+        A read-only view of the kept scores when they are in memory (no copy), else ``out``.
+        """
         h, w = out.shape
         if self._array is not None:
-            np.copyto(out, self._array[row_off : row_off + h, col_off : col_off + w])
-            return out
+            view = self._array[row_off : row_off + h, col_off : col_off + w]
+            view.flags.writeable = False  # the caller reads the store, never changes it
+            return view
         for row in range(h):
             self._pread(out[row], (row_off + row) * self.width + col_off)
         return out
@@ -361,22 +375,26 @@ def score_rows(
             shape = (max(int(window.height) for window in row), panel.width)
             size = shape[0] * shape[1]
             strip = store.read(top, panel.col_off, strip_buffer[:size].reshape(shape))
-            invalid = np.isnan(strip, out=invalid_buffer[:size].reshape(shape))
-            for window in row:
-                first = int(window.col_off) - panel.col_off
-                tile = invalid[: int(window.height), first : first + int(window.width)]
-                if tile.all():
-                    skipped += 1
-                else:
-                    run += 1
             # This row of tiles finishes the rows above the next row of tiles' top.
             count = tile_tops[index + 1] - top if index + 1 < len(tile_tops) else shape[0]
             own = (count, panel.own_width)
             rows = rows_buffer[: own[0] * own[1]].reshape(own)
-            valid = ~invalid[:count, : own[1]]
-            if area is not None:  # pixels outside the area's polygons are nodata
-                window = Window(panel.col_off, top, own[1], count)
-                valid = area.inside(grid, window, valid)
+            valid: np.ndarray | None = None  # None: every pixel of the strip is valid
+            if area is None and store.all_valid(top, panel.col_off, *shape):
+                run += len(row)  # no NaN to look for, no nodata to write
+            else:
+                invalid = np.isnan(strip, out=invalid_buffer[:size].reshape(shape))
+                for window in row:
+                    first = int(window.col_off) - panel.col_off
+                    tile = invalid[: int(window.height), first : first + int(window.width)]
+                    if tile.all():
+                        skipped += 1
+                    else:
+                        run += 1
+                valid = ~invalid[:count, : own[1]]
+                if area is not None:  # pixels outside the area's polygons are nodata
+                    window = Window(panel.col_off, top, own[1], count)
+                    valid = area.inside(grid, window, valid)
             loaded = time.perf_counter()
             _probabilities_into(model, strip[:count, : own[1]], valid, cut, rows)
             scored = time.perf_counter()
@@ -390,23 +408,30 @@ def score_rows(
 
 
 def _probabilities_into(
-    model: PixelScoreModel, scores: np.ndarray, valid: np.ndarray, cut: float, out: np.ndarray
+    model: PixelScoreModel,
+    scores: np.ndarray,
+    valid: np.ndarray | None,
+    cut: float,
+    out: np.ndarray,
 ) -> None:
     """Write the probabilities of the valid ``scores`` into ``out``, nodata elsewhere.
 
-    ``scores`` is kept. With a finite ``cut`` only the valid pixels scoring at or above it are
-    computed, the other valid ones are 0; an infinite one (``inf``: nothing can change) leaves
-    every valid pixel 0.
+    ``scores`` is kept; ``valid`` None: every pixel is. With a finite ``cut`` only the valid
+    pixels scoring at or above it are computed, the other valid ones are 0; an infinite one
+    (``inf``: nothing can change) leaves every valid pixel 0.
     """
-    invalid = ~valid
+    invalid = None if valid is None else ~valid
     if cut == -np.inf:
         np.copyto(out, scores)
-        out[invalid] = 0.0
+        if invalid is not None:
+            out[invalid] = 0.0
         model.probabilities(out)
     else:
         out.fill(0.0)
         if cut != np.inf:
             keep = np.greater_equal(scores, np.float32(cut))  # NaN (no valid score): false
-            keep &= valid
+            if valid is not None:
+                keep &= valid
             out[keep] = model.probabilities(scores[keep])
-    np.copyto(out, np.float32(PROBABILITY_NODATA), where=invalid)
+    if invalid is not None:
+        np.copyto(out, np.float32(PROBABILITY_NODATA), where=invalid)

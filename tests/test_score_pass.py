@@ -108,16 +108,24 @@ def test_cva_is_a_pixel_score_model() -> None:
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
+@pytest.mark.parametrize("border", [40, 0])
 def test_reading_each_pixel_once_gives_the_outputs_of_predicting_every_tile(
-    bordered_pair: ScenePair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool, border: int
 ) -> None:
     if not in_memory:  # the scores go to a file in the scratch folder
         monkeypatch.setattr(score_pass, "SCORE_MEMORY_BYTES", 0)
+    # With a nodata border every strip holds nodata; without one, none does (no NaN looked for).
+    spec = ImageSpec(nodata=0, nodata_border=border) if border else ImageSpec()
+    pair = make_pair(tmp_path / "scene", before=spec, after=spec, extent=default_extent(3840.0))
     options = {"tile_size": 96, "overlap": 24, "panel_width": 200}
-    once = _outputs(bordered_pair, tmp_path / "once", build_model(), **options)
-    tiled = _outputs(bordered_pair, tmp_path / "tiled", TilePredictedCva(), **options)
-    assert len(once["wkb"]) > 0
-    _assert_same(once, tiled)
+    outputs = {}
+    for model, name in ((build_model(), "once"), (TilePredictedCva(), "tiled")):
+        for raster in (True, False):  # polygons alone: only the changed pixels' probabilities
+            folder = tmp_path / f"{name}-{raster}"
+            outputs[name, raster] = _outputs(pair, folder, model, raster=raster, **options)
+    assert len(outputs["once", True]["wkb"]) > 0
+    _assert_same(outputs["once", True], outputs["tiled", True])
+    _assert_same(outputs["once", False], outputs["tiled", False])
 
 
 class CountingCva(ChangeVectorAnalysis):
@@ -208,6 +216,20 @@ def test_a_score_file_round_trips_and_is_removed(tmp_path: Path) -> None:
     path = store.path
     store.close()
     assert not path.exists()
+
+
+def test_the_store_knows_the_blocks_where_every_pixel_has_a_score(tmp_path: Path) -> None:
+    store = ScoreStore(8, 8, tmp_path)
+    full = np.ones((4, 4), dtype=bool)
+    holed = full.copy()
+    holed[3, 3] = False
+    store.write(Window(0, 0, 4, 4), np.zeros((4, 4), np.float32), full)
+    store.write(Window(4, 0, 4, 4), np.zeros((4, 4), np.float32), holed)
+    store.write_missing(Window(0, 4, 4, 4))
+    assert store.all_valid(0, 0, 4, 4)
+    assert not store.all_valid(0, 0, 4, 5)  # reaches into the holed window
+    assert not store.all_valid(4, 0, 1, 1)  # the missing window
+    assert store.all_valid(4, 4, 4, 4)  # never written with a hole
 
 
 def test_tiles_come_a_row_of_a_panel_at_a_time() -> None:
