@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from rasterio.windows import Window
 from scenes import ImageSpec, ScenePair, default_extent, make_pair
 
 import mtrs_geo.score_pass as score_pass
-from mtrs_geo import align
+from mtrs_geo import align, pipeline
 from mtrs_geo.baselines.cva import ChangeVectorAnalysis, build_model
 from mtrs_geo.cancel import Cancelled
 from mtrs_geo.config import DetectConfig
@@ -328,3 +329,28 @@ def test_a_cancel_stops_the_workers_at_the_next_batch(
         )
     assert seen == [2]  # one batch of two windows, then no more
     assert not any(t.name.startswith(("mtrs-score", "mtrs-tile")) for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_the_first_tile_waits_for_the_polygon_libraries_to_be_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiled: bool
+) -> None:
+    # A slow stand-in for geopandas: importing it takes 0.3 s, then it says it is done.
+    (tmp_path / "slow_polygon_library.py").write_text("import time\ntime.sleep(0.3)\ndone = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "slow_polygon_library", raising=False)
+    monkeypatch.setattr(pipeline, "VECTORIZING_MODULES", ("slow_polygon_library",))
+    model = TilePredictedCva() if tiled else build_model()
+    seen: list[bool] = []
+    asked = "predict_queries" if tiled else "scores"
+    first = getattr(model, asked)
+
+    def watched(*args: Any) -> Any:
+        module = sys.modules.get("slow_polygon_library")
+        seen.append(getattr(module, "done", False))
+        return first(*args)
+
+    monkeypatch.setattr(model, asked, watched)
+    pair = make_pair(tmp_path / "scene", extent=default_extent(1920.0))
+    _outputs(pair, tmp_path / "out", model, tile_size=96, overlap=24)
+    assert seen and all(seen)
