@@ -1091,7 +1091,7 @@ def _staged_outputs(folder: Path) -> Iterator[StagedOutputs]:
 
 
 # What polygons need, imported while a run sets up (:func:`_import_vectorizing_libraries`).
-VECTORIZING_MODULES = ("geopandas", "scipy.ndimage", "scipy.sparse.csgraph")
+VECTORIZING_MODULES = ("geopandas", "scipy.ndimage")
 
 
 def _import_vectorizing_libraries() -> threading.Thread:

@@ -18,6 +18,7 @@ from scipy import ndimage
 from mtrs_geo.grid import Panel
 from mtrs_geo.vectorize import (
     StreamingVectorizer,
+    _components,
     default_block_rows,
     iter_regions,
     join_at_seam,
@@ -338,3 +339,23 @@ def test_change_blocks_are_not_cut_at_bands_cheaper_than_a_polygonizing_call() -
         (10, 20, 900, 910),
     ]
     assert len(change_blocks(mask, min_gap=4, split_pixels=0)) == 3
+
+
+def test_components_of_the_merge_graphs_are_those_scipy_finds() -> None:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(0)
+    graphs = [(1, np.array([], int), np.array([], int)), (5, np.array([4, 3]), np.array([4, 1]))]
+    for _ in range(300):
+        nodes, edges = int(rng.integers(1, 60)), int(rng.integers(0, 80))
+        graphs.append((nodes, rng.integers(0, nodes, edges), rng.integers(0, nodes, edges)))
+    path = rng.permutation(5000)  # a long chain in random order
+    graphs.append((5000, path[:-1], path[1:]))
+    for nodes, first, second in graphs:
+        ones = np.ones(first.size, dtype=np.int8)
+        graph = coo_matrix((ones, (first, second)), shape=(nodes, nodes))
+        count, component = connected_components(graph, directed=False)
+        got_count, got = _components(nodes, first, second)
+        assert got_count == count
+        assert np.array_equal(got, component)
