@@ -19,9 +19,13 @@ from mtrs_geo.grid import Panel
 from mtrs_geo.vectorize import (
     StreamingVectorizer,
     _components,
+    _piece_polygons,
+    change_blocks,
     default_block_rows,
     iter_regions,
     join_at_seam,
+    label_changes,
+    pack_blocks,
     strip_bounds,
 )
 
@@ -308,8 +312,6 @@ def test_small_regions_are_dropped_while_streaming_but_not_halves_cut_by_a_seam(
 
 @pytest.mark.parametrize("density", [0.0, 0.002, 0.02, 0.4])
 def test_change_blocks_cover_every_change_once_and_label_like_scipy(density: float) -> None:
-    from mtrs_geo.vectorize import change_blocks, label_changes
-
     rng = np.random.default_rng(7)
     mask = rng.random((96, 400)) < density
     mask[:, 150:200] = False  # an empty band of columns
@@ -359,3 +361,36 @@ def test_components_of_the_merge_graphs_are_those_scipy_finds() -> None:
         got_count, got = _components(nodes, first, second)
         assert got_count == count
         assert np.array_equal(got, component)
+
+
+def test_packed_blocks_keep_a_pixel_of_space_between_them() -> None:
+    rng = np.random.default_rng(1)
+    sizes = [(int(rng.integers(1, 40)), int(rng.integers(1, 90))) for _ in range(200)]
+    places, height, width = pack_blocks(sizes)
+    grown = np.zeros((height + 1, width + 1), dtype=np.int32)
+    for (row, col), (h, w) in zip(places, sizes, strict=True):
+        assert row + h <= height and col + w <= width
+        grown[row : row + h + 1, col : col + w + 1] += 1  # each block and a pixel right and below
+    assert grown.max() == 1  # no block touches another, even at a corner
+    assert height * width < 2 * sum(h * w for h, w in sizes) + 4000  # no shelf left mostly empty
+
+
+def test_polygons_of_the_packed_blocks_are_those_of_each_block_alone() -> None:
+    rng = np.random.default_rng(2)
+    mask = ndimage.binary_dilation(rng.random((300, 500)) < 0.002, iterations=3)
+    mask[40:60, 40:70] = True
+    mask[45:50, 50:55] = False  # a region with a hole
+    blocks = change_blocks(mask, min_gap=4, split_pixels=1)
+    assert len(blocks) > 20
+    labels, _ = label_changes(mask, blocks)
+    got_labels, got = _piece_polygons(labels, mask, blocks, row_offset=1000, col_offset=30)
+    expected = {}
+    for top, bottom, left, right in blocks:
+        block = np.ascontiguousarray(labels[top:bottom, left:right])
+        place = Affine.translation(30 + left, 1000 + top)
+        for geom, value in shapes(block, mask=block > 0, connectivity=4, transform=place):
+            expected[int(value)] = shapely.geometry.shape(geom)
+    assert sorted(got_labels.tolist()) == sorted(expected)
+    assert any(len(polygon.interiors) for polygon in got)
+    for label, polygon in zip(got_labels.tolist(), got, strict=True):
+        assert polygon.equals(expected[label])
