@@ -42,8 +42,10 @@ _FOUR_CONNECTED = np.array([[False, True, False], [True, True, True], [False, Tr
 _STRIP_PIXELS = 2 * 1024 * 1024
 # Empty bands of rows or columns wider than this split a strip into separately polygonized blocks.
 _MIN_GAP = 32
-# A call of rasterio's ``shapes`` costs about as much as polygonizing this many pixels (0.6 ms at
-# 20 ns per pixel): a narrower empty band is not worth cutting a block at.
+# A narrower empty band is not worth cutting a block at. Set when every block cost a call of
+# rasterio's ``shapes`` (0.6 ms, polygonizing this many pixels at 20 ns each); the blocks of a strip
+# now share one call (:func:`_piece_polygons`), and a block still costs a labelling call and its
+# bookkeeping. Not re-tuned since.
 _SPLIT_PIXELS = 32 * 1024
 Block = tuple[int, int, int, int]  # top, bottom, left, right (pixels of a strip)
 
@@ -125,9 +127,11 @@ def _components(nodes: int, first: np.ndarray, second: np.ndarray) -> tuple[int,
         np.minimum.at(joined, first, lowest)
         np.minimum.at(joined, second, lowest)
         np.minimum.at(joined, root, joined)  # a root takes the lowest label of its members
-        joined = joined[joined]  # pointer jumping: each node to its root's root
-        while not np.array_equal(joined, joined[joined]):
-            joined = joined[joined]
+        while True:  # pointer jumping: each node to its root's root, until they settle
+            jumped = joined[joined]
+            if np.array_equal(jumped, joined):
+                break
+            joined = jumped
         if np.array_equal(joined, root):
             break
         root = joined
@@ -154,8 +158,8 @@ def change_blocks(
     Cut recursively at empty bands of columns and of rows wider than ``min_gap`` (an X-Y cut),
     and trimmed to their changes: no 4-connected region crosses an empty band, so each block can
     be labelled and polygonized alone, and sparse changes cost a fraction of the strip's area.
-    A band of fewer than ``split_pixels`` pixels is not cut at: a block costs a call of
-    :func:`rasterio.features.shapes`, worth that many pixels. The blocks come sorted by their left
+    A band of fewer than ``split_pixels`` pixels is not cut at: a block has a fixed cost (a
+    labelling call and its bookkeeping). The blocks come sorted by their left
     column, then their top row.
     """
     blocks: list[Block] = []
@@ -188,7 +192,6 @@ def change_blocks(
 
 def _piece_polygons(
     labels: np.ndarray,
-    mask: np.ndarray,
     blocks: Sequence[Block],
     row_offset: int,
     col_offset: int = 0,
@@ -330,9 +333,7 @@ class RegionMerger:
             weights = values[mask].astype(np.float64)
             sums = np.bincount(changed_labels, weights=weights, minlength=count + 1)[1:]
             pixels = np.bincount(changed_labels, minlength=count + 1)[1:]
-            piece_labels, polygons = _piece_polygons(
-                labels, mask, blocks, row_offset, self.col_offset
-            )
+            piece_labels, polygons = _piece_polygons(labels, blocks, row_offset, self.col_offset)
             piece_nodes = component[piece_labels - 1]
             # Most regions are one finished piece: emit those without any bookkeeping.
             alone = np.bincount(component, minlength=components)[piece_nodes] == 1

@@ -330,9 +330,7 @@ def test_change_blocks_cover_every_change_once_and_label_like_scipy(density: flo
     assert len(set(zip(labels[mask].tolist(), expected[mask].tolist(), strict=True))) == count
 
 
-def test_change_blocks_are_not_cut_at_bands_cheaper_than_a_polygonizing_call() -> None:
-    from mtrs_geo.vectorize import change_blocks
-
+def test_change_blocks_are_not_cut_at_bands_cheaper_than_a_block() -> None:
     mask = np.zeros((100, 1000), dtype=bool)
     mask[10:20, 0:10] = mask[10:20, 50:60] = mask[10:20, 900:910] = True
     # 40 empty columns of the strip's 100 rows: 4000 pixels, not worth a call; 840 columns are
@@ -383,7 +381,7 @@ def test_polygons_of_the_packed_blocks_are_those_of_each_block_alone() -> None:
     blocks = change_blocks(mask, min_gap=4, split_pixels=1)
     assert len(blocks) > 20
     labels, _ = label_changes(mask, blocks)
-    got_labels, got = _piece_polygons(labels, mask, blocks, row_offset=1000, col_offset=30)
+    got_labels, got = _piece_polygons(labels, blocks, row_offset=1000, col_offset=30)
     expected = {}
     for top, bottom, left, right in blocks:
         block = np.ascontiguousarray(labels[top:bottom, left:right])
