@@ -172,7 +172,10 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
             default=DEFAULT_MODEL,
             show_default=True,
             callback=_library_check(check_model_name),
-            help="Registered model name (see `mtrs models`) or a checkpoint folder.",
+            help=(
+                "Registered model name (see `mtrs models`) or a checkpoint folder. The default "
+                "answers the query; `cva` is the fast baseline that finds any change."
+            ),
         ),
         click.option(
             "--bands",

@@ -47,7 +47,7 @@ from .backend import check_environment, model_names, run_detection
 from .environment import EnvironmentProblem
 from .inputs import export_area, stack_layers
 from .runner import DetectRequest, RunCancelled, RunFailed, RunSummary
-from .settings import DEVICES, current_settings
+from .settings import DEFAULT_MODEL, DEVICES, current_settings
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 ICON_PATH = PLUGIN_DIR / "icon.svg"
@@ -273,7 +273,7 @@ class ReferringChangeAlgorithm(QgsProcessingAlgorithm):
                 True,
             )
         )
-        default_model = "cva" if "cva" in self._models else self._models[0]
+        default_model = DEFAULT_MODEL if DEFAULT_MODEL in self._models else self._models[0]
         self.addParameter(
             QgsProcessingParameterEnum(
                 self.MODEL,

@@ -24,6 +24,9 @@ WARM_WORKER = "MTRS_WARM_WORKER"
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 # The engine's built-in models, offered while the environment is not probed yet (or cannot be).
 BUILTIN_MODELS = ["cva", "mtrefseg-r1"]
+# The model a run gets unless the user picks another: the engine's default (mtrs_geo.config), the
+# bundled language model that answers the query (cva finds any change whatever the words).
+DEFAULT_MODEL = "mtrefseg-r1"
 _MODELS_CACHE_KEY = "mtrs_geo_plugin/models_cache"
 
 

@@ -24,6 +24,7 @@ def test_an_extent_crops_the_grid_and_keeps_the_changes_inside(tmp_path: Path) -
     box = shapely.box(*first.buffer(60.0).bounds)
     output = tmp_path / "extent.gpkg"
     config = DetectConfig(
+        model="cva",
         before=pair.before, after=pair.after, output=output, mask_out=tmp_path / "p.tif",
         tile_size=64, overlap=8, extent=box.bounds,
     )  # fmt: skip
@@ -40,6 +41,7 @@ def test_an_extent_in_another_crs_is_transformed(tmp_path: Path) -> None:
     lonlat = gpd.GeoSeries([first.buffer(60.0)], crs=BASE_CRS).to_crs("EPSG:4326")
     output = tmp_path / "c.gpkg"
     config = DetectConfig(
+        model="cva",
         before=pair.before, after=pair.after, output=output, tile_size=64, overlap=8,
         extent=tuple(lonlat.total_bounds), extent_crs="EPSG:4326",
     )  # fmt: skip
@@ -54,7 +56,13 @@ def test_polygons_limit_the_run_to_their_inside(tmp_path: Path) -> None:
     gpd.GeoDataFrame(geometry=[first.buffer(30.0)], crs=BASE_CRS).to_file(area)
     output = tmp_path / "c.gpkg"
     config = DetectConfig(
-        before=pair.before, after=pair.after, output=output, tile_size=64, overlap=8, aoi=area
+        model="cva",
+        before=pair.before,
+        after=pair.after,
+        output=output,
+        tile_size=64,
+        overlap=8,
+        aoi=area,
     )
     detect(config)
     found = detected(output)
@@ -67,8 +75,8 @@ def test_an_area_outside_the_pair_or_upside_down_is_refused(tmp_path: Path) -> N
     pair = make_pair(tmp_path / "pair")
     base = {"before": pair.before, "after": pair.after, "output": tmp_path / "c.gpkg"}
     with pytest.raises(InputError, match="does not overlap"):
-        detect(DetectConfig(**base, extent=(0.0, 0.0, 10.0, 10.0)))
+        detect(DetectConfig(model="cva", **base, extent=(0.0, 0.0, 10.0, 10.0)))
     with pytest.raises(InputError, match="xmin < xmax"):
-        DetectConfig(**base, extent=(10.0, 0.0, 0.0, 10.0)).check()
+        DetectConfig(model="cva", **base, extent=(10.0, 0.0, 0.0, 10.0)).check()
     with pytest.raises(InputError, match="does not exist"):
-        DetectConfig(**base, aoi=tmp_path / "missing.gpkg").check()
+        DetectConfig(model="cva", **base, aoi=tmp_path / "missing.gpkg").check()

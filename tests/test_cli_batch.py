@@ -38,7 +38,7 @@ def test_batch_goes_on_past_a_failing_row_and_exits_1(folder: Path, tmp_path: Pa
         ],
     )
 
-    result = run_mtrs("batch", csv_path)
+    result = run_mtrs("batch", csv_path, "--model", "cva")
 
     assert result.code == 1
     assert files_in(out) == ["a.geojson", "b.gpkg"]

@@ -37,9 +37,11 @@ def test_planted_changes_come_back_at_their_ground_position(
     out = tmp_path / "changes.geojson"
     native = tmp_path / "changes.gpkg"
 
-    result = run_mtrs("detect", pair.before, pair.after, "-q", "new buildings", "-o", out)
+    result = run_mtrs(
+        "detect", "--model", "cva", pair.before, pair.after, "-q", "new buildings", "-o", out
+    )
     assert result.code == 0, result.err
-    run_mtrs("detect", pair.before, pair.after, "-o", native, "--quiet")
+    run_mtrs("detect", "--model", "cva", pair.before, pair.after, "-o", native, "--quiet")
 
     detected = assert_changes_found_in_place(out, pair.changes, BASE_CRS, pixel_m)
     assert set(detected["query"]) == {"new buildings"}
@@ -61,7 +63,9 @@ def test_nodata_borders_stay_out_of_the_polygons(tmp_path: Path) -> None:
         after=ImageSpec(crs="EPSG:3857", mask_border=True, nodata_border=12),
     )
     out, mask = tmp_path / "changes.fgb", tmp_path / "m.tif"
-    result = run_mtrs("detect", pair.before, pair.after, "-o", out, "--mask-out", mask)
+    result = run_mtrs(
+        "detect", "--model", "cva", pair.before, pair.after, "-o", out, "--mask-out", mask
+    )
     assert result.code == 0, result.err
     assert_changes_found_in_place(out, pair.changes, BASE_CRS, 10.0)
     with rasterio.open(mask) as src:
@@ -75,7 +79,7 @@ def test_json_summary_and_binary_mask(tmp_path: Path) -> None:
     out, mask = tmp_path / "changes.shp", tmp_path / "mask.tif"
 
     result = run_mtrs(
-        "detect", pair.before, pair.after, "-o", out, "--mask-out", mask,
+        "detect", pair.before, pair.after, "--model", "cva", "-o", out, "--mask-out", mask,
         "--mask-type", "binary", "--tile-size", "96", "--overlap", "16", "--json",
     )  # fmt: skip
 
@@ -98,7 +102,7 @@ def test_json_summary_and_binary_mask(tmp_path: Path) -> None:
 def test_progress_json_lines(tmp_path: Path) -> None:
     pair = make_pair(tmp_path / "data")
     result = run_mtrs(
-        "detect", pair.before, pair.after, "-o", tmp_path / "c.geojson",
+        "detect", pair.before, pair.after, "--model", "cva", "-o", tmp_path / "c.geojson",
         "--tile-size", "64", "--overlap", "0", "--batch-size", "3", "--progress-json",
     )  # fmt: skip
     assert result.code == 0, result.err
@@ -116,9 +120,9 @@ def test_progress_json_lines(tmp_path: Path) -> None:
 def test_min_area_and_simplify(tmp_path: Path) -> None:
     pair = make_pair(tmp_path / "data", after=ImageSpec(crs="EPSG:4326"))
     exact, filtered = tmp_path / "exact.gpkg", tmp_path / "filtered.gpkg"
-    assert run_mtrs("detect", pair.before, pair.after, "-o", exact).code == 0
+    assert run_mtrs("detect", "--model", "cva", pair.before, pair.after, "-o", exact).code == 0
     result = run_mtrs(
-        "detect", pair.before, pair.after, "-o", filtered, "--min-area", "50000",
+        "detect", pair.before, pair.after, "--model", "cva", "-o", filtered, "--min-area", "50000",
         "--simplify", "15",
     )  # fmt: skip
     assert result.code == 0, result.err
@@ -141,7 +145,8 @@ def test_any_change_and_explicit_options(tmp_path: Path) -> None:
     pair = make_pair(tmp_path / "data")
     out = tmp_path / "c.geojson"
     result = run_mtrs(
-        "detect", pair.before, pair.after, "-o", out, "--any-change", "--bands", "3,2,1",
+        "detect", pair.before, pair.after, "--model", "cva", "-o", out, "--any-change",
+        "--bands", "3,2,1",
         "--after-bands", "3,2,1", "--device", "cpu", "--threshold", "0.4", "--crs", "EPSG:3857",
         "--resolution", "14",
     )  # fmt: skip
@@ -178,7 +183,9 @@ def test_real_geotiff_change_is_found_where_it_was_planted(tmp_path: Path) -> No
     plant_patch(before, after)
     out = tmp_path / "changes.geojson"
 
-    result = run_mtrs("detect", before, after, "-q", "new pond", "-o", out, "--json")
+    result = run_mtrs(
+        "detect", "--model", "cva", before, after, "-q", "new pond", "-o", out, "--json"
+    )
 
     assert result.code == 0, result.err
     with rasterio.open(after) as src:
@@ -202,7 +209,7 @@ def test_real_geotiff_against_its_web_mercator_copy(tmp_path: Path) -> None:
     patch_utm = gpd.GeoSeries([patch], crs=3857).to_crs(32618).iloc[0]
     out = tmp_path / "changes.gpkg"
 
-    result = run_mtrs("detect", before, after, "-o", out, "--min-area", "1000000")
+    result = run_mtrs("detect", "--model", "cva", before, after, "-o", out, "--min-area", "1000000")
 
     assert result.code == 0, result.err
     detected = gpd.read_file(out)
@@ -215,7 +222,9 @@ def test_real_geotiff_against_its_web_mercator_copy(tmp_path: Path) -> None:
 
 def test_sample_pair_runs_offline(tmp_path: Path) -> None:
     out = tmp_path / "demo.geojson"
-    result = run_mtrs("detect", "--sample", "-q", "any change", "-o", out, "--json")
+    result = run_mtrs(
+        "detect", "--model", "cva", "--sample", "-q", "any change", "-o", out, "--json"
+    )
     assert result.code == 0, result.err
     assert json.loads(result.out)["polygons"] == len(gpd.read_file(out)) > 0
 

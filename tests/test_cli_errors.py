@@ -204,7 +204,9 @@ def test_unavailable_device_exits_2(tmp_path: Path, pairs: dict[str, tuple[Path,
 def test_an_accelerator_for_a_cpu_model_exits_2(
     tmp_path: Path, pairs: dict[str, tuple[Path, Path]]
 ) -> None:
-    result = run_mtrs("detect", *pairs["good"], "-o", tmp_path / "c.geojson", "--device", "cuda")
+    result = run_mtrs(
+        "detect", *pairs["good"], "-o", tmp_path / "c.geojson", "--model", "cva", "--device", "cuda"
+    )
     assert result.code == 2 and "'cva' runs on the CPU only" in result.err
     assert files_in(tmp_path) == []
 

@@ -150,8 +150,10 @@ def test_detect_on_the_cluster_writes_what_one_process_writes(
     split.mkdir()
     common = (scene.before, scene.after, *SPLIT, "--min-area", "60", "--json")
 
-    single = run_mtrs("detect", *common, "-o", one / "changes.gpkg", "--mask-out", one / "p.tif")
-    remote = run_mtrs("detect", *common, "-o", split / "changes.gpkg",
+    single = run_mtrs(
+        "detect", "--model", "cva", *common, "-o", one / "changes.gpkg", "--mask-out", one / "p.tif"
+    )
+    remote = run_mtrs("detect", "--model", "cva", *common, "-o", split / "changes.gpkg",
                       "--mask-out", split / "p.tif", "--scheduler", cluster)  # fmt: skip
 
     assert single.code == 0 and remote.code == 0, remote.err
@@ -172,6 +174,7 @@ def test_a_time_series_with_a_binary_mask_on_the_cluster_equals_one_process(
     cluster: str, scene: ScenePair, tmp_path: Path
 ) -> None:
     config = DetectConfig(
+        model="cva",
         before=scene.before, after=scene.after, more_images=(scene.before,),
         output=tmp_path / "one" / "changes.gpkg", mask_out=tmp_path / "one" / "mask.tif",
         mask_type="binary", tile_size=128, overlap=16, panel_width=300, batch_size=3,
@@ -196,6 +199,7 @@ def test_models_load_once_per_worker_process(
     from dask.distributed import Client
 
     config = DetectConfig(
+        model="cva",
         before=scene.before, after=scene.after, output=tmp_path / "a.geojson",
         tile_size=128, overlap=16, panel_width=130,
     )  # fmt: skip
@@ -248,6 +252,7 @@ def test_a_cancelled_cluster_run_stops_its_panels_and_leaves_no_file(
     out = tmp_path / "out"
     out.mkdir()
     config = DetectConfig(
+        model="cva",
         before=scene.before, after=scene.after, output=out / "changes.gpkg",
         mask_out=out / "p.tif", tile_size=64, overlap=8, panel_width=70,
     )  # fmt: skip
@@ -270,17 +275,17 @@ def test_errors_on_the_workers_come_back_as_one_line(
     monkeypatch.setattr("mtrs_geo.distributed.CONNECT_TIMEOUT_S", 2.0)  # Dask retries until then
     # The device is resolved where the model loads: on a worker.
     result = run_mtrs("detect", scene.before, scene.after, "-o", tmp_path / "c.gpkg",
-                      "--device", "cuda", "--scheduler", cluster)  # fmt: skip
+                      "--model", "cva", "--device", "cuda", "--scheduler", cluster)  # fmt: skip
     assert result.code == 2
     assert result.err.strip().splitlines() == [
         "Error: model 'cva' runs on the CPU only: choose device auto or cpu"
     ]
     missing = run_mtrs("detect", scene.before, tmp_path / "nowhere.tif", "-o", tmp_path / "c.gpkg",
-                       "--scheduler", cluster)  # fmt: skip
+                       "--model", "cva", "--scheduler", cluster)  # fmt: skip
     assert missing.code == 2 and "does not exist" in missing.err
     assert "Traceback" not in missing.err + result.err
     unreachable = run_mtrs("detect", scene.before, scene.after, "-o", tmp_path / "c.gpkg",
-                           "--scheduler", "tcp://127.0.0.1:9")  # fmt: skip
+                           "--model", "cva", "--scheduler", "tcp://127.0.0.1:9")  # fmt: skip
     assert unreachable.code == 2
     assert unreachable.err.startswith("Error: cannot reach the Dask scheduler at tcp://127.0.0.1:9")
     assert not (tmp_path / "c.gpkg").exists()
@@ -294,7 +299,7 @@ def test_relative_paths_name_the_same_files_on_workers_started_elsewhere(
     monkeypatch.chdir(tmp_path)  # the workers' working folder is the test run's, not this one
 
     result = run_mtrs("detect", "images/before.tif", "images/after.tif", *SPLIT, "--quiet",
-                      "-o", "out/changes.gpkg", "--mask-out", "out/p.tif",
+                      "--model", "cva", "-o", "out/changes.gpkg", "--mask-out", "out/p.tif",
                       "--scheduler", cluster)  # fmt: skip
 
     assert result.code == 0, result.err
@@ -304,7 +309,9 @@ def test_relative_paths_name_the_same_files_on_workers_started_elsewhere(
 def test_a_mask_panel_on_a_worker_without_the_scratch_folder_fails_in_one_line(
     pair: ScenePair, tmp_path: Path
 ) -> None:
-    config = DetectConfig(before=pair.before, after=pair.after, mask_out=tmp_path / "m.tif")
+    config = DetectConfig(
+        model="cva", before=pair.before, after=pair.after, mask_out=tmp_path / "m.tif"
+    )
     before, after = open_raster(pair.before), open_raster(pair.after)
     job = SceneJob(config, before, after, before.grid, None, 0, tmp_path / ".mtrs-run-gone")
 
@@ -318,7 +325,7 @@ def test_a_mask_panel_on_a_worker_without_the_scratch_folder_fails_in_one_line(
 
 def test_a_local_cluster_runs_the_scene(scene: ScenePair, tmp_path: Path) -> None:
     result = run_mtrs("detect", scene.before, scene.after, *SPLIT, "-o", tmp_path / "c.geojson",
-                      "--scheduler", "local:2", "--quiet")  # fmt: skip
+                      "--model", "cva", "--scheduler", "local:2", "--quiet")  # fmt: skip
     assert result.code == 0, result.err
     assert result.err == ""  # no log line of the local workers
     assert len(gpd.read_file(tmp_path / "c.geojson")) > 0
@@ -326,8 +333,10 @@ def test_a_local_cluster_runs_the_scene(scene: ScenePair, tmp_path: Path) -> Non
 
 def test_bad_schedulers_are_refused_before_any_work(scene: ScenePair, tmp_path: Path) -> None:
     result = run_mtrs("detect", scene.before, scene.after, "-o", tmp_path / "c.gpkg",
-                      "--scheduler", "local:0")  # fmt: skip
+                      "--model", "cva", "--scheduler", "local:0")  # fmt: skip
     assert result.code == 2 and "local:N needs a number of workers" in result.err
     with pytest.raises(InputError, match="neither local:N nor an address"):
-        detect(DetectConfig(before=scene.before, after=scene.after, output=tmp_path / "c.gpkg"),
-               scheduler="nowhere")  # fmt: skip
+        config = DetectConfig(
+            before=scene.before, after=scene.after, output=tmp_path / "c.gpkg", model="cva"
+        )
+        detect(config, scheduler="nowhere")

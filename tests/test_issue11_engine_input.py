@@ -59,10 +59,12 @@ def test_a_pair_across_the_antimeridian_is_not_disjoint(tmp_path: Path, after_re
     write_lonlat(before, 179.9, 0.002, 130)  # 179.9 .. 180.16
     write_lonlat(after, -180.1, after_res, int(round(0.26 / after_res)))  # -180.1 .. -179.84
     plant(after)
-    info = describe_pair(DetectConfig(before=before, after=after))
+    info = describe_pair(DetectConfig(model="cva", before=before, after=after))
     assert info.bounds[0] == pytest.approx(179.9) and info.bounds[2] == pytest.approx(180.16)
     out = tmp_path / "change.gpkg"
-    detect(DetectConfig(before=before, after=after, output=out, tile_size=64, overlap=8))
+    detect(
+        DetectConfig(model="cva", before=before, after=after, output=out, tile_size=64, overlap=8)
+    )
     found = gpd.read_file(out)
     assert len(found) == 1
     planted = shapely.box(*PLANT)
@@ -92,7 +94,7 @@ def test_a_geographic_raster_beyond_the_pole_is_one_line_of_ours(tmp_path: Path)
         open_raster(path, role="before")
     assert "\n" not in str(err.value)
     with pytest.raises(InputError, match="beyond a pole"):
-        describe_pair(DetectConfig(before=path, after=path))
+        describe_pair(DetectConfig(model="cva", before=path, after=path))
 
 
 def tiled_image(path: Path, size: int = 512) -> None:
@@ -131,7 +133,7 @@ def test_a_corrupt_internal_tile_fails_the_run_naming_the_file(tmp_path: Path) -
         f.seek(offset)
         f.write(b"\xff" * 64)
     config = DetectConfig(
-        before=good, after=bad, output=tmp_path / "o.gpkg", tile_size=128, overlap=0
+        model="cva", before=good, after=bad, output=tmp_path / "o.gpkg", tile_size=128, overlap=0
     )
     with pytest.raises(
         InputError, match=r"cannot read .*bad\.tif: the file is truncated or corrupt"

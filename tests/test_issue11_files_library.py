@@ -7,6 +7,7 @@ about a query the model ignores, and an engine import that loads no heavy librar
 
 from __future__ import annotations
 
+import ast
 import importlib
 import io
 import json
@@ -93,8 +94,18 @@ def test_defaults_live_in_the_config_module_only() -> None:
     request = runner.DetectRequest(before="a.tif", after="b.tif", output="c.gpkg")
     assert not {"--tile-size", "--overlap", "--batch-size", "--threshold"} & set(request.cli_args())
     config = DetectConfig(before=Path("a"), after=Path("b"))
+    assert config.model == engine_config.DEFAULT_MODEL == "mtrefseg-r1"
+    plugin = ast.parse((REPO / "qgis_plugin" / "settings.py").read_text())
+    assigned = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in plugin.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Name)
+        and node.targets[0].id == "DEFAULT_MODEL"
+    }
+    assert assigned["DEFAULT_MODEL"] == engine_config.DEFAULT_MODEL  # QGIS offers the same
     assert (config.tile_size, config.overlap, config.batch_size, config.threshold) == (
-        engine_config.DEFAULT_TILE_SIZE,
+        engine_config.model_tile_size(engine_config.DEFAULT_MODEL),
         engine_config.DEFAULT_OVERLAP,
         engine_config.DEFAULT_BATCH_SIZE,
         engine_config.DEFAULT_THRESHOLD,
@@ -136,15 +147,28 @@ def test_each_command_has_its_own_module(command: str) -> None:
 
 def test_a_query_ignored_by_the_model_is_said_once_on_stderr(pair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "c.geojson"
-    result = run_mtrs("detect", pair.before, pair.after, "-q", "new buildings", "-o", out, "--json")
+    result = run_mtrs(
+        "detect",
+        pair.before,
+        pair.after,
+        "-q",
+        "new buildings",
+        "-o",
+        out,
+        "--json",
+        "--model",
+        "cva",
+    )
     assert result.code == 0, result.err
     notes = [line for line in result.err.splitlines() if "ignores the query" in line]
     assert notes == ["note: model 'cva' ignores the query 'new buildings': it finds any change"]
     assert json.loads(result.out)["query_used"] is False
     for extra in (["--any-change"], ["--quiet"]):
-        quiet = run_mtrs("detect", pair.before, pair.after, "-q", "x", "-o", out, *extra)
+        quiet = run_mtrs(
+            "detect", pair.before, pair.after, "-q", "x", "-o", out, "--model", "cva", *extra
+        )
         assert quiet.code == 0 and "ignores the query" not in quiet.err
-    without = run_mtrs("detect", pair.before, pair.after, "-o", out)
+    without = run_mtrs("detect", pair.before, pair.after, "-o", out, "--model", "cva")
     assert "ignores the query" not in without.err
 
 
@@ -170,3 +194,15 @@ def test_importing_the_engine_loads_no_heavy_library() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_query_without_a_model_is_answered_by_the_language_model(pair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "c.geojson"
+    result = run_mtrs(
+        "detect", pair.before, pair.after, "-q", "new buildings", "-o", out, "--json",
+        "--tile-size", 64, "--overlap", 8,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)
+    assert summary["model"] == "mtrefseg-r1" and summary["query_used"] is True
+    assert "ignores the query" not in result.err

@@ -118,6 +118,7 @@ def test_cli_repeats_q_for_several_queries_and_writes_a_band_each(tmp_path: Path
     done = run_mtrs(
         "detect", pair.before, pair.after, "-q", "new buildings", "-q", "new roads; new roads",
         "-o", output, "--mask-out", mask, "--mask-type", "binary", "--tile-size", 128,
+        "--model", "cva",
     )  # fmt: skip
     assert done.code == 0, done.err
     assert "ignores the queries 'new buildings', 'new roads'" in done.err

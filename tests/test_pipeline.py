@@ -64,6 +64,7 @@ def test_planted_changes_come_back_at_their_ground_position(
     pair = make_pair(tmp_path / "scene", before=before, after=after)
     out = tmp_path / "changes.gpkg"
     config = DetectConfig(
+        model="cva",
         before=pair.before, after=pair.after, output=out, query="new roofs",
         tile_size=128, overlap=16, min_area=400.0,
     )  # fmt: skip
@@ -94,6 +95,7 @@ def test_progress_timings_and_summary(tmp_path: Path) -> None:
     calls: list[tuple[int, int]] = []
     mask = tmp_path / "mask.tif"
     config = DetectConfig(
+        model="cva",
         before=pair.before, after=pair.after, mask_out=mask, mask_type="binary",
         tile_size=64, overlap=0, batch_size=3,
     )  # fmt: skip
@@ -112,7 +114,7 @@ def test_progress_timings_and_summary(tmp_path: Path) -> None:
 def test_describe_pair_reports_the_common_grid(tmp_path: Path) -> None:
     pair = make_pair(tmp_path, after=ImageSpec(crs="EPSG:4326"))
     info = describe_pair(
-        DetectConfig(before=pair.before, after=pair.after, tile_size=100, overlap=10)
+        DetectConfig(model="cva", before=pair.before, after=pair.after, tile_size=100, overlap=10)
     )
     assert (info.width, info.height) == (256, 256) and info.crs == "EPSG:32633"
     assert info.tiles == 9 and info.before_read == "window" and info.after_read == "warp"
@@ -134,7 +136,7 @@ def run_config(pair: ScenePair, tmp_path: Path, **kwargs: Any) -> DetectConfig:
     (tmp_path / "out").mkdir(exist_ok=True)
     vectors, raster = outputs_of(tmp_path)
     return DetectConfig(
-        before=pair.before, after=pair.after, output=vectors, mask_out=raster, **kwargs
+        model="cva", before=pair.before, after=pair.after, output=vectors, mask_out=raster, **kwargs
     )
 
 
@@ -210,7 +212,7 @@ def test_bad_inputs_raise_input_errors_and_write_nothing(
     config = run_config(pair, tmp_path, **kwargs)
     if case == "bad-extension":
         config = DetectConfig(
-            before=pair.before, after=pair.after, output=tmp_path / "out" / "x.txt"
+            model="cva", before=pair.before, after=pair.after, output=tmp_path / "out" / "x.txt"
         )
     with pytest.raises(InputError, match=message) as info:
         detect(config)
@@ -278,7 +280,13 @@ def test_real_landsat_geotiff_against_a_lonlat_copy_with_a_planted_change(tmp_pa
         dst.write(data)
     out = tmp_path / "changes.fgb"
     config = DetectConfig(
-        before=RGB_BYTE, after=after_path, output=out, tile_size=64, overlap=8, min_area=2e6
+        model="cva",
+        before=RGB_BYTE,
+        after=after_path,
+        output=out,
+        tile_size=64,
+        overlap=8,
+        min_area=2e6,
     )
     result = detect(config)
     assert result.tiles_skipped >= 20  # the nodata collar's corners
@@ -328,7 +336,13 @@ def test_sentinel2_band_files_stacked_in_vrts_on_a_lonlat_grid(tmp_path: Path) -
     )
     mask = tmp_path / "mask.tif"
     config = DetectConfig(
-        before=before, after=after, mask_out=mask, mask_type="binary", tile_size=256, overlap=32
+        model="cva",
+        before=before,
+        after=after,
+        mask_out=mask,
+        mask_type="binary",
+        tile_size=256,
+        overlap=32,
     )
     result = detect(config)
     assert result.grid.crs == "EPSG:4326" and result.grid.bands_before == (1, 2, 3, 4)
@@ -353,6 +367,7 @@ def test_polygons_streamed_with_the_rows_match_the_written_probability_raster(
     monkeypatch.setattr(pipeline, "RowSink", recording_sink)  # cva's rows go to a sink each
     pair = make_pair(tmp_path / "scene", after=ImageSpec(crs="EPSG:4326"))
     without_mask = DetectConfig(
+        model="cva",
         before=pair.before, after=pair.after, output=tmp_path / "b.gpkg",
         tile_size=128, overlap=16, threshold=0.3,
     )  # fmt: skip
@@ -376,6 +391,7 @@ def test_a_scene_run_in_narrow_panels_gives_the_same_mask_and_polygons(tmp_path:
         out = tmp_path / f"p{panel_width}"
         out.mkdir()
         config = DetectConfig(
+            model="cva",
             before=pair.before, after=pair.after, output=out / "c.gpkg", mask_out=out / "p.tif",
             tile_size=64, overlap=16, threshold=0.3, panel_width=panel_width,
         )  # fmt: skip

@@ -284,8 +284,9 @@ def test_in_process_run_streams_progress_and_writes_the_polygons(tmp_path: Path)
     pair = make_pair(tmp_path / "pair")
     output = tmp_path / "changes.fgb"
     request = runner.DetectRequest(
-        before=str(pair.before), after=str(pair.after), output=str(output), tile_size=64, overlap=8
-    )
+        before=str(pair.before), after=str(pair.after), output=str(output), model="cva",
+        tile_size=64, overlap=8,
+    )  # fmt: skip
     progress: list[float] = []
     summary = runner.run_in_process(
         request, progress=progress.append, log=lambda m: None, is_cancelled=lambda: False
@@ -434,8 +435,9 @@ def test_warm_worker_serves_runs_restarts_when_dead_and_stops(tmp_path: Path) ->
 
     def run(name: str, cancel: bool = False, **extra: object) -> object:
         request = worker_runner.DetectRequest(
-            before=str(pair.before), after=str(pair.after), output=str(tmp_path / name), **extra
-        )
+            before=str(pair.before), after=str(pair.after), output=str(tmp_path / name),
+            model="cva", **extra,
+        )  # fmt: skip
         messages: list[str] = []
         summary = worker_module.run_worker(
             worker, request, progress=lambda p: None, log=messages.append,

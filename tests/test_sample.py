@@ -54,7 +54,13 @@ def test_cva_on_the_sample_agrees_with_the_reference_change_map(tmp_path: Path) 
     mask = tmp_path / "mask.tif"
     detect(
         DetectConfig(
-            before=before, after=after, mask_out=mask, mask_type="binary", tile_size=256, overlap=32
+            model="cva",
+            before=before,
+            after=after,
+            mask_out=mask,
+            mask_type="binary",
+            tile_size=256,
+            overlap=32,
         )
     )
     with rasterio.open(mask) as ds:

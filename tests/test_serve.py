@@ -25,7 +25,10 @@ def test_two_runs_share_one_loaded_model_and_answer_with_their_ids(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pair = make_pair(tmp_path / "pair")
-    config = {"before": str(pair.before), "after": str(pair.after), "tile_size": 64, "overlap": 8}
+    config = {
+        "before": str(pair.before), "after": str(pair.after), "model": "cva", "tile_size": 64,
+        "overlap": 8,
+    }  # fmt: skip
     loads: list[str] = []
     cache = ModelCache()
     original = model_api.load_model

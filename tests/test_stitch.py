@@ -127,7 +127,12 @@ def test_tile_size_256_and_2048_give_the_same_mask(tmp_path: Path) -> None:
     for tile in (256, 2048):
         out = tmp_path / f"prob_{tile}.tif"
         config = DetectConfig(
-            before=pair.before, after=pair.after, mask_out=out, tile_size=tile, overlap=32
+            model="cva",
+            before=pair.before,
+            after=pair.after,
+            mask_out=out,
+            tile_size=tile,
+            overlap=32,
         )
         result = detect(config)
         assert result.tiles_total == (9 if tile == 256 else 1)
