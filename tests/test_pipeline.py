@@ -135,8 +135,9 @@ def assert_no_output(tmp_path: Path, scratch: Path) -> None:
 def run_config(pair: ScenePair, tmp_path: Path, **kwargs: Any) -> DetectConfig:
     (tmp_path / "out").mkdir(exist_ok=True)
     vectors, raster = outputs_of(tmp_path)
+    options: dict[str, Any] = {"model": "cva", **kwargs}
     return DetectConfig(
-        model="cva", before=pair.before, after=pair.after, output=vectors, mask_out=raster, **kwargs
+        before=pair.before, after=pair.after, output=vectors, mask_out=raster, **options
     )
 
 
