@@ -211,7 +211,8 @@ def check_pair(before: RasterInfo, after: RasterInfo, info: ModelInfo | None = N
             f"{na} in the after image; choose matching bands"
         )
     if info is not None and info.in_channels is not None and info.in_channels != nb:
+        which = " (red, green and blue)" if info.in_channels == 3 else ""
         raise ModelError(
             f"model {info.name!r} takes {info.in_channels} bands but {nb} are selected; "
-            f"choose {info.in_channels} of them"
+            f"choose {info.in_channels} of them{which}"
         )

@@ -84,6 +84,13 @@ def test_model_band_count_mismatch_is_a_model_error(tmp_path: Path) -> None:
     before, after = open_raster(pair.before), open_raster(pair.after)
     with pytest.raises(ModelError, match="model 'rgbn' takes 4 bands but 3 are selected"):
         check_pair(before, after, info)
+    six = make_pair(tmp_path / "six", before=ImageSpec(bands=6), after=ImageSpec(bands=6))
+    rgb = ModelInfo(name="rgb", description="", query_aware=True, in_channels=3, needs="3 bands")
+    with pytest.raises(ModelError) as raised:
+        check_pair(open_raster(six.before), open_raster(six.after), rgb)
+    assert str(raised.value) == (
+        "model 'rgb' takes 3 bands but 6 are selected; choose 3 of them (red, green and blue)"
+    )
 
 
 @pytest.mark.skipif(not RGB_BYTE.exists(), reason="needs ../shared/data/geotiff")
