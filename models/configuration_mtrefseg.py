@@ -106,6 +106,13 @@ class MTRefSegR1Config(PretrainedConfig):
         text_max_length: longest query in tokens.
         llm_image_grid: ``llm`` mode: each date enters the LLM as ``grid x grid`` image tokens.
         hidden_size: width of the decoder (queries, pixel decoder, mask features).
+        language_after_fpn: where the words gate the pixels. False (the shipped checkpoint):
+            pixel-word attention on the four fused levels, before the FPN, so everything from the
+            FPN on runs once per query. True: the FPN runs on the fused levels once per pair and
+            pixel-word attention gates its three memory levels (strides 32, 16, 8); the stride-4
+            mask features take the words through the query's mask embedding. Several queries
+            then cost about half as much each (``benchmarks/decoder_parts.py``). New gates start
+            as the identity.
         num_decoder_layers: Mask2Former-style decoder layers (each predicts a mask).
         num_attention_heads: heads of every attention layer.
         num_latent_queries: learned queries beside the language query (context for the decoder).
@@ -145,6 +152,7 @@ class MTRefSegR1Config(PretrainedConfig):
         text_max_length: int = 32,
         llm_image_grid: int = 2,
         hidden_size: int = 96,
+        language_after_fpn: bool = False,
         num_decoder_layers: int = 3,
         num_attention_heads: int = 4,
         num_latent_queries: int = 4,
@@ -203,6 +211,7 @@ class MTRefSegR1Config(PretrainedConfig):
         self.text_max_length = text_max_length
         self.llm_image_grid = llm_image_grid
         self.hidden_size = hidden_size
+        self.language_after_fpn = bool(language_after_fpn)
         self.num_decoder_layers = num_decoder_layers
         self.num_attention_heads = num_attention_heads
         self.num_latent_queries = num_latent_queries

@@ -50,7 +50,11 @@ class MTRefSegR1PreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Initialize: Kaiming convs, truncated-normal linears, unit norms, learned tokens."""
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(module, nn.Conv2d) and getattr(module, "zero_init", False):
+            init.zeros_(module.weight)  # a gate that starts shut (PixelWordAttention)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
                 init.zeros_(module.bias)

@@ -53,10 +53,12 @@ CONFIG_KEYS = (
     "backbone_pretrained", "backbone_path", "backbone_config", "convnet_widths", "drop_path_rate",
     "fusion_type", "fusion_dims", "cross_temporal_levels", "cross_temporal_window", "text_mode",
     "text_model_path", "text_model_config", "text_tokenizer_path", "text_trainable",
-    "text_max_length", "llm_image_grid", "hidden_size", "num_decoder_layers",
+    "text_max_length", "llm_image_grid", "hidden_size", "language_after_fpn", "num_decoder_layers",
     "num_attention_heads", "num_latent_queries", "decoder_ffn_dim", "dropout", "bce_weight",
     "dice_weight", "presence_weight", "aux_weight", "initializer_range",
 )  # fmt: skip
+# Attributes added after checkpoints were shipped: a config.json without them means these values.
+CONFIG_DEFAULTS: dict[str, Any] = {"language_after_fpn": False}
 
 MIN_SIZE = 32
 PAD_MULTIPLE = STRIDES[-1]
@@ -97,12 +99,34 @@ class MTRefSegR1Output:
         return gated_probabilities(self.logits, self.presence_logits)
 
 
+def gate_with_words(
+    network: MTRefSegR1Layers,
+    levels: list[torch.Tensor],
+    words: torch.Tensor,
+    word_mask: torch.Tensor,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Gate the query-free ``levels`` of :class:`PairFeatures` with the words: ``(pixels, memory)``.
+
+    Before the FPN (the four fused levels, then the FPN) or, with ``language_after_fpn``, after it
+    (``levels`` are its outputs: the mask features pass as they are, the memory is gated).
+    """
+    if network.config.language_after_fpn:
+        pixels, *coarse = levels  # strides 4, then 8, 16, 32
+        gates = network.memory_word
+        gated = [pw(m, words, word_mask) for pw, m in zip(gates, coarse, strict=True)]
+        return pixels, gated[::-1]  # the memory, coarse to fine
+    fused = [pw(f, words, word_mask) for pw, f in zip(network.pixel_word, levels, strict=True)]
+    return network.pixel_decoder(fused)
+
+
 @dataclass
 class PairFeatures:
     """The query-independent features of a batch of tile pairs (:meth:`MTRefSegR1.encode_pair`).
 
     Attributes:
-        fused: the fused change features of the four levels, ``(B, C_l, H_l, W_l)``.
+        fused: the fused change features of the four levels, ``(B, C_l, H_l, W_l)``; for a model
+            with ``language_after_fpn``, the FPN's outputs over them, at the same strides (4, 8,
+            16, 32): the mask features, then the memory.
         before_coarse: the coarsest projected before features (the LLM's image tokens).
         after_coarse: the coarsest projected after features.
         size: ``(H, W)`` of the input tiles, pixels.
@@ -148,7 +172,8 @@ class MTRefSegR1Layers(nn.Module):
     backbone: Any  # a backbone of backbones.py: four feature maps and their ``channels``
     fusions: nn.ModuleList
     text: TextBranch
-    pixel_word: nn.ModuleList
+    pixel_word: nn.ModuleList  # gates before the FPN (one per fused level)
+    memory_word: nn.ModuleList  # or, with ``language_after_fpn``, after it (its memory levels)
     pixel_decoder: PixelDecoder
     decoder: MaskDecoder
 
@@ -167,7 +192,15 @@ class MTRefSegR1Layers(nn.Module):
             for level in range(4)
         )
         self.text = TextBranch(config, config.hidden_size, dims[3])
-        self.pixel_word = nn.ModuleList(PixelWordAttention(d, config.hidden_size) for d in dims)
+        if config.language_after_fpn:
+            # The FPN's memory (strides 8, 16, 32), gates starting shut; their own names, so that
+            # a checkpoint gated before the FPN hands them nothing (they start as the identity).
+            self.memory_word = nn.ModuleList(
+                PixelWordAttention(config.hidden_size, config.hidden_size, identity_start=True)
+                for _ in range(3)
+            )
+        else:
+            self.pixel_word = nn.ModuleList(PixelWordAttention(d, config.hidden_size) for d in dims)
         self.pixel_decoder = PixelDecoder(dims, config.hidden_size)
         self.decoder = MaskDecoder(
             config.hidden_size,
@@ -272,6 +305,9 @@ class MTRefSegR1Layers(nn.Module):
             fused.append(out)
             before_coarse, after_coarse = f1, f2
         assert before_coarse is not None and after_coarse is not None
+        if self.config.language_after_fpn:  # query-free: once per pair, whatever the queries
+            pixels, memory = self.pixel_decoder(fused)
+            fused = [pixels, *memory[::-1]]  # strides 4, 8, 16, 32, as the fused levels
         return PairFeatures(
             tuple(fused), before_coarse, after_coarse, (height, width), (pad_h, pad_w)
         )
@@ -308,11 +344,7 @@ class MTRefSegR1Layers(nn.Module):
             text_embeds, features.before_coarse, features.after_coarse
         )
         words = words.to(features.fused[0].dtype)
-        fused = [
-            pwam(f, words, word_mask)
-            for pwam, f in zip(self.pixel_word, features.fused, strict=True)
-        ]
-        pixels, memory = self.pixel_decoder(fused)
+        pixels, memory = gate_with_words(self, list(features.fused), words, word_mask)
         projection = self.pixel_decoder.mask_proj
         predictions, presence = self.decoder(query, memory, pixels, projection, words, word_mask)
 
@@ -387,7 +419,7 @@ class MTRefSegR1Network(MTRefSegR1Layers):
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        values = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        values = CONFIG_DEFAULTS | json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
         if values.get("model_type") != MODEL_TYPE or any(key not in values for key in CONFIG_KEYS):
             return None
         # A saved config.json holds every attribute, checked and filled in when it was saved.

@@ -35,6 +35,7 @@ from torch import nn
 from torch.export import Dim
 
 from mtrs_geo.models import decoder as decoders
+from mtrs_geo.models.network import gate_with_words
 from mtrs_geo.models.onnx_runtime import (
     DECODER_FILE,
     DECODER_INPUTS,
@@ -125,8 +126,7 @@ class _Decoder(nn.Module):
 
         levels = [pairs_of_queries(f) for f in (fused0, fused1, fused2, fused3)]
         words, mask, query = (queries_of_pairs(t) for t in (words, mask, query))
-        fused = [pwam(f, words, mask) for pwam, f in zip(net.pixel_word, levels, strict=True)]
-        pixels, memory = net.pixel_decoder(fused)
+        pixels, memory = gate_with_words(net, levels, words, mask)
         projection = net.pixel_decoder.mask_proj
         predictions, presence = net.decoder(query, memory, pixels, projection, words, mask)
         logits = F.interpolate(

@@ -315,7 +315,7 @@ class PixelWordAttention(nn.Module):
     read-out over the query words.
     """
 
-    def __init__(self, channels: int, word_dim: int) -> None:
+    def __init__(self, channels: int, word_dim: int, identity_start: bool = False) -> None:
         super().__init__()
         self.query = nn.Conv2d(channels, channels, 1)
         self.key = nn.Linear(word_dim, channels)
@@ -324,6 +324,13 @@ class PixelWordAttention(nn.Module):
         self.gate = nn.Sequential(
             nn.Conv2d(channels, channels, 1), nn.GELU(), nn.Conv2d(channels, channels, 1), nn.Tanh()
         )
+        if identity_start:  # shut: tanh(0) = 0, the output is the input
+            last = self.gate[2]
+            assert isinstance(last, nn.Conv2d) and last.bias is not None
+            last.zero_init = True  # type: ignore[assignment]  # kept 0 by MTRefSegR1's init
+            if not last.weight.is_meta:  # a meta one receives a checkpoint's weights
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
 
     def forward(
         self, pixels: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
