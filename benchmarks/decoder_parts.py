@@ -2,10 +2,10 @@
 
 Times, in torch on the CPU, the parts of the bundled checkpoint's language-dependent pass for one
 query (pixel-word attention per level, the FPN pixel decoder, the mask decoder, the upsampling),
-then the same pass with the language moved after the FPN: the FPN over the query-free fused
-features (it would run once per pair, whatever the number of queries) and pixel-word attention on
-its three memory levels, with untrained stand-in layers of the right shapes (their cost, not their
-answers). Random tiles; per pair, median of ``--repeats`` timed calls after two warm-up calls.
+then the same checkpoint with the model option ``language_after_fpn`` (the FPN over the query-free
+fused features, once per pair whatever the number of queries; pixel-word attention on its three
+memory levels, its new gates untrained: their cost, not their answers). Random tiles; per pair,
+median of ``--repeats`` timed calls after two warm-up calls.
 
     .venv/bin/python benchmarks/decoder_parts.py
     .venv/bin/python benchmarks/decoder_parts.py --batch 4 --tile 256 --repeats 20
@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "models" / "checkpoints" / "mtrefseg-r1"
@@ -39,8 +38,9 @@ def per_pair_ms(call: Callable[[], object], batch: int, repeats: int) -> float:
 
 
 def main() -> None:
+    from mtrs_geo.models.loading import quiet_loading
+    from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
     from mtrs_geo.models.network import load_network
-    from mtrs_geo.models.text import PixelWordAttention
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4, help="tile pairs per call")
@@ -79,21 +79,22 @@ def main() -> None:
             lambda: net.decoder(query, memory, pixels, projection, words, mask),
         )
 
-        plain_pixels, plain_memory = net.pixel_decoder(list(features.fused))
-        hidden = int(net.config.hidden_size)
-        stand_ins = [PixelWordAttention(hidden, words.shape[-1]).eval() for _ in plain_memory]
-        size = (args.tile, args.tile)
-
-        def after_fpn() -> torch.Tensor:
-            levels = [pw(m, words, mask) for pw, m in zip(stand_ins, plain_memory, strict=True)]
-            predictions, _ = net.decoder(query, levels, plain_pixels, projection, words, mask)
-            return F.interpolate(predictions[-1][:, None], size, mode="bilinear")
-
+        # The same checkpoint with the option on: every layer as shipped, the new gates shut
+        # (untrained, but costing what trained ones cost).
+        with quiet_loading():
+            gated_after = MTRefSegR1.from_pretrained(
+                CHECKPOINT, local_files_only=True, language_after_fpn=True
+            )
+        gated_after.eval().fuse_for_inference()
+        after_features = gated_after.encode_pair(before, after)
         timed(
             "gating after the FPN: the FPN, query-free",
-            lambda: net.pixel_decoder(list(features.fused)),
+            lambda: gated_after.pixel_decoder(list(features.fused)),
         )
-        timed("gating after the FPN: one query", after_fpn)
+        timed(
+            "gating after the FPN: one query",
+            lambda: gated_after.decode(after_features, embeds),
+        )
 
     print(f"per pair, torch, {args.threads} threads, batch {args.batch} of {args.tile} px:")
     for name, value in rows:
