@@ -7,7 +7,8 @@ Data flow for a batch of tile pairs ``(B, C, H, W)`` (percentile-stretched to [0
 2. a bi-temporal fusion block per level (signed difference by default; optional cross-temporal
    attention for imperfect co-registration);
 3. the language branch: words and a query from the sentence encoder (or the LLM's ``[SEG]`` token);
-   pixel-word attention gates the change features at every level;
+   pixel-word attention gates the change features at every level (with ``language_after_fpn``:
+   the FPN's memory levels, the FPN then running in step 2, once per pair);
 4. an FPN pixel decoder and a Mask2Former-style query decoder: a mask per decoder layer (deep
    supervision) and a "target present" logit that gates the mask: an absent target gives an empty
    mask.
