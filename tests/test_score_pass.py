@@ -332,9 +332,11 @@ def test_a_cancel_stops_the_workers_at_the_next_batch(
 
 
 @pytest.mark.parametrize("tiled", [False, True])
-def test_the_first_tile_waits_for_the_polygon_libraries_to_be_imported(
+def test_the_polygon_libraries_are_imported_before_they_are_needed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiled: bool
 ) -> None:
+    # A tiled run waits for them before its first tile (importing holds the GIL the network's
+    # threads need); a pixel score pass reads and scores beside them, and its rows wait.
     # A slow stand-in for geopandas: importing it takes 0.3 s, then it says it is done.
     (tmp_path / "slow_polygon_library.py").write_text("import time\ntime.sleep(0.3)\ndone = True\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -342,7 +344,7 @@ def test_the_first_tile_waits_for_the_polygon_libraries_to_be_imported(
     monkeypatch.setattr(pipeline, "VECTORIZING_MODULES", ("slow_polygon_library",))
     model = TilePredictedCva() if tiled else build_model()
     seen: list[bool] = []
-    asked = "predict_queries" if tiled else "scores"
+    asked = "predict_queries" if tiled else "probabilities"  # the first tile; the rows
     first = getattr(model, asked)
 
     def watched(*args: Any) -> Any:
