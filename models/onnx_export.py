@@ -166,7 +166,7 @@ def export_graphs(checkpoint: Path, folder: Path) -> Path:
     with torch.inference_mode():
         levels = encoder(image, image)
     decoder = _Decoder(network, size // _prediction_side(network, embeds, size)).eval()
-    with _quiet_export(), torch.inference_mode():
+    with quiet_export(), torch.inference_mode():
         # The encoder by tracing: torch.export's encoder graph gives other numbers in ONNX
         # Runtime (its decoder graph gives the network's). Its sides stay axes of the graph for
         # multiples of 32 (the runtime pads to them).
@@ -195,7 +195,7 @@ def export_graphs(checkpoint: Path, folder: Path) -> Path:
     axes |= {"tokens": {0: queries, 1: words}, "mask": {0: queries, 1: words}}
     axes |= {"empty": {0: queries}, "pooled": {0: queries}}
     with (
-        _quiet_export(),
+        quiet_export(),
         mock.patch.object(decoders, "sine_position_encoding", _traceable_position_encoding),
     ):
         program = torch.onnx.export(
@@ -225,7 +225,7 @@ def export_graphs(checkpoint: Path, folder: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
+def quiet_export() -> Iterator[None]:
     """Silence the exporters' progress lines and their notes on shapes."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")

@@ -25,7 +25,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from mtrs_geo.model_api import ChangeModel, ModelInfo
 from mtrs_geo.models.query_cache import QueryCache, encoder_fingerprint
 from mtrs_geo.models.query_text import encoder_folders, is_any_change
 from mtrs_geo.padding import pad_tile
+
+if TYPE_CHECKING:
+    from mtrs_geo.models.text_graph import SentenceGraph
 
 FORMAT = "mtrs-onnx-1"
 ENCODER_FILE = "encoder.onnx"
@@ -183,6 +186,7 @@ class OnnxMTRefSegModel(ChangeModel):
         self._decoder = ort.InferenceSession(str(graphs / DECODER_FILE), options, providers)
         self._bands = int(_manifest(graphs).get("in_channels", 3))
         self._fingerprint: str | None = None
+        self._sentence_graph: SentenceGraph | None = None  # the encoder's graph, once opened
         self._text: dict[str, np.ndarray] = self._any_change(1)
 
     def _any_change(self, count: int) -> dict[str, np.ndarray]:
@@ -214,9 +218,14 @@ class OnnxMTRefSegModel(ChangeModel):
                 self.text.model_dir, self.text.tokenizer_dir, self.text.max_length
             )
             self._fingerprint = fingerprint or ""
-        arrays = self.queries.load_arrays(self.queries.key_of(self._fingerprint or None, texts))
+        key = self.queries.key_of(self._fingerprint or None, texts)
+        arrays = self.queries.load_arrays(key)
         if arrays is None or "pooled" not in arrays:
-            arrays = self._encode_with_torch(texts)
+            arrays = self._encode_with_graph(texts)
+            if arrays is not None:
+                self.queries.store_arrays(key, arrays)
+            else:
+                arrays = self._encode_with_torch(texts)
         return {
             "tokens": np.ascontiguousarray(arrays["tokens"], np.float32),
             "mask": np.ascontiguousarray(arrays["mask"], bool),
@@ -224,11 +233,28 @@ class OnnxMTRefSegModel(ChangeModel):
             "pooled": np.ascontiguousarray(arrays["pooled"], np.float32),
         }
 
+    def _encode_with_graph(self, texts: list[str]) -> dict[str, np.ndarray] | None:
+        """Encode ``texts`` with the encoder's ONNX graph (:mod:`~mtrs_geo.models.text_graph`).
+
+        None when the encoder has no graph yet.
+        """
+        from mtrs_geo.models.text_graph import SentenceGraph
+
+        if not self._fingerprint:
+            return None
+        if self._sentence_graph is None:
+            self._sentence_graph = SentenceGraph.find(
+                self._fingerprint, self.text.tokenizer_dir, self.text.max_length
+            )
+        return None if self._sentence_graph is None else self._sentence_graph.encode(texts)
+
     def _encode_with_torch(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Encode ``texts`` with torch, and export the encoder's graph for the next new query."""
         import torch
 
         from mtrs_geo.models.network import load_network
         from mtrs_geo.models.query_cache import cached_embeds
+        from mtrs_geo.models.text_graph import export_text_graph, graph_path
 
         try:
             branch = load_network(self.checkpoint).text
@@ -236,6 +262,8 @@ class OnnxMTRefSegModel(ChangeModel):
         except OSError as exc:
             raise ModelError(f"cannot load the text encoder of {self.info.name}: {exc}") from exc
         assert embeds.pooled is not None, "a sentence encoder pools its words"
+        if self._fingerprint and not graph_path(self._fingerprint).is_file():
+            export_text_graph(branch, graph_path(self._fingerprint))
         return {
             "tokens": embeds.tokens.numpy(),
             "mask": embeds.mask.numpy(),

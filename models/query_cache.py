@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from mtrs_geo.models.query_text import is_any_change
 
 if TYPE_CHECKING:  # torch only where tensors are made: the CPU runtime reads keys and arrays
@@ -126,19 +128,23 @@ class QueryCache:
 
     def store(self, key: str | None, embeds: TextEmbeds) -> None:
         """Keep ``embeds`` under ``key`` (written whole or not at all; errors are ignored)."""
-        if key is None or self.folder is None:
-            return
-        from safetensors.torch import save_file
-
         tensors = {"tokens": embeds.tokens, "mask": embeds.mask, "empty": embeds.empty}
         if embeds.pooled is not None:
             tensors["pooled"] = embeds.pooled
-        tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+        self.store_arrays(key, {name: t.detach().cpu().numpy() for name, t in tensors.items()})
+
+    def store_arrays(self, key: str | None, arrays: dict[str, Any]) -> None:
+        """Keep numpy ``arrays`` (tokens, mask, empty, pooled) under ``key``, as :meth:`store`."""
+        if key is None or self.folder is None:
+            return
+        from safetensors.numpy import save_file
+
+        arrays = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
         path = self.folder / f"{key}.safetensors"
         partial = path.with_name(f".{key}.{os.getpid()}.partial")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, partial, metadata={"format": FORMAT})
+            save_file(arrays, str(partial), metadata={"format": FORMAT})
             os.replace(partial, path)
         except OSError:
             with contextlib.suppress(OSError):
