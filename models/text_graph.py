@@ -8,7 +8,7 @@ for a few milliseconds of encoding. So the first time the CPU runtime
 ``$XDG_CACHE_HOME/mtrs/onnx/text-<fingerprint>.onnx``; the fingerprint is the query cache's
 (:func:`~mtrs_geo.models.query_cache.encoder_fingerprint`: the encoder's and tokenizer's files).
 Later new queries are tokenized by ``tokenizers`` from the encoder's ``tokenizer.json`` (the fast
-tokenizer ``transformers`` itself runs) and encoded in ONNX Runtime (about 0.4 s with the
+tokenizer ``transformers`` itself runs) and encoded in ONNX Runtime (about 0.2 s with the
 session): the encoder's hidden states up to float rounding, mean-pooled over the words as
 :meth:`TextBranch.encode <mtrs_geo.models.text.TextBranch.encode>` pools them.
 
@@ -89,9 +89,11 @@ class SentenceGraph:
         tokenizer.enable_truncation(max_length)
         tokenizer.enable_padding(pad_id=pad_id, pad_token=pad)
         self._tokenizer = tokenizer
-        self._session = ort.InferenceSession(
-            str(graph), session_options(), providers=["CPUExecutionProvider"]
-        )
+        # Basic graph optimizations: the session opens in 0.19 s instead of 0.24-0.46 s (all of
+        # them), and a query then runs in 5.5 ms instead of 10.
+        options = session_options()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        self._session = ort.InferenceSession(str(graph), options, ["CPUExecutionProvider"])
 
     @classmethod
     def find(cls, fingerprint: str, tokenizer_dir: str, max_length: int) -> SentenceGraph | None:
