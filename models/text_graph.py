@@ -183,6 +183,7 @@ def export_text_graph(branch: TextBranch, path: Path) -> bool:
         assert program is not None
         path.parent.mkdir(parents=True, exist_ok=True)
         program.save(str(partial), external_data=False)
+        del program  # its copy of the weights, before the check opens the graph (peak RSS)
         if not _agrees(partial, inputs, expected):
             partial.unlink()
             return False
