@@ -3,8 +3,9 @@
 On a CPU the network runs about twice as fast in ONNX Runtime as in eager torch (2 cores, 256 px
 tiles: ``benchmarks/model_path.py``), and a run that asks a query seen before needs neither torch
 nor ``transformers``: the graphs hold the weights and the query cache
-(:mod:`mtrs_geo.models.query_cache`) holds the encoded query. Torch is imported only to encode a
-query not seen before (the sentence encoder).
+(:mod:`mtrs_geo.models.query_cache`) holds the encoded query. A query not seen before is encoded
+by the sentence encoder's own graph (:mod:`mtrs_geo.models.text_graph`); torch is imported only
+for the first one a machine encodes, which also exports that graph.
 
 The graphs (:mod:`mtrs_geo.models.onnx_export`) are an ``encoder.onnx`` (backbone and bi-temporal
 fusion, once per tile pair) and a ``decoder.onnx`` (language and mask decoder, every query of a run
@@ -212,7 +213,7 @@ class OnnxMTRefSegModel(ChangeModel):
         self._text = self._encode(["" if is_any_change(text) else text for text in texts])
 
     def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """Return the embeddings of ``texts``: from the query cache, else from the text encoder."""
+        """Return the embeddings of ``texts``: the query cache's, the encoder graph's or torch's."""
         if self._fingerprint is None:
             fingerprint = encoder_fingerprint(
                 self.text.model_dir, self.text.tokenizer_dir, self.text.max_length
