@@ -34,6 +34,7 @@ from mtrs_geo.errors import ModelError
 from mtrs_geo.model_api import ChangeModel, ModelInfo
 from mtrs_geo.models.query_cache import QueryCache, encoder_fingerprint
 from mtrs_geo.models.query_text import encoder_folders, is_any_change
+from mtrs_geo.models.text_graph import graph_path
 from mtrs_geo.padding import pad_tile
 
 if TYPE_CHECKING:
@@ -154,6 +155,11 @@ class TextEncoder:
         return cls(str(model_dir), str(tokenizer_dir), length, width)
 
 
+def _texts(queries: Sequence[str | None]) -> tuple[str, ...]:
+    """Return a run's queries as texts (``None`` is "", any change); at least one."""
+    return tuple((query or "").strip() for query in queries) or ("",)
+
+
 class OnnxMTRefSegModel(ChangeModel):
     """MTRefSeg-R1's probabilities from its ONNX graphs, on the CPU (see the module docstring).
 
@@ -203,22 +209,43 @@ class OnnxMTRefSegModel(ChangeModel):
         """Encode ``query`` once per run; ``None``/empty selects the "any change" mode."""
         self.prepare_queries([query])
 
+    def preparing_note(self, queries: Sequence[str | None]) -> str | None:
+        """Say so when the queries need torch: the machine's first new query (once)."""
+        texts = _texts(queries)
+        if all(is_any_change(text) for text in texts):
+            return None
+        fingerprint = self._encoder_fingerprint()
+        words = ["" if is_any_change(text) else text for text in texts]
+        if self.queries.load_arrays(self.queries.key_of(fingerprint or None, words)) is not None:
+            return None
+        if fingerprint and graph_path(fingerprint).is_file():
+            return None
+        return (
+            "encoding the query with torch; the first new query on this machine also prepares "
+            "the text encoder for later ones (about 20 s, once)"
+        )
+
     def prepare_queries(self, queries: Sequence[str | None]) -> None:
         """Encode the run's queries as one batch (all of them run in each decoder call)."""
-        texts = tuple((query or "").strip() for query in queries) or ("",)
+        texts = _texts(queries)
         self._queries = texts
         if all(is_any_change(text) for text in texts):
             self._text = self._any_change(len(texts))
             return
         self._text = self._encode(["" if is_any_change(text) else text for text in texts])
 
-    def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """Return the embeddings of ``texts``: the query cache's, the encoder graph's or torch's."""
+    def _encoder_fingerprint(self) -> str:
+        """Return the sentence encoder's fingerprint (the query cache's key; "": unreadable)."""
         if self._fingerprint is None:
             fingerprint = encoder_fingerprint(
                 self.text.model_dir, self.text.tokenizer_dir, self.text.max_length
             )
             self._fingerprint = fingerprint or ""
+        return self._fingerprint
+
+    def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Return the embeddings of ``texts``: the query cache's, the encoder graph's or torch's."""
+        self._encoder_fingerprint()
         key = self.queries.key_of(self._fingerprint or None, texts)
         arrays = self.queries.load_arrays(key)
         if arrays is None or "pooled" not in arrays:
@@ -255,7 +282,7 @@ class OnnxMTRefSegModel(ChangeModel):
 
         from mtrs_geo.models.network import load_network
         from mtrs_geo.models.query_cache import cached_embeds
-        from mtrs_geo.models.text_graph import export_text_graph, graph_path
+        from mtrs_geo.models.text_graph import export_text_graph
 
         try:
             branch = load_network(self.checkpoint).text

@@ -73,6 +73,10 @@ class ChangeModel(abc.ABC):
     def prepare(self, query: str | None) -> None:  # noqa: B027 - optional hook
         """Encode the query once per run; ``None`` or empty means "any change" (stage-1 mode)."""
 
+    def preparing_note(self, queries: Sequence[str | None]) -> str | None:
+        """Return what :meth:`prepare_queries` will cost, when worth telling a user (else None)."""
+        return None
+
     def prepare_queries(self, queries: Sequence[str | None]) -> None:
         """Take several queries for :meth:`predict_queries` (once per run).
 

@@ -806,6 +806,8 @@ def _calibrate(
     stream.start()
     if index == 0:
         run.say(RunMessage("stage", "preparing the model"))
+        if (note := model.preparing_note(model_queries(config))) is not None:
+            run.say(RunMessage("note", note))
         model.prepare_queries(model_queries(config))
     if not model.scene_pass:  # a scene pass settles the model on every pixel instead
         calibrate_on_samples(model, samples)

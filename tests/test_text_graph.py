@@ -161,3 +161,21 @@ def test_after_the_first_new_query_a_new_query_needs_no_torch(
     assert "torch" in imported  # the first new query: torch encodes it, and the graph is exported
     again = _detect(folder, "cleared vegetation by the road", "again")
     assert again == "[]"  # another new query: the graph, neither torch nor transformers
+
+
+def test_a_run_is_told_when_its_query_needs_torch(
+    branch: TextBranch, graph: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    model = inference.load_checkpoint(inference.CHECKPOINT_DIR, tmp_path / "q", device="cpu")
+    assert model.preparing_note(["any change"]) is None  # no encoder at all
+    note = model.preparing_note(["new roads", None])
+    assert note is not None and "torch" in note and "once" in note
+    kept = text_graph.graph_path(_fingerprint(branch))
+    kept.parent.mkdir(parents=True)
+    shutil.copyfile(graph, kept)
+    assert model.preparing_note(["new roads", None]) is None  # the graph will encode it
+    kept.unlink()
+    model.prepare_queries(["new roads", None])  # torch encodes it; the cache keeps it
+    kept.unlink(missing_ok=True)  # (and the export left a graph: without it, only the cache)
+    assert model.preparing_note(["new roads", None]) is None
