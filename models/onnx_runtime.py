@@ -160,6 +160,13 @@ def _texts(queries: Sequence[str | None]) -> tuple[str, ...]:
     return tuple((query or "").strip() for query in queries) or ("",)
 
 
+def _encoder_words(texts: Sequence[str]) -> list[str] | None:
+    """Return what the sentence encoder is given (any change as ""); None: it is not needed."""
+    if all(is_any_change(text) for text in texts):
+        return None
+    return ["" if is_any_change(text) else text for text in texts]
+
+
 class OnnxMTRefSegModel(ChangeModel):
     """MTRefSeg-R1's probabilities from its ONNX graphs, on the CPU (see the module docstring).
 
@@ -211,13 +218,10 @@ class OnnxMTRefSegModel(ChangeModel):
 
     def preparing_note(self, queries: Sequence[str | None]) -> str | None:
         """Say so when the queries need torch: the machine's first new query (once)."""
-        texts = _texts(queries)
-        if all(is_any_change(text) for text in texts):
+        words = _encoder_words(_texts(queries))
+        if words is None or self._cached(words) is not None:
             return None
         fingerprint = self._encoder_fingerprint()
-        words = ["" if is_any_change(text) else text for text in texts]
-        if self.queries.load_arrays(self.queries.key_of(fingerprint or None, words)) is not None:
-            return None
         if fingerprint and graph_path(fingerprint).is_file():
             return None
         return (
@@ -229,10 +233,8 @@ class OnnxMTRefSegModel(ChangeModel):
         """Encode the run's queries as one batch (all of them run in each decoder call)."""
         texts = _texts(queries)
         self._queries = texts
-        if all(is_any_change(text) for text in texts):
-            self._text = self._any_change(len(texts))
-            return
-        self._text = self._encode(["" if is_any_change(text) else text for text in texts])
+        words = _encoder_words(texts)
+        self._text = self._any_change(len(texts)) if words is None else self._encode(words)
 
     def _encoder_fingerprint(self) -> str:
         """Return the sentence encoder's fingerprint (the query cache's key; "": unreadable)."""
@@ -243,17 +245,23 @@ class OnnxMTRefSegModel(ChangeModel):
             self._fingerprint = fingerprint or ""
         return self._fingerprint
 
-    def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """Return the embeddings of ``texts``: the query cache's, the encoder graph's or torch's."""
-        self._encoder_fingerprint()
-        key = self.queries.key_of(self._fingerprint or None, texts)
-        arrays = self.queries.load_arrays(key)
-        if arrays is None or "pooled" not in arrays:
-            arrays = self._encode_with_graph(texts)
+    def _cache_key(self, words: list[str]) -> str | None:
+        return self.queries.key_of(self._encoder_fingerprint() or None, words)
+
+    def _cached(self, words: list[str]) -> dict[str, np.ndarray] | None:
+        """Return the query cache's embeddings of ``words`` (None: none kept with pooling)."""
+        arrays = self.queries.load_arrays(self._cache_key(words))
+        return arrays if arrays is not None and "pooled" in arrays else None
+
+    def _encode(self, words: list[str]) -> dict[str, np.ndarray]:
+        """Return the embeddings of ``words``: the query cache's, the encoder graph's or torch's."""
+        arrays = self._cached(words)
+        if arrays is None:
+            arrays = self._encode_with_graph(words)
             if arrays is not None:
-                self.queries.store_arrays(key, arrays)
+                self.queries.store_arrays(self._cache_key(words), arrays)
             else:
-                arrays = self._encode_with_torch(texts)
+                arrays = self._encode_with_torch(words)
         return {
             "tokens": np.ascontiguousarray(arrays["tokens"], np.float32),
             "mask": np.ascontiguousarray(arrays["mask"], bool),
@@ -268,11 +276,12 @@ class OnnxMTRefSegModel(ChangeModel):
         """
         from mtrs_geo.models.text_graph import SentenceGraph
 
-        if not self._fingerprint:
+        fingerprint = self._encoder_fingerprint()
+        if not fingerprint:
             return None
         if self._sentence_graph is None:
             self._sentence_graph = SentenceGraph.find(
-                self._fingerprint, self.text.tokenizer_dir, self.text.max_length
+                fingerprint, self.text.tokenizer_dir, self.text.max_length
             )
         return None if self._sentence_graph is None else self._sentence_graph.encode(texts)
 
@@ -290,8 +299,9 @@ class OnnxMTRefSegModel(ChangeModel):
         except OSError as exc:
             raise ModelError(f"cannot load the text encoder of {self.info.name}: {exc}") from exc
         assert embeds.pooled is not None, "a sentence encoder pools its words"
-        if self._fingerprint and not graph_path(self._fingerprint).is_file():
-            export_text_graph(branch, graph_path(self._fingerprint))
+        fingerprint = self._encoder_fingerprint()
+        if fingerprint and not graph_path(fingerprint).is_file():
+            export_text_graph(branch, graph_path(fingerprint))
         return {
             "tokens": embeds.tokens.numpy(),
             "mask": embeds.mask.numpy(),

@@ -44,10 +44,9 @@ TOLERANCE = 1e-4
 _EXAMPLES = ("new buildings", "farmland turned into construction sites near the river")
 
 
-def graph_path(fingerprint: str, cache_dir: Path | None = None) -> Path:
+def graph_path(fingerprint: str) -> Path:
     """Where the graph of the encoder with this fingerprint is kept (the default cache folder)."""
-    folder = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    return folder / SUBFOLDER / f"text-{fingerprint[:32]}.onnx"
+    return default_cache_dir() / SUBFOLDER / f"text-{fingerprint[:32]}.onnx"
 
 
 def pad_token(tokenizer_dir: Path) -> str:
@@ -163,6 +162,10 @@ def export_text_graph(branch: TextBranch, path: Path) -> bool:
     path = Path(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
+        # A folder that cannot be written fails here, before the export's 11 s, not after them.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            return False
         device = torch.device("cpu")
         model = branch.text_model(device)
         batch = branch.tokenizer(
@@ -181,7 +184,6 @@ def export_text_graph(branch: TextBranch, path: Path) -> bool:
                 dynamic_shapes=tuple(sizes for _ in INPUTS), dynamo=True, optimize=False,
             )  # fmt: skip
         assert program is not None
-        path.parent.mkdir(parents=True, exist_ok=True)
         program.save(str(partial), external_data=False)
         del program  # its copy of the weights, before the check opens the graph (peak RSS)
         if not _agrees(partial, inputs, expected):

@@ -806,9 +806,10 @@ def _calibrate(
     stream.start()
     if index == 0:
         run.say(RunMessage("stage", "preparing the model"))
-        if (note := model.preparing_note(model_queries(config))) is not None:
+        queries = model_queries(config)
+        if (note := model.preparing_note(queries)) is not None:
             run.say(RunMessage("note", note))
-        model.prepare_queries(model_queries(config))
+        model.prepare_queries(queries)
     if not model.scene_pass:  # a scene pass settles the model on every pixel instead
         calibrate_on_samples(model, samples)
     stats = samples.stats
