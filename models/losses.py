@@ -67,3 +67,25 @@ def referring_change_loss(
     total = main + aux_weight * aux + presence_weight * presence
     parts = {"mask": main.detach(), "aux": aux.detach(), "presence": presence.detach()}
     return total, parts
+
+
+def distillation_loss(
+    logits: torch.Tensor,
+    presence_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    teacher_presence_logits: torch.Tensor,
+    *,
+    presence_weight: float = 0.5,
+) -> torch.Tensor:
+    """BCE of a student's mask and presence against a teacher's probabilities (soft targets).
+
+    ``logits`` and ``teacher_logits`` are ``(B, H, W)``, the presence logits ``(B,)``; the
+    teacher's are taken as they are (no gradient flows into them).
+    """
+    mask = F.binary_cross_entropy_with_logits(
+        logits.float(), teacher_logits.detach().float().sigmoid()
+    )
+    presence = F.binary_cross_entropy_with_logits(
+        presence_logits.float(), teacher_presence_logits.detach().float().sigmoid()
+    )
+    return mask + presence_weight * presence

@@ -180,3 +180,45 @@ def test_a_continuation_takes_setting_overrides_over_its_checkpoint(tmp_path: Pa
                   overrides={"dice_wieght": 2.5})  # fmt: skip
     with pytest.raises(InputError, match="dice_wieght"):
         build_network(load_config(bad))
+
+
+def test_the_distillation_term_is_least_where_the_student_says_what_the_teacher_says() -> None:
+    from mtrs_geo.models.losses import distillation_loss
+
+    teacher = torch.tensor([[[4.0, -4.0], [-4.0, 4.0]]])
+    presence = torch.tensor([3.0])
+    same = distillation_loss(teacher.clone(), presence.clone(), teacher, presence)
+    opposite = distillation_loss(-teacher, -presence, teacher, presence)
+    unsure = distillation_loss(torch.zeros_like(teacher), torch.zeros(1), teacher, presence)
+    assert same < unsure < opposite
+    student = torch.zeros_like(teacher, requires_grad=True)
+    distillation_loss(student, torch.zeros(1), teacher, presence).backward()
+    assert student.grad is not None and (student.grad.sign() == -teacher.sign()).all()
+
+
+def test_a_run_with_a_teacher_learns_from_it_and_a_missing_teacher_is_an_input_error(
+    tmp_path: Path,
+) -> None:
+    from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
+    from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
+
+    make_change_folder(tmp_path / "cd", size=(48, 48))
+    start = tmp_path / "start"
+    torch.manual_seed(0)
+    MTRefSegR1(MTRefSegR1Config.from_size("tiny", text_model_config=TINY_TEXT)).save_pretrained(
+        start
+    )
+    source = {"type": "change_folder", "root": "cd"}
+    plain = load_config(_config(tmp_path / "p.yaml", 2, source, tmp_path / "rp",
+                                init_from=str(start)))  # fmt: skip
+    taught_path = _config(tmp_path / "t.yaml", 2, source, tmp_path / "rt",
+                          init_from=str(start), teacher="start", distill_weight=2.0)  # fmt: skip
+    taught = load_config(taught_path)
+    assert taught.model.teacher == str(start)  # relative to the YAML's folder
+    without, with_teacher = train(plain, progress=False), train(taught, progress=False)
+    # Same data, same start: the teacher's term adds to every step's loss.
+    assert all(b > a for (_, a), (_, b) in zip(without.losses, with_teacher.losses, strict=True))
+    missing = load_config(_config(tmp_path / "m.yaml", 2, source, tmp_path / "rm",
+                                  init_from=str(start), teacher="nowhere"))  # fmt: skip
+    with pytest.raises(InputError, match="teacher"):
+        train(missing, progress=False)

@@ -42,6 +42,8 @@ class ModelSection:
     overrides: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None  # checkpoint folder (save_pretrained) to start from
     freeze: tuple[str, ...] = ()  # parameter-name prefixes kept frozen (e.g. "backbone.")
+    teacher: str | None = None  # checkpoint folder whose masks the network also learns
+    distill_weight: float = 1.0  # weight of that distillation term (models.losses)
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,8 @@ def config_from_dict(values: dict[str, Any], base: Path | None = None) -> TrainC
     model = dataclasses.replace(model, freeze=tuple(model.freeze))
     if model.init_from and base is not None and not Path(model.init_from).is_absolute():
         model = dataclasses.replace(model, init_from=str((base / model.init_from).resolve()))
+    if model.teacher and base is not None and not Path(model.teacher).is_absolute():
+        model = dataclasses.replace(model, teacher=str((base / model.teacher).resolve()))
     data_values = dict(values.get("data") or {})
     train = tuple(_resolve_source(s, base) for s in data_values.pop("train", []) or [])
     val = tuple(_resolve_source(s, base) for s in data_values.pop("val", []) or [])

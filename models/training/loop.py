@@ -429,6 +429,7 @@ class Trainer:
         resume = Path(resume) if resume is not None else None
         state = load_trainer_state(resume) if resume is not None else None
         self.network = self._build_network(resume, state)
+        self.teacher = self._build_teacher()
         self.params = [p for p in self.network.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = self._build_optimizer()
         self.amp_dtype = _autocast_dtype(config.run.precision, self.device)
@@ -483,6 +484,21 @@ class Trainer:
                 parameter.requires_grad_(name in trainable)
         train_mode(network, self.config.model.freeze)
         return network
+
+    def _build_teacher(self) -> torch.nn.Module | None:
+        """Load ``model.teacher`` frozen, in evaluation mode (None without one)."""
+        folder = self.config.model.teacher
+        if not folder:
+            return None
+        from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
+
+        if not Path(folder).is_dir():
+            raise InputError(f"model.teacher: checkpoint folder not found: {folder}")
+        with quiet_loading():
+            teacher: torch.nn.Module = MTRefSegR1.from_pretrained(folder, local_files_only=True)
+        teacher.to(self.device).eval()
+        teacher.requires_grad_(False)
+        return teacher
 
     def _build_optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         """AdamW on the trainable parameters; warm-up then cosine decay (:func:`lr_factor`)."""
@@ -632,9 +648,28 @@ class Trainer:
                     labels=batch["mask"].to(device, non_blocking=True),
                     target_present=batch["target_present"].to(device),
                 )
-                loss = output.loss / self.config.optim.accumulate
+                loss = output.loss
+                if self.teacher is not None:
+                    loss = loss + self._distillation(batch, texts, output)
+                loss = loss / self.config.optim.accumulate
             self.scaler.scale(loss).backward()
         return loss.detach()
+
+    def _distillation(
+        self, batch: dict[str, Any], texts: list[str] | None, output: Any
+    ) -> torch.Tensor:
+        """``model.distill_weight`` times the student's distance to the teacher on this batch."""
+        from mtrs_geo.models.losses import distillation_loss
+
+        assert self.teacher is not None
+        with torch.no_grad():
+            taught = self.teacher(
+                batch["image_a"].to(self.device), batch["image_b"].to(self.device), texts=texts
+            )
+        term = distillation_loss(
+            output.logits, output.presence_logits, taught.logits, taught.presence_logits
+        )
+        return self.config.model.distill_weight * term
 
     def _log(self, loss: float) -> None:
         """Append a ``log.csv`` row (and TensorBoard) every ``run.log_every`` steps (rank 0)."""
