@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -278,38 +277,3 @@ def test_stream_weighs_real_donors_by_real_weights() -> None:
     assert _odds(pairs, {"oscd": 3.0}).tolist() == pytest.approx([0.2, 0.2, 0.6])
     with pytest.raises(ValueError, match="ombria"):
         _odds(pairs, {"ombria-s2": 2.0})
-
-
-def test_a_zoomed_pair_keeps_its_change_where_it_was_and_its_ground_area() -> None:
-    from mtrs_geo.models.data.craft_stream import pair_gsd, zoom_pair
-
-    pair = _one_roof_pair()
-    zoomed = zoom_pair(pair, 2.0)
-    height, width = pair.change.shape
-    assert zoomed.change.shape == (2 * height, 2 * width)
-    assert zoomed.rgb_before.shape == (3, 2 * height, 2 * width)
-    assert zoomed.rgb_before.dtype == np.uint8
-    assert np.array_equal(zoomed.change[::2, ::2], pair.change)  # nearest: labels stay codes
-    assert zoomed.transitions == pair.transitions
-    assert pair_gsd(zoomed) == pytest.approx(pair_gsd(pair) / 2)
-    assert (zoomed.change > 0).sum() == 4 * (pair.change > 0).sum()  # the same ground area
-
-
-def test_the_stream_zooms_only_coarse_pairs_and_only_when_asked(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from mtrs_geo.models.data import craft_stream as stream
-
-    fine = _one_roof_pair()
-    coarse = replace(fine, pixel_area_m2=np.full_like(fine.pixel_area_m2, 100.0))
-    zoomed: list[float] = []
-    monkeypatch.setattr(stream, "zoom_pair", lambda p, f: zoomed.append(f) or p)
-    for pair, share, expected in ((coarse, 1.0, 1), (fine, 1.0, 0), (coarse, 0.0, 0)):
-        zoomed.clear()
-        dataset = stream.CraftStreamDataset.__new__(stream.CraftStreamDataset)
-        dataset.options = stream.StreamOptions(
-            size=64, synthetic_share=0.0, swap_dates=0.0, coarse_zoom=share
-        )
-        dataset.grounds, dataset.pairs = [], [[pair]]
-        dataset.pair_odds = np.array([1.0])
-        dataset.draw_pair(np.random.default_rng(0), 0)
-        assert len(zoomed) == expected
-        assert all(1.25 <= f <= 2.0 for f in zoomed)

@@ -70,10 +70,6 @@ class StreamOptions:
         length: nominal dataset length (distinct items before the stream repeats).
         real_weights: relative weight of a donor folder's real pairs (default 1 each, so donors
             weigh equally whatever their number of pairs), e.g. ``{"oscd": 3.0}``.
-        coarse_zoom: share of coarse pairs (pixels over :data:`COARSE_GSD` metres: Sentinel-2
-            cities, floods) enlarged before the crop by a factor drawn from ``zoom_range``, so
-            their small objects are also seen a few pixels larger.
-        zoom_range: smallest and largest enlargement of a zoomed pair.
 
     """
 
@@ -83,46 +79,6 @@ class StreamOptions:
     swap_dates: float = 0.5
     length: int = 1_000_000
     real_weights: dict[str, float] = field(default_factory=dict)
-    coarse_zoom: float = 0.0
-    zoom_range: tuple[float, float] = (1.25, 2.0)
-
-
-COARSE_GSD = 3.0  # metres per pixel above which a pair is "coarse" (zoomed by ``coarse_zoom``)
-
-
-def pair_gsd(pair: ChangePair) -> float:
-    """Mean metres per pixel of a pair."""
-    return float(np.sqrt(np.mean(pair.pixel_area_m2)))
-
-
-def zoom_pair(pair: ChangePair, factor: float) -> ChangePair:
-    """Enlarge a whole pair ``factor`` times: images and raw bands bilinear, labels nearest."""
-    import torch
-    import torch.nn.functional as F
-
-    height, width = pair.change.shape
-    size = (max(round(height * factor), 1), max(round(width * factor), 1))
-
-    def smooth(array: np.ndarray) -> np.ndarray:
-        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
-        out = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[0].numpy()
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8) if array.dtype == np.uint8 else out
-
-    def maybe(array: np.ndarray | None) -> np.ndarray | None:
-        return None if array is None else smooth(array).astype(array.dtype)
-
-    rows = np.minimum((np.arange(size[0]) + 0.5) / factor, height - 1).astype(np.intp)
-    cols = np.minimum((np.arange(size[1]) + 0.5) / factor, width - 1).astype(np.intp)
-    return replace(
-        pair,
-        rgb_before=smooth(pair.rgb_before),
-        rgb_after=smooth(pair.rgb_after),
-        red_nir_before=maybe(pair.red_nir_before),
-        red_nir_after=maybe(pair.red_nir_after),
-        change=np.ascontiguousarray(pair.change[np.ix_(rows, cols)]),
-        valid=np.ascontiguousarray(pair.valid[np.ix_(rows, cols)]),
-        pixel_area_m2=pair.pixel_area_m2[rows] / factor**2,
-    )
 
 
 def crop_pair(pair: ChangePair, size: int, rng: np.random.Generator) -> ChangePair:
@@ -225,9 +181,6 @@ class CraftStreamDataset(Dataset[Sample]):
         else:
             pairs = self.pairs[int(rng.choice(len(self.pairs), p=self.pair_odds))]
             pair = pairs[int(rng.integers(len(pairs)))]
-        if self.options.coarse_zoom and pair_gsd(pair) > COARSE_GSD:
-            if rng.random() < self.options.coarse_zoom:
-                pair = zoom_pair(pair, float(rng.uniform(*self.options.zoom_range)))
         pair = crop_pair(pair, self.options.size, rng)
         if rng.random() < self.options.swap_dates:
             pair = swap_dates(pair)

@@ -68,8 +68,6 @@ def craft_stream(source: dict[str, Any], seed: int) -> Dataset[Sample]:
         swap_dates=float(source.get("swap_dates", defaults.swap_dates)),
         length=int(source.get("length", defaults.length)),
         real_weights={str(k): float(v) for k, v in dict(source.get("real_weights", {})).items()},
-        coarse_zoom=float(source.get("coarse_zoom", defaults.coarse_zoom)),
-        zoom_range=tuple(float(v) for v in source.get("zoom_range", defaults.zoom_range)),  # type: ignore[arg-type]
     )
     split = str(source.get("split", "train"))
     return CraftStreamDataset.from_root(Path(source["root"]), split, options, seed)
