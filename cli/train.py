@@ -2,9 +2,9 @@
 
 The work happens in :mod:`mtrs_geo.models.training.loop` (``train`` runs a ``Trainer``) and
 :mod:`mtrs_geo.models.evaluate`. This module applies the command-line overrides to the YAML run
-configuration (``--out``, ``--stage``, ``--init-from``, ``--max-steps``, ``--max-time``,
-``--device``, ``--seed``), resolves ``--resume auto`` to the run's latest checkpoint, picks the
-splits to score, and prints the results (under ``torchrun``, rank 0 only).
+configuration (``--out``, ``--stage``, ``--init-from``, ``--teacher``, ``--max-steps``,
+``--max-time``, ``--device``, ``--seed``), resolves ``--resume auto`` to the run's latest
+checkpoint, picks the splits to score, and prints the results (under ``torchrun``, rank 0 only).
 """
 
 from __future__ import annotations
@@ -53,6 +53,11 @@ def _splits(root: Path, given: tuple[str, ...]) -> list[str]:
     help="Start from this checkpoint folder (stage 2: the stage-1 result, <out>/final).",
 )
 @click.option(
+    "--teacher",
+    type=click.Path(exists=True, file_okay=False),
+    help="Also learn this checkpoint's masks (distillation; weight: model.distill_weight).",
+)
+@click.option(
     "--resume",
     help="Continue from a checkpoint folder (<out>/checkpoints/step_N) or 'auto' (the latest).",
 )
@@ -66,6 +71,7 @@ def train(
     stage: int | None,
     out: str | None,
     init_from: str | None,
+    teacher: str | None,
     resume: str | None,
     max_steps: int | None,
     max_time: float | None,
@@ -102,6 +108,10 @@ def train(
     if init_from is not None:
         config = dataclasses.replace(
             config, model=dataclasses.replace(config.model, init_from=str(Path(init_from)))
+        )
+    if teacher is not None:
+        config = dataclasses.replace(
+            config, model=dataclasses.replace(config.model, teacher=str(Path(teacher)))
         )
     if max_steps is not None:
         config = dataclasses.replace(

@@ -218,6 +218,15 @@ def test_a_run_with_a_teacher_learns_from_it_and_a_missing_teacher_is_an_input_e
     without, with_teacher = train(plain, progress=False), train(taught, progress=False)
     # Same data, same start: the teacher's term adds to every step's loss.
     assert all(b > a for (_, a), (_, b) in zip(without.losses, with_teacher.losses, strict=True))
+    # The command line names a teacher for a config without one; the run folder keeps it.
+    plain_path = tmp_path / "p.yaml"
+    result = CliRunner().invoke(
+        cli, ["train", "-c", str(plain_path), "--teacher", str(start), "--out",
+              str(tmp_path / "rc"), "--max-steps", "1", "--quiet"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    kept = yaml.safe_load((tmp_path / "rc" / "config.yaml").read_text())
+    assert kept["model"]["teacher"] == str(start)
     missing = load_config(_config(tmp_path / "m.yaml", 2, source, tmp_path / "rm",
                                   init_from=str(start), teacher="nowhere"))  # fmt: skip
     with pytest.raises(InputError, match="teacher"):
