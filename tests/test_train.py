@@ -231,3 +231,7 @@ def test_a_run_with_a_teacher_learns_from_it_and_a_missing_teacher_is_an_input_e
                                   init_from=str(start), teacher="nowhere"))  # fmt: skip
     with pytest.raises(InputError, match="teacher"):
         train(missing, progress=False)
+    negative = _config(tmp_path / "n.yaml", 2, source, tmp_path / "rn",
+                       init_from=str(start), teacher="start", distill_weight=-1.0)  # fmt: skip
+    with pytest.raises(InputError, match="distill_weight"):
+        load_config(negative)

@@ -141,6 +141,8 @@ def config_from_dict(values: dict[str, Any], base: Path | None = None) -> TrainC
     model = dataclasses.replace(model, freeze=tuple(model.freeze))
     if model.init_from and base is not None and not Path(model.init_from).is_absolute():
         model = dataclasses.replace(model, init_from=str((base / model.init_from).resolve()))
+    if not model.distill_weight >= 0.0:
+        raise InputError(f"model.distill_weight must be >= 0, got {model.distill_weight}")
     if model.teacher and base is not None and not Path(model.teacher).is_absolute():
         model = dataclasses.replace(model, teacher=str((base / model.teacher).resolve()))
     data_values = dict(values.get("data") or {})
