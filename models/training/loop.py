@@ -641,33 +641,39 @@ class Trainer:
                 dtype=self.amp_dtype or torch.float32,
                 enabled=self.amp_dtype is not None,
             ):
-                output = self.model(
+                images = (
                     batch["image_a"].to(device, non_blocking=True),
                     batch["image_b"].to(device, non_blocking=True),
+                )
+                output = self.model(
+                    *images,
                     texts=texts,
                     labels=batch["mask"].to(device, non_blocking=True),
                     target_present=batch["target_present"].to(device),
                 )
                 loss = output.loss
                 if self.teacher is not None:
-                    loss = loss + self._distillation(batch, texts, output)
+                    loss = loss + self._distillation(images, texts, output)
                 loss = loss / self.config.optim.accumulate
             self.scaler.scale(loss).backward()
         return loss.detach()
 
     def _distillation(
-        self, batch: dict[str, Any], texts: list[str] | None, output: Any
+        self, images: tuple[torch.Tensor, torch.Tensor], texts: list[str] | None, output: Any
     ) -> torch.Tensor:
         """``model.distill_weight`` times the student's distance to the teacher on this batch."""
         from mtrs_geo.models.losses import distillation_loss
 
         assert self.teacher is not None
         with torch.no_grad():
-            taught = self.teacher(
-                batch["image_a"].to(self.device), batch["image_b"].to(self.device), texts=texts
-            )
+            taught = self.teacher(*images, texts=texts)
+        settings: Any = self.network.config  # the student's: presence weighed as its labels are
         term = distillation_loss(
-            output.logits, output.presence_logits, taught.logits, taught.presence_logits
+            output.logits,
+            output.presence_logits,
+            taught.logits,
+            taught.presence_logits,
+            presence_weight=settings.presence_weight,
         )
         return self.config.model.distill_weight * term
 
