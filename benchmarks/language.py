@@ -1,6 +1,6 @@
 """Does the model follow the words? Per query class and direction, on held-out pairs only.
 
-Three sets, none of which the bundled checkpoint was trained on:
+Four sets, none of which the bundled checkpoint was trained on:
 
 * ``synthetic``: object-level changes (roofs, water, vegetation appearing, vanishing, burnt)
   composed over the *held-out* ground images with objects cut from *held-out* scenes
@@ -8,6 +8,9 @@ Three sets, none of which the bundled checkpoint was trained on:
 * ``real``: the held-out real pairs: LEVIR-CD / EGY-BCD (new buildings; also time-reversed,
   where the same buildings are "demolished"), OMBRIA (flood water appeared), OSCD cities (new
   buildings and roads), SZTAKI and DSIFN (any change);
+* ``shifted``: the ``real`` pairs with the after image moved by half a pixel along both axes
+  (bilinear), as a pair is once the engine warps one date onto the other's grid: a model should
+  score about as on ``real``;
 * ``roofs``: generated georeferenced GeoTIFF pairs in which identical roofs appear in some places
   and vanish in others, run through ``mtrs detect`` itself (default threshold), as a user would.
 
@@ -156,6 +159,22 @@ def real_cases() -> list[Case]:
             truths |= {"new buildings and roads": change}
         cases.append(Case(pair.name, pair.rgb_before, pair.rgb_after, truths))
     return cases
+
+
+def shifted_cases(cases: Iterable[Case], dx: float = 0.5, dy: float = 0.5) -> list[Case]:
+    """The cases with the after image moved by ``(dx, dy)`` pixels (bilinear); answers kept."""
+    import torch
+
+    from mtrs_geo.models.augment import shift_image
+
+    def shift(image: np.ndarray) -> np.ndarray:
+        moved = shift_image(torch.from_numpy(image.astype(np.float32)), dx, dy)
+        return np.clip(np.round(moved.numpy()), 0, 255).astype(np.uint8)
+
+    return [
+        Case(case.name + " (after shifted)", case.before, shift(case.after), case.truths)
+        for case in cases
+    ]
 
 
 def predict(model: object, case: Case, query: str | None) -> np.ndarray:
@@ -312,19 +331,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "language_board")
     parser.add_argument("--skip-cva", action="store_true")
-    parser.add_argument("--sets", default="synthetic,real,roofs", help="comma-separated subset")
+    parser.add_argument(
+        "--sets", default="synthetic,real,shifted,roofs", help="comma-separated subset"
+    )
     args = parser.parse_args()
     started = time.time()
     sets = set(args.sets.split(","))
     synthetic = synthetic_cases(args.pairs, args.seed) if "synthetic" in sets else []
-    real = real_cases() if "real" in sets else []
+    real = real_cases() if sets & {"real", "shifted"} else []
     models = [args.model] + ([] if args.skip_cva else ["cva"])
     results: list[dict[str, object]] = []
     for model in models:
         if synthetic:
             results.append(score_cases(model, synthetic, "synthetic"))
-        if real:
+        if "real" in sets:
             results.append(score_cases(model, real, "real"))
+        if "shifted" in sets:
+            results.append(score_cases(model, shifted_cases(real), "shifted"))
         if "roofs" in sets:
             results.append(roofs_scores(model, args.roof_pairs))
         print(f"{model}: done at {time.time() - started:.0f} s", flush=True)

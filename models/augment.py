@@ -1,9 +1,12 @@
 """Joint augmentations of a before/after pair and its mask that keep the two dates aligned.
 
 Geometric transforms (flips, rot90, crop or resize) are drawn once and applied to both dates and the
-mask; photometric jitter is drawn per date. Swapping the dates is off by default; when on, the
-direction words of the query are swapped with it ("new" <-> "removed", ...), so the text still
-describes the change.
+mask; photometric jitter is drawn per date. Misregistration (off by default) moves each date by its
+own sub-pixel offset, resampled bilinearly, as when one date is warped onto the other's grid: real
+pairs are never registered to the pixel, and the engine resamples the later images onto the first's
+grid, so a model must not read the seams and blur this leaves as change. Swapping the dates is off
+by default; when on, the direction words of the query are swapped with it ("new" <-> "removed",
+...), so the text still describes the change.
 
 Randomness comes from a generator seeded by (seed, epoch, index): the same sample gets the same
 augmentation whatever the worker count, and a resumed run sees exactly the data it would have seen.
@@ -77,6 +80,8 @@ class AugmentConfig:
     brightness: float = 0.1  # additive, per date
     contrast: float = 0.1  # multiplicative around the mean, per date
     swap_dates: float = 0.0
+    misregister: float = 0.0  # probability that a date is shifted (each date drawn on its own)
+    misregister_px: float = 1.0  # largest shift along each axis, in pixels
 
 
 def _fit(sample: Sample, size: int, mode: str, rng: np.random.Generator) -> None:
@@ -109,6 +114,28 @@ def _jitter(image: torch.Tensor, config: AugmentConfig, rng: np.random.Generator
     return ((image - mean) * scale + mean + shift).clamp(0.0, 1.0)
 
 
+def shift_image(image: torch.Tensor, dx: float, dy: float) -> torch.Tensor:
+    """Translate a ``(C, H, W)`` image by ``(dx, dy)`` pixels (bilinear, edges repeated)."""
+    height, width = image.shape[-2:]
+    theta = torch.tensor(
+        [[1.0, 0.0, -2.0 * dx / width], [0.0, 1.0, -2.0 * dy / height]], dtype=image.dtype
+    )
+    grid = F.affine_grid(theta[None], [1, *image.shape], align_corners=False)
+    moved = F.grid_sample(
+        image[None], grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return moved[0]
+
+
+def _misregister(
+    image: torch.Tensor, config: AugmentConfig, rng: np.random.Generator
+) -> torch.Tensor:
+    if not config.misregister or rng.random() >= config.misregister:
+        return image
+    dx, dy = (float(v) for v in rng.uniform(-config.misregister_px, config.misregister_px, 2))
+    return shift_image(image, dx, dy)
+
+
 def augment_sample(sample: Sample, config: AugmentConfig, rng: np.random.Generator) -> Sample:
     """Apply the joint augmentations to one item dict (returns a new dict)."""
     out = dict(sample)
@@ -127,6 +154,9 @@ def augment_sample(sample: Sample, config: AugmentConfig, rng: np.random.Generat
         if turns:
             tensor = torch.rot90(tensor, turns, dims=(-2, -1))
         out[key] = tensor.contiguous()
+    if config.misregister:
+        out["image_a"] = _misregister(out["image_a"], config, rng)
+        out["image_b"] = _misregister(out["image_b"], config, rng)
     if config.brightness or config.contrast:
         out["image_a"] = _jitter(out["image_a"], config, rng)
         out["image_b"] = _jitter(out["image_b"], config, rng)

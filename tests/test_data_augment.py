@@ -5,6 +5,7 @@ from mtrs_geo.models.augment import (
     AugmentConfig,
     AugmentedDataset,
     augment_sample,
+    shift_image,
     swap_direction_words,
 )
 
@@ -54,3 +55,30 @@ def test_augmentations_depend_only_on_seed_epoch_and_index() -> None:
     again = AugmentedDataset(data, AugmentConfig(size=24), seed=4)  # type: ignore[arg-type]
     assert torch.equal(first.item(2, 1)["image_a"], again.item(2, 1)["image_a"])
     assert not torch.equal(first.item(2, 1)["image_a"], first.item(3, 1)["image_a"])
+
+
+def test_a_shift_moves_the_image_by_whole_and_half_pixels() -> None:
+    image = torch.zeros(1, 8, 8)
+    image[0, 3, 3] = 1.0
+    assert shift_image(image, 1.0, 0.0)[0, 3, 4] == 1.0  # one pixel to the right
+    assert shift_image(image, 0.0, -1.0)[0, 2, 3] == 1.0  # one pixel up
+    half = shift_image(image, 0.5, 0.0)[0, 3]
+    assert torch.allclose(half[3:5], torch.tensor([0.5, 0.5]))  # shared by two pixels
+    assert float(half.sum()) == 1.0
+
+
+def test_misregistration_moves_each_date_on_its_own_and_never_the_mask() -> None:
+    config = AugmentConfig(
+        size=None, hflip=0, vflip=0, rot90=False, brightness=0, contrast=0,
+        misregister=1.0, misregister_px=1.5,
+    )  # fmt: skip
+    sample = _sample()
+    out = augment_sample(sample, config, np.random.default_rng(0))
+    assert torch.equal(out["mask"], sample["mask"])
+    assert not torch.equal(out["image_a"], sample["image_a"])
+    assert not torch.equal(out["image_a"], out["image_b"])  # two different offsets
+    moved = (out["image_a"] - sample["image_a"]).abs().max()
+    assert 0 < float(moved) < 0.05  # a sub-pixel-scale move of a smooth ramp, not a new image
+    off = AugmentConfig(size=None, hflip=0, vflip=0, rot90=False, brightness=0, contrast=0)
+    still = augment_sample(_sample(), off, np.random.default_rng(0))
+    assert torch.equal(still["image_a"], sample["image_a"])  # off by default

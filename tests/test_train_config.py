@@ -36,6 +36,8 @@ def test_unknown_keys_and_bad_values_are_input_errors() -> None:
         config_from_dict({"stage": 3})
     with pytest.raises(InputError, match="needs a type"):
         config_from_dict({"data": {"train": [{"root": "x"}]}})
+    with pytest.raises(InputError, match="misregister must be a probability"):
+        config_from_dict({"augment": {"misregister": 1.5}})
 
 
 def test_ranks_read_disjoint_slices_and_every_epoch_visits_each_item_once() -> None:

@@ -153,6 +153,10 @@ def config_from_dict(values: dict[str, Any], base: Path | None = None) -> TrainC
     augment = _section(AugmentConfig, values.get("augment"), "augment")
     if augment.mode not in ("crop", "resize"):
         raise InputError(f"augment.mode must be crop or resize, got {augment.mode!r}")
+    if not 0.0 <= augment.misregister <= 1.0 or augment.misregister_px < 0:
+        raise InputError(
+            "augment.misregister must be a probability (0..1) and augment.misregister_px >= 0"
+        )
     optim = _section(OptimSection, values.get("optim"), "optim")
     run = _section(RunSection, values.get("run"), "run")
     if run.precision not in PRECISIONS:
