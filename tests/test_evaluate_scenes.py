@@ -32,3 +32,26 @@ def test_scenes_cannot_be_scored_from_a_predictions_folder(tmp_path: Path) -> No
     _scene(tmp_path / "val" / "scene1")
     with pytest.raises(InputError, match="georeferenced scenes"):
         evaluate_splits(tmp_path, ["val"], predictions=tmp_path)
+
+
+def test_scenes_run_at_the_tile_size_mtrs_detect_picks_for_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mtrs_geo.pipeline as pipeline
+    from mtrs_geo.config import model_tile_size
+
+    class Seen(Exception):
+        """Raised by the spy once the engine's configuration is seen (no model runs)."""
+
+    _scene(tmp_path / "val" / "scene1")
+    tiles: list[int] = []
+
+    def spy(config, *args, **kwargs):  # type: ignore[no-untyped-def]
+        tiles.append(config.tile_size)
+        raise Seen
+
+    monkeypatch.setattr(pipeline, "detect", spy)
+    for spec in ("mtrefseg-r1@any", "cva@any"):
+        with pytest.raises(Seen):
+            evaluate_splits(tmp_path, ["val"], model=spec)
+    assert tiles == [model_tile_size("mtrefseg-r1"), model_tile_size("cva")]  # 256, 512

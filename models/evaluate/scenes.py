@@ -52,14 +52,15 @@ def evaluate_scene(
     text_field: str | None = "query",
     ignore_query: bool = False,
     device: str = "cpu",
-    tile_size: int = 512,
+    tile_size: int = 0,
     overlap: int = 64,
 ) -> SampleScore:
     """Score one (scene, query) through the full engine against its rasterized reference polygons.
 
-    The engine runs as ``mtrs detect`` would (tiling, stitching included) and writes its probability
-    raster on the common grid; the reference polygons of ``query`` are rasterized on that grid, and
-    pixels outside the pair's valid footprint are left out of both masks.
+    The engine runs as ``mtrs detect`` would (tiling, stitching included; ``tile_size`` 0: the
+    model's own, as ``mtrs detect`` picks it) and writes its probability raster on the common
+    grid; the reference polygons of ``query`` are rasterized on that grid, and pixels outside the
+    pair's valid footprint are left out of both masks.
     """
     import tempfile
 
@@ -99,7 +100,7 @@ def evaluate_scenes(
     model_spec: str,
     text_field: str | None = "query",
     device: str = "cpu",
-    tile_size: int = 512,
+    tile_size: int = 0,
     overlap: int = 64,
 ) -> dict[str, float | int]:
     """Score every (scene, query) of a scenes-layout split through the engine.
