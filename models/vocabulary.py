@@ -30,6 +30,7 @@ PLACES = (
     "top, bottom, left, right, top-left, ..., centre",
 )
 OTHER = (
+    'water that appeared is also "flooded areas" ("flooded land", "newly flooded areas")',
     '"any change" (also "all changes", "changes", or no query): every change',
     'counts ("both new buildings", "the three areas that changed")',
     'size ("the largest new building", "the change of about 800 square metres")',

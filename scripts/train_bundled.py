@@ -11,7 +11,9 @@ Steps (every one seeded):
    real pairs (``mtrs_geo.models.data.craft_stream``); hours on 2 CPU cores, resumable
    (``--resume auto``: rerun the same command after an interruption, on any machine that has the
    run folder).
-5. ``mtrs benchmark`` on the held-out splits and ``benchmarks/language.py`` on held-out pairs; the
+5. Stage 4 (misregistration) from stage 3: ``configs/bundled_misregister.yaml``, the same stream
+   with each date moved by its own sub-pixel offset half of the time; resumable.
+6. ``mtrs benchmark`` on the held-out splits and ``benchmarks/language.py`` on held-out pairs; the
    model card (README.md), training_metadata.json and both tables go next to the weights, and the
    README's tables are rewritten.
 
@@ -19,6 +21,7 @@ Usage::
 
     .venv/bin/python scripts/train_bundled.py                       # everything, from ImageNet
     .venv/bin/python scripts/train_bundled.py --base runs/base_init  # stage 3 from a stage-2 model
+    .venv/bin/python scripts/train_bundled.py --language-from DIR    # stage 4 from a stage-3 model
     .venv/bin/python scripts/train_bundled.py --evaluate-only        # the README's tables only
 """
 
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -38,6 +42,7 @@ from mtrs_geo.config import TILE_SIZE_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 LANGUAGE_CONFIG = REPO / "configs" / "bundled_language.yaml"
+MISREGISTER_CONFIG = REPO / "configs" / "bundled_misregister.yaml"
 SHARED = REPO.parent / "shared" / "data"
 HELD_OUT = ("val", "test")
 # source name -> (input folder, craft layout, craft subject)
@@ -184,6 +189,14 @@ def language_stage(work: Path, base: Path, args: argparse.Namespace) -> Path:
     return work / "language" / "final"
 
 
+def misregister_stage(work: Path, language: Path) -> Path:
+    """Stage 4: misregistered dates (configs/bundled_misregister.yaml) from stage 3; resumable."""
+    command = ["train", "-c", str(MISREGISTER_CONFIG), "--init-from", str(language)]
+    command += ["--out", str(work / "misregister"), "--quiet", "--resume", "auto"]
+    mtrs(*command)
+    return work / "misregister" / "final"
+
+
 def main() -> None:
     """Run the whole recipe (or only the evaluation)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -202,6 +215,12 @@ def main() -> None:
         "--language-minutes", type=float, help="time cap of the language stage (config: 95)"
     )
     parser.add_argument("--language-steps", type=int, help="optimizer steps (config: 2000)")
+    parser.add_argument(
+        "--language-from",
+        type=Path,
+        help="a stage-3 checkpoint (with its training_metadata.json) to run stage 4 from "
+        "(skips stages 1-3)",
+    )
     parser.add_argument("--size", type=int, default=128, help="stage 1-2 crop side, pixels")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--eval-size", type=int, default=256)
@@ -216,7 +235,7 @@ def main() -> None:
     parser.add_argument(
         "--no-train",
         action="store_true",
-        help="take the language stage's existing result (WORK/language/final) as it is: "
+        help="take stage 4's existing result (WORK/misregister/final) as it is: "
         "evaluate it, write the checkpoint and the README tables",
     )
     parser.add_argument(
@@ -233,8 +252,14 @@ def main() -> None:
         evaluate(work, crafted, "mtrefseg-r1", args)
         update_readme(work)
         return
-    base = args.base.resolve() if args.base else base_stages(work, crafted, args)
-    final = work / "language" / "final" if args.no_train else language_stage(work, base, args)
+    if args.language_from:
+        base = language = args.language_from.resolve()
+    else:
+        base = args.base.resolve() if args.base else base_stages(work, crafted, args)
+        language = (
+            work / "language" / "final" if args.no_train else language_stage(work, base, args)
+        )
+    final = work / "misregister" / "final" if args.no_train else misregister_stage(work, language)
     evaluate(work, crafted, str(final), args)
     write_checkpoint(work, base, final, args.out.resolve(), time.time() - started)
     update_readme(work)
@@ -274,19 +299,31 @@ def leaderboard(work: Path, crafted: dict[str, Path], models: list[str], size: i
     return splits
 
 
-def _training_summary(run: Path) -> dict[str, object]:
+def _training_summary(run: Path) -> dict[str, Any]:
     return json.loads((run / "final" / "training.json").read_text())
 
 
-def _base_summaries(base: Path, work: Path) -> dict[str, object]:
-    """Stage 1 and 2 summaries: from this work folder's runs, else from the base's metadata."""
-    if (work / "stage2" / "final" / "training.json").is_file():
-        return {
-            "stage1": _training_summary(work / "stage1"),
-            "stage2": _training_summary(work / "stage2"),
-        }
-    metadata = json.loads((base / "training_metadata.json").read_text())
-    return {"stage1": metadata["stage1"], "stage2": metadata["stage2"]}
+def _run_summary(run: Path) -> dict[str, Any]:
+    """Return a run's training.json, with the seconds of every resumed invocation (log.csv's)."""
+    summary = _training_summary(run)
+    rows = (run / "log.csv").read_text().strip().splitlines()
+    summary["seconds"] = round(float(rows[-1].split(",")[4]))
+    return summary
+
+
+def _earlier_summaries(base: Path, work: Path) -> dict[str, dict[str, Any]]:
+    """Stage 1-3 summaries: from this work folder's runs, else from the base's metadata."""
+    metadata: dict[str, Any] = {}
+    if (base / "training_metadata.json").is_file():
+        metadata = json.loads((base / "training_metadata.json").read_text())
+    summaries = {}
+    for stage in ("stage1", "stage2", "language"):
+        if (work / stage / "final" / "training.json").is_file():
+            run = work / stage
+            summaries[stage] = _run_summary(run) if stage == "language" else _training_summary(run)
+        else:
+            summaries[stage] = metadata[stage]
+    return summaries
 
 
 TRAINED_ON = (
@@ -311,16 +348,23 @@ LANGUAGE_HISTORY = (
     "(real_weights), the learning rate following the longer cosine from step 3391."
 )
 
+# How the shipped stage 4 departed from configs/bundled_misregister.yaml (its first part).
+MISREGISTER_HISTORY = (
+    "This run, in three parts: 1600 steps as configs/bundled_misregister.yaml says (lr 1.5e-4, "
+    "OSCD's real pairs weighted 3) from stage 3; 1000 steps at lr 1e-4 from that, OMBRIA's real "
+    "pairs also weighted 2; 1000 steps at lr 1e-4 from that, OSCD's weighted 5 and OMBRIA's 1, "
+    'water that appeared also worded as flooded land ("flooded areas", added to the stream for '
+    "this part; misregister.yaml here is this last part's configuration)."
+)
+
 
 def write_checkpoint(work: Path, base: Path, final: Path, out: Path, seconds: float) -> None:
     """Copy the weights and configs; write training_metadata.json and the model card."""
     from mtrs_geo.models import vocabulary
 
-    stages = _base_summaries(base, work)
-    language = _training_summary(work / "language")
-    # log.csv's seconds count every resumed invocation; training.json only the last one.
-    rows = (work / "language" / "log.csv").read_text().strip().splitlines()
-    language["seconds"] = round(float(rows[-1].split(",")[4]))
+    stages = _earlier_summaries(base, work)
+    language = stages["language"]
+    misregister = _run_summary(work / "misregister")
     board = json.loads((work / "leaderboard.json").read_text())
     language_board = json.loads((work / "language_board" / "language.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
@@ -330,17 +374,22 @@ def write_checkpoint(work: Path, base: Path, final: Path, out: Path, seconds: fl
     settings = json.loads((out / "config.json").read_text())
     settings[TILE_SIZE_KEY] = INFERENCE_TILE_SIZE
     (out / "config.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    for name in ("stage1.yaml", "stage2.yaml"):
-        source = work / name if (work / name).is_file() else base / name
+    configs = {
+        "stage1.yaml": work / "stage1.yaml",
+        "stage2.yaml": work / "stage2.yaml",
+        "language.yaml": work / "language" / "config.yaml",
+        "misregister.yaml": work / "misregister" / "config.yaml",
+    }
+    for name, source in configs.items():
+        source = source if source.is_file() else base / name
         if source.resolve() != (out / name).resolve():
             shutil.copyfile(source, out / name)
-    shutil.copyfile(work / "language" / "config.yaml", out / "language.yaml")
     shutil.copyfile(work / "leaderboard.json", out / "leaderboard.json")
     shutil.copyfile(work / "language_board" / "language.json", out / "language.json")
     metadata = {
         "trained_on": TRAINED_ON,
         **stages,
-        "language": language,
+        "misregister": misregister,
         "total_seconds_this_run": round(seconds),
         "understands": vocabulary.summary(),
         "held_out": "mtrs_geo.craft.donors.is_held_out (levir-cd test_77/train_412, dsifn-cd "
@@ -350,8 +399,8 @@ def write_checkpoint(work: Path, base: Path, final: Path, out: Path, seconds: fl
     }
     (out / "training_metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     size_mb = (out / "model.safetensors").stat().st_size / 1e6
-    s1, s2 = stages["stage1"], stages["stage2"]  # type: ignore[index]
-    total_hours = (float(s1["seconds"]) + float(s2["seconds"]) + float(language["seconds"])) / 3600
+    s1, s2 = stages["stage1"], stages["stage2"]
+    total_hours = sum(float(stage["seconds"]) for stage in (s1, s2, language, misregister)) / 3600
     card = f"""# MTRefSeg-R1 (base), bundled checkpoint
 
 - Trained on: {TRAINED_ON}.
@@ -363,11 +412,16 @@ def write_checkpoint(work: Path, base: Path, final: Path, out: Path, seconds: fl
   crops of 192 px in {language["seconds"]} s, last loss {language["last_loss"]:.4f}
   (stopped early by its time cap: {language["stopped_early"]}), resumed across interruptions;
   recipe in language.yaml. {LANGUAGE_HISTORY}
+- Stage 4 (misregistration: each date moved by its own sub-pixel offset, so resampling seams and
+  blur are not change; water that appeared also worded as flooded land): {misregister["steps"]}
+  steps in {misregister["seconds"]} s, last loss {misregister["last_loss"]:.4f}; recipe in
+  misregister.yaml. {MISREGISTER_HISTORY}
 - Hardware: CPU only (2 cores shared with other work), no GPU.
 - `onnx/`: the same weights as ONNX graphs (encoder and decoder), which the engine runs on the
   CPU in ONNX Runtime (`mtrs_geo/models/onnx_runtime.py`; `MTRS_RUNTIME=torch` runs torch).
 - Reproduce: `.venv/bin/python scripts/train_bundled.py` (resumable; `--base DIR` skips stages
-  1-2); the tables: `.venv/bin/python scripts/train_bundled.py --evaluate-only`.
+  1-2, `--language-from DIR` stages 1-3); the tables:
+  `.venv/bin/python scripts/train_bundled.py --evaluate-only`.
 
 ## What it can be asked
 

@@ -277,3 +277,17 @@ def test_stream_weighs_real_donors_by_real_weights() -> None:
     assert _odds(pairs, {"oscd": 3.0}).tolist() == pytest.approx([0.2, 0.2, 0.6])
     with pytest.raises(ValueError, match="ombria"):
         _odds(pairs, {"ombria-s2": 2.0})
+
+
+def test_water_that_appeared_is_sometimes_said_as_flooded_land_and_lost_water_never() -> None:
+    from mtrs_geo.models.data.craft_stream import FLOOD_WORDINGS, with_flood_wording
+
+    rng = np.random.default_rng(0)
+    said = with_flood_wording("all areas that became water in the north", rng, share=1.0)
+    assert said.startswith("all ") and said.endswith(" in the north")
+    assert said[4 : -len(" in the north")] in FLOOD_WORDINGS
+    for text in ("water that disappeared", "the lost flood water", "former open water areas",
+                 "the largest newly formed open water patch", "new buildings"):  # fmt: skip
+        assert with_flood_wording(text, rng, share=1.0) == text
+    kept = [with_flood_wording("new water areas", rng) == "new water areas" for _ in range(400)]
+    assert 0.6 < np.mean(kept) < 0.8  # said so about 30 % of the time

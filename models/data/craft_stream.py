@@ -55,6 +55,16 @@ SYNONYMS = {
     "water": ("water", "water", "flood water", "open water"),
 }
 _WORD = re.compile(r"[A-Za-z]+")
+# Water that appeared is what a flood analyst asks for as flooded land: CRAFT's wordings of it
+# ("areas that became water", "new water areas", "water that appeared") are sometimes said so.
+FLOOD_SHARE = 0.3
+FLOOD_WORDINGS = ("flooded areas", "flooded land", "newly flooded areas", "areas that were flooded")
+_WATER_APPEARED = re.compile(
+    r"\b(?:areas that became (?:flood |open )?water"
+    r"|new (?:flood |open )?water areas"
+    r"|newly formed (?:flood |open )?water"
+    r"|(?:flood |open )?water that appeared)\b(?! patch| area| body)"
+)
 T = TypeVar("T")
 
 
@@ -121,6 +131,14 @@ def with_synonyms(text: str, rng: np.random.Generator) -> str:
         return word if options is None else options[int(rng.integers(len(options)))]
 
     return _WORD.sub(repl, text)
+
+
+def with_flood_wording(text: str, rng: np.random.Generator, share: float = FLOOD_SHARE) -> str:
+    """Say water that appeared as flooded land ("flooded areas"), ``share`` of the time."""
+    if not _WATER_APPEARED.search(text) or rng.random() >= share:
+        return text
+    wording = FLOOD_WORDINGS[int(rng.integers(len(FLOOD_WORDINGS)))]
+    return _WATER_APPEARED.sub(wording, text, count=1)
 
 
 def pick_expression(candidates: list[Candidate], rng: np.random.Generator) -> Candidate | None:
@@ -199,7 +217,7 @@ class CraftStreamDataset(Dataset[Sample]):
             if chosen is not None:
                 break
         assert chosen is not None, "no expression could be crafted for 8 pairs in a row"
-        text = with_synonyms(chosen.text, rng)
+        text = with_flood_wording(with_synonyms(chosen.text, rng), rng)
         if chosen.kind == "all" and chosen.mask.any() and rng.random() < ANY_CHANGE_SHARE:
             text = ""
         return make_sample(
