@@ -331,8 +331,8 @@ TRAINED_ON = (
     "triplets); stage 3: triplets crafted on the fly from synthetic object-level changes "
     "(roofs, water, vegetation appearing, vanishing, burnt) over the training scenes of "
     "LEVIR-CD, EGY-BCD, OMBRIA, SZTAKI AirChange, DSIFN-CD and OSCD plus their real labelled "
-    "pairs, dates swapped with their directions; held-out scenes (mtrs_geo.craft.donors) "
-    "never used"
+    "pairs, dates swapped with their directions; stage 4: the same stream, each date moved by its "
+    "own sub-pixel offset half of the time; held-out scenes (mtrs_geo.craft.donors) never used"
 )
 
 
