@@ -130,7 +130,7 @@ def shift_image(image: torch.Tensor, dx: float, dy: float) -> torch.Tensor:
 def _misregister(
     image: torch.Tensor, config: AugmentConfig, rng: np.random.Generator
 ) -> torch.Tensor:
-    if not config.misregister or rng.random() >= config.misregister:
+    if rng.random() >= config.misregister:
         return image
     dx, dy = (float(v) for v in rng.uniform(-config.misregister_px, config.misregister_px, 2))
     return shift_image(image, dx, dy)

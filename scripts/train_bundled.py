@@ -299,13 +299,9 @@ def leaderboard(work: Path, crafted: dict[str, Path], models: list[str], size: i
     return splits
 
 
-def _training_summary(run: Path) -> dict[str, Any]:
-    return json.loads((run / "final" / "training.json").read_text())
-
-
 def _run_summary(run: Path) -> dict[str, Any]:
     """Return a run's training.json, with the seconds of every resumed invocation (log.csv's)."""
-    summary = _training_summary(run)
+    summary: dict[str, Any] = json.loads((run / "final" / "training.json").read_text())
     rows = (run / "log.csv").read_text().strip().splitlines()
     summary["seconds"] = round(float(rows[-1].split(",")[4]))
     return summary
@@ -319,8 +315,7 @@ def _earlier_summaries(base: Path, work: Path) -> dict[str, dict[str, Any]]:
     summaries = {}
     for stage in ("stage1", "stage2", "language"):
         if (work / stage / "final" / "training.json").is_file():
-            run = work / stage
-            summaries[stage] = _run_summary(run) if stage == "language" else _training_summary(run)
+            summaries[stage] = _run_summary(work / stage)
         else:
             summaries[stage] = metadata[stage]
     return summaries
