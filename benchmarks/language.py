@@ -1,6 +1,6 @@
 """Does the model follow the words? Per query class and direction, on held-out pairs only.
 
-Four sets, none of which the bundled checkpoint was trained on:
+Five sets, none of which the bundled checkpoint was trained on:
 
 * ``synthetic``: object-level changes (roofs, water, vegetation appearing, vanishing, burnt)
   composed over the *held-out* ground images with objects cut from *held-out* scenes
@@ -12,7 +12,11 @@ Four sets, none of which the bundled checkpoint was trained on:
   (bilinear), as a pair is once the engine warps one date onto the other's grid: a model should
   score about as on ``real``;
 * ``roofs``: generated georeferenced GeoTIFF pairs in which identical roofs appear in some places
-  and vanish in others, run through ``mtrs detect`` itself (default threshold), as a user would.
+  and vanish in others, run through ``mtrs detect`` itself (default threshold), as a user would;
+* ``oscd``: the held-out OSCD cities as georeferenced scenes through ``mtrs detect`` at six tilings
+  (tile side and overlap, the default first): F1 of "new buildings and roads" at each. One city's
+  few dozen changed objects give an F1 that moves by several points with where the tile edges
+  fall, so the mean over the tilings is the figure to compare, not one draw.
 
 Per query: IoU with the right answer (mean over pairs with a target, and overall), pixel F1, the
 predicted area where the right answer is empty, and the IoU between the masks of contrasting
@@ -31,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -257,12 +261,15 @@ def roofs_pair(
     return paths[0], paths[1], appeared, vanished
 
 
-def detect_mask(before: Path, after: Path, query: str, model: str, out: Path) -> np.ndarray:
+def detect_mask(
+    before: Path, after: Path, query: str, model: str, out: Path, options: Iterable[str] = ()
+) -> np.ndarray:
     """Run ``mtrs detect`` (binary mask output, default threshold) and read the mask."""
     import rasterio
 
     command = [sys.executable, "-m", "mtrs_geo.cli.main", "detect", str(before), str(after)]
     command += ["-q", query, "--model", model, "--mask-out", str(out), "--mask-type", "binary"]
+    command += list(options)
     subprocess.run(command, check=True, capture_output=True, cwd=REPO)
     with rasterio.open(out) as src:
         return src.read(1) == 1
@@ -281,6 +288,43 @@ def roofs_scores(model: str, pairs: int) -> dict[str, object]:
                     iou = (mask & truth).sum() / max((mask | truth).sum(), 1)
                     rows.setdefault(f"{query} ~ {name}", []).append(100 * float(iou))
     return {"set": "roofs", "model": model, "iou": {k: float(np.mean(v)) for k, v in rows.items()}}
+
+
+# Tile side and overlap of each run over a held-out OSCD city; the first is `mtrs detect`'s
+# default for the bundled checkpoint. The F1 of one city's 26 changed objects moves with where the
+# tile edges fall (the decoder attends over the whole tile): one tiling alone is a draw.
+OSCD_TILINGS = ((256, 64), (192, 0), (192, 64), (256, 128), (320, 0), (320, 64))
+
+
+def oscd_scores(model: str, tilings: Sequence[tuple[int, int]] = OSCD_TILINGS) -> dict[str, object]:
+    """F1 of "new buildings and roads" on the held-out OSCD cities through ``mtrs detect``.
+
+    Each city is written as ``scripts/oscd_scenes.py`` writes it (bands B04/B03/B02 as uint16 on
+    their 10 m grid) and run at every tiling; the F1 pools the city's pixels per tiling.
+    """
+    from mtrs_geo.craft.donors import HELD_OUT_SCENES
+    from mtrs_geo.layouts import read_oscd_change
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from oscd_scenes import QUERY, write_scene
+
+    cities = [SHARED / "oscd" / name for name in sorted(HELD_OUT_SCENES["oscd"])]
+    f1: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for city in (c for c in cities if c.is_dir()):
+            scene = write_scene(city, folder)
+            truth = read_oscd_change(city)
+            for tile, overlap in tilings:
+                options = ("--tile-size", str(tile), "--overlap", str(overlap))
+                mask = detect_mask(
+                    scene / "before.tif", scene / "after.tif", QUERY, model,
+                    folder / "mask.tif", options,
+                )  # fmt: skip
+                hits = int((mask & truth).sum())
+                wrong = int((mask != truth).sum())
+                f1.setdefault(city.name, []).append(200 * hits / max(2 * hits + wrong, 1))
+    return {"set": "oscd", "model": model, "query": QUERY, "tilings": list(tilings), "f1": f1}
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -302,9 +346,20 @@ def markdown(results: list[dict[str, object]]) -> str:
         "| --- | --- | --- | ---: |",
     ]
     roof_lines = ["| model | query ~ roofs | IoU |", "| --- | --- | ---: |"]
+    oscd_lines = [
+        "| model | held-out OSCD city | F1 at the default tiling | mean over tilings | range |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     for result in results:
         model = str(result["model"])
         name = "mtrefseg-r1" if Path(model).is_dir() else model
+        if result["set"] == "oscd":
+            for city, values in result["f1"].items():  # type: ignore[attr-defined]
+                oscd_lines.append(
+                    f"| {name} | {city} | {values[0]:.1f} | {np.mean(values):.1f} "
+                    f"| {min(values):.1f}-{max(values):.1f} |"
+                )
+            continue
         if result["set"] == "roofs":
             for key, value in result["iou"].items():  # type: ignore[attr-defined]
                 roof_lines.append(f"| {name} | {key} | {value:.1f} |")
@@ -317,7 +372,7 @@ def markdown(results: list[dict[str, object]]) -> str:
             )
         for key, value in result["contrast_iou"].items():  # type: ignore[attr-defined]
             contrast_lines.append(f"| {result['set']} | {key} | {name} | {value:.1f} |")
-    return "\n".join([*lines, "", *contrast_lines, "", *roof_lines, ""])
+    return "\n".join([*lines, "", *contrast_lines, "", *roof_lines, "", *oscd_lines, ""])
 
 
 def main() -> None:
@@ -332,7 +387,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "language_board")
     parser.add_argument("--skip-cva", action="store_true")
     parser.add_argument(
-        "--sets", default="synthetic,real,shifted,roofs", help="comma-separated subset"
+        "--sets", default="synthetic,real,shifted,roofs,oscd", help="comma-separated subset"
     )
     args = parser.parse_args()
     started = time.time()
@@ -350,6 +405,8 @@ def main() -> None:
             results.append(score_cases(model, shifted_cases(real), "shifted"))
         if "roofs" in sets:
             results.append(roofs_scores(model, args.roof_pairs))
+        if "oscd" in sets:
+            results.append(oscd_scores(model))
         print(f"{model}: done at {time.time() - started:.0f} s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
