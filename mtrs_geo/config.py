@@ -113,6 +113,8 @@ class DetectConfig:
 
 # A checkpoint's config.json key: the tile side the model works best at (near its training crops).
 TILE_SIZE_KEY = "inference_tile_size"
+# Registered models that run another's bundled checkpoint (its tile size is theirs).
+CHECKPOINT_OF = {"mtrefseg-r1-both-ways": "mtrefseg-r1"}
 
 
 def model_tile_size(model: str) -> int:
@@ -123,6 +125,8 @@ def model_tile_size(model: str) -> int:
     is imported.
     """
     folder = Path(model) if Path(model).is_dir() else _bundled_checkpoint(model)
+    if not folder.is_dir() and model in CHECKPOINT_OF:
+        folder = _bundled_checkpoint(CHECKPOINT_OF[model])
     try:
         settings = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         size = int(settings.get(TILE_SIZE_KEY) or DEFAULT_TILE_SIZE)

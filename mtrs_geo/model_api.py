@@ -210,6 +210,7 @@ class PixelScoreModel(ChangeModel):
 _REGISTRY: dict[str, str] = {
     "cva": "mtrs_geo.baselines.cva",
     "mtrefseg-r1": "mtrs_geo.models.inference",
+    "mtrefseg-r1-both-ways": "mtrs_geo.models.time_symmetric",
 }
 
 

@@ -255,7 +255,7 @@ def test_models_lists_every_registered_model_without_crashing() -> None:
     assert "cva:" in result.out and "query-aware: no" in result.out
     assert "mtrefseg-r1" in result.out
     records = [json.loads(line) for line in run_mtrs("models", "--json").out.splitlines()]
-    assert {r["name"] for r in records} == {"cva", "mtrefseg-r1"}
+    assert {r["name"] for r in records} == {"cva", "mtrefseg-r1", "mtrefseg-r1-both-ways"}
     cva = next(r for r in records if r["name"] == "cva")
     assert cva["available"] and cva["query_aware"] is False
 
