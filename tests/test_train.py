@@ -16,6 +16,7 @@ from mtrs_geo.cli.main import cli
 from mtrs_geo.errors import InputError
 from mtrs_geo.model_api import load_model
 from mtrs_geo.models.evaluate import evaluate_model, open_split
+from mtrs_geo.models.time_symmetric import reversed_query
 from mtrs_geo.models.training.config import load_config
 from mtrs_geo.models.training.loop import (
     STATE_FILE,
@@ -235,3 +236,48 @@ def test_a_run_with_a_teacher_learns_from_it_and_a_missing_teacher_is_an_input_e
                        init_from=str(start), teacher="start", distill_weight=-1.0)  # fmt: skip
     with pytest.raises(InputError, match="distill_weight"):
         load_config(negative)
+
+
+def test_a_teacher_asked_both_ways_answers_the_reversed_queries_of_the_reversed_pairs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
+    from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
+    from mtrs_geo.models.training import loop
+
+    make_mtrefseg(tmp_path / "mt", "train", size=(48, 48))  # "new buildings", "vanished trees"...
+    start = tmp_path / "start"
+    torch.manual_seed(0)
+    MTRefSegR1(MTRefSegR1Config.from_size("tiny", text_model_config=TINY_TEXT)).save_pretrained(
+        start
+    )
+    asked: list[tuple[list[str], torch.Tensor, torch.Tensor]] = []
+    build = loop.Trainer._build_teacher
+
+    def recording(self: loop.Trainer) -> torch.nn.Module | None:
+        teacher = build(self)
+        assert teacher is not None
+        forward = teacher.forward
+
+        def answer(before: torch.Tensor, after: torch.Tensor, **kwargs: object) -> object:
+            asked.append((list(kwargs["texts"]), before.clone(), after.clone()))  # type: ignore[arg-type]
+            return forward(before, after, **kwargs)
+
+        teacher.forward = answer  # type: ignore[method-assign]
+        return teacher
+
+    monkeypatch.setattr(loop.Trainer, "_build_teacher", recording)
+    source = {"type": "mtrefseg", "root": "mt", "split": "train"}
+    both_ways = load_config(_config(tmp_path / "b.yaml", 2, source, tmp_path / "rb",
+                                    init_from=str(start), teacher="start",
+                                    teacher_both_ways=True))  # fmt: skip
+    train(both_ways, progress=False)
+    assert len(asked) == 6  # three steps, each: the batch, then its reversed pairs
+    for (texts, before, after), (reverse, back_before, back_after) in zip(
+        asked[::2], asked[1::2], strict=True
+    ):
+        assert reverse == [reversed_query(text) for text in texts]  # every fixture query has one
+        assert torch.equal(back_before, after) and torch.equal(back_after, before)
+    alone = _config(tmp_path / "c.yaml", 2, source, tmp_path / "rc", teacher_both_ways=True)
+    with pytest.raises(InputError, match="teacher_both_ways"):
+        load_config(alone)

@@ -44,6 +44,9 @@ class ModelSection:
     freeze: tuple[str, ...] = ()  # parameter-name prefixes kept frozen (e.g. "backbone.")
     teacher: str | None = None  # checkpoint folder whose masks the network also learns
     distill_weight: float = 1.0  # weight of that distillation term (models.losses)
+    # The teacher asked both ways in time (models.time_symmetric): its answer on the pair averaged
+    # with its answer to the reversed query on the time-reversed pair, where the query has one.
+    teacher_both_ways: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ def config_from_dict(values: dict[str, Any], base: Path | None = None) -> TrainC
     model = dataclasses.replace(model, freeze=tuple(model.freeze))
     if model.init_from and base is not None and not Path(model.init_from).is_absolute():
         model = dataclasses.replace(model, init_from=str((base / model.init_from).resolve()))
+    if model.teacher_both_ways and not model.teacher:
+        raise InputError("model.teacher_both_ways needs a model.teacher")
     if not model.distill_weight >= 0.0:
         raise InputError(f"model.distill_weight must be >= 0, got {model.distill_weight}")
     if model.teacher and base is not None and not Path(model.teacher).is_absolute():

@@ -667,15 +667,48 @@ class Trainer:
         assert self.teacher is not None
         with torch.no_grad():
             taught = self.teacher(*images, texts=texts)
+            logits, presence = taught.logits, taught.presence_logits
+            if self.config.model.teacher_both_ways and texts is not None:
+                logits, presence = self._both_ways(images, texts, logits, presence)
         settings: Any = self.network.config  # the student's: presence weighed as its labels are
         term = distillation_loss(
             output.logits,
             output.presence_logits,
-            taught.logits,
-            taught.presence_logits,
+            logits,
+            presence,
             presence_weight=settings.presence_weight,
         )
         return self.config.model.distill_weight * term
+
+    def _both_ways(
+        self,
+        images: tuple[torch.Tensor, torch.Tensor],
+        texts: list[str],
+        logits: torch.Tensor,
+        presence: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Average the teacher's answers (as probabilities) with its time-reversed ones.
+
+        Samples whose query has no reversed form (:func:`~mtrs_geo.models.time_symmetric.
+        reversed_query`) keep the one-way answer.
+        """
+        from mtrs_geo.models.time_symmetric import reversed_query
+
+        assert self.teacher is not None
+        reverse = [reversed_query(text or "") for text in texts]
+        index = [i for i, text in enumerate(reverse) if text is not None]
+        if not index:
+            return logits, presence
+        before, after = (image[index] for image in images)
+        back = self.teacher(after, before, texts=[reverse[i] for i in index])
+        logits, presence = logits.float().clone(), presence.float().clone()
+        logits[index] = torch.logit(
+            (logits[index].sigmoid() + back.logits.float().sigmoid()) / 2, eps=1e-6
+        )
+        presence[index] = torch.logit(
+            (presence[index].sigmoid() + back.presence_logits.float().sigmoid()) / 2, eps=1e-6
+        )
+        return logits, presence
 
     def _log(self, loss: float) -> None:
         """Append a ``log.csv`` row (and TensorBoard) every ``run.log_every`` steps (rank 0)."""
