@@ -2,6 +2,7 @@ import dataclasses
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -259,8 +260,8 @@ def test_a_teacher_asked_both_ways_answers_the_reversed_queries_of_the_reversed_
         assert teacher is not None
         forward = teacher.forward
 
-        def answer(before: torch.Tensor, after: torch.Tensor, **kwargs: object) -> object:
-            asked.append((list(kwargs["texts"]), before.clone(), after.clone()))  # type: ignore[arg-type]
+        def answer(before: torch.Tensor, after: torch.Tensor, **kwargs: Any) -> Any:
+            asked.append((list(kwargs["texts"]), before.clone(), after.clone()))
             return forward(before, after, **kwargs)
 
         teacher.forward = answer  # type: ignore[method-assign]
