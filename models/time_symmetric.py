@@ -45,8 +45,8 @@ PHRASES: tuple[tuple[str, str], ...] = (
     ("became darker", "became brighter"),
     ("became brighter", "became darker"),
 )
-# Words after which a query describes a change from one thing into another, or a direction the
-# swap cannot reverse: such a query is asked one way only.
+# Words that mark a change from one thing into another, or a direction the swap cannot reverse: a
+# query with one of them is asked one way only.
 UNREVERSIBLE = frozenset(
     {"into", "turned", "converted", "replaced", "from", "burnt", "burned", "flooded", "planted"}
 )
