@@ -124,9 +124,11 @@ def model_tile_size(model: str) -> int:
     checkpoint names no size, get :data:`DEFAULT_TILE_SIZE`. Reads one small JSON file, nothing
     is imported.
     """
-    folder = Path(model) if Path(model).is_dir() else _bundled_checkpoint(model)
-    if not folder.is_dir() and model in CHECKPOINT_OF:
-        folder = _bundled_checkpoint(CHECKPOINT_OF[model])
+    folder = (
+        Path(model)
+        if Path(model).is_dir()
+        else _bundled_checkpoint(CHECKPOINT_OF.get(model, model))
+    )
     try:
         settings = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         size = int(settings.get(TILE_SIZE_KEY) or DEFAULT_TILE_SIZE)
