@@ -1,4 +1,4 @@
-"""ONNX Runtime graphs of MTRefSeg-R1 timed alone: the encoder per pair, the decoder per query.
+"""ONNX Runtime graphs of MTRefSeg-R1 timed alone: backbone and fusion per pair, decoder per query.
 
 Run by hand (on an otherwise idle machine)::
 
@@ -9,8 +9,8 @@ Each folder is a checkpoint's ``onnx/`` graph folder (``python -m mtrs_geo.model
 --out FOLDER``). The sessions are built as the engine builds them (one process-wide thread pool),
 fed random 256 px tile pairs, ``--pairs`` a call (the engine's 4), and the encoded queries of the
 bundled checkpoint; the decoders are timed in turn, round after round, so a busy spell hits all of
-them. Prints milliseconds per pair: the encoder's, and each decoder's for 1 and 3 queries (median
-and best of the rounds).
+them. Prints milliseconds per pair: the backbone's (both dates), the fusion's (one way), and each
+decoder's for 1 and 3 queries (median and best of the rounds).
 """
 
 from __future__ import annotations
@@ -39,9 +39,11 @@ def main() -> None:
 
     from mtrs_geo.model_api import load_model
     from mtrs_geo.models.onnx_runtime import (
+        BACKBONE_FILE,
+        BACKBONE_INPUTS,
         DECODER_FILE,
-        ENCODER_FILE,
-        ENCODER_INPUTS,
+        FUSION_FILE,
+        FUSION_INPUTS,
         LEVELS,
         session_options,
     )
@@ -54,17 +56,24 @@ def main() -> None:
             str(path), session_options(), providers=["CPUExecutionProvider"]
         )
 
-    encoder = session(folders[0] / ENCODER_FILE)
+    def per_pair(graph: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> float:
+        start = time.perf_counter()
+        for _ in range(args.calls):
+            graph.run(None, feeds)
+        return (time.perf_counter() - start) / (args.calls * args.pairs) * 1000
+
+    backbone = session(folders[0] / BACKBONE_FILE)
+    fusion = session(folders[0] / FUSION_FILE)
     decoders = {folder: session(folder / DECODER_FILE) for folder in folders}
     rng = np.random.default_rng(0)
-    shape = (args.pairs, 3, args.size, args.size)
-    pair = {name: rng.random(shape, dtype=np.float32) for name in ENCODER_INPUTS}
-    levels = encoder.run(None, pair)
-    start = time.perf_counter()
-    for _ in range(args.calls):
-        encoder.run(None, pair)
-    per_pair = (time.perf_counter() - start) / (args.calls * args.pairs) * 1000
-    print(f"encoder ({folders[0]}): {per_pair:.2f} ms per pair")
+    shape = (2 * args.pairs, 3, args.size, args.size)
+    images = {BACKBONE_INPUTS[0]: rng.random(shape, dtype=np.float32)}
+    dates = backbone.run(None, images)
+    pair = [level[: args.pairs] for level in dates] + [level[args.pairs :] for level in dates]
+    pair_feeds = dict(zip(FUSION_INPUTS, pair, strict=True))
+    levels = fusion.run(None, pair_feeds)
+    print(f"backbone ({folders[0]}): {per_pair(backbone, images):.2f} ms per pair")
+    print(f"fusion ({folders[0]}): {per_pair(fusion, pair_feeds):.2f} ms per pair")
     for count in (1, 3):
         model.prepare_queries(list(QUERIES[:count]))
         feeds = dict(zip(LEVELS, levels, strict=True)) | model._text  # type: ignore[attr-defined]

@@ -14,7 +14,6 @@ augmentation whatever the worker count, and a resumed run sees exactly the data 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,43 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from mtrs_geo.models.data.sample import Sample
-
-# Each word and its time-reversed partner; the mapping is applied in both directions.
-DIRECTION_PAIRS: tuple[tuple[str, str], ...] = (
-    ("new", "removed"),
-    ("appeared", "disappeared"),
-    ("appearing", "disappearing"),
-    ("appear", "disappear"),
-    ("built", "demolished"),
-    ("construction", "demolition"),
-    ("constructed", "destroyed"),
-    ("added", "vanished"),
-    ("gained", "lost"),
-    ("emerged", "gone"),
-    ("before", "after"),
-    ("earlier", "later"),
-    ("first", "second"),
-    ("increase", "decrease"),
-    ("increased", "decreased"),
-    ("expanded", "shrunk"),
-)
-_SWAP = {a: b for a, b in DIRECTION_PAIRS} | {b: a for a, b in DIRECTION_PAIRS}
-_WORD = re.compile(r"[A-Za-z]+")
-
-
-def swap_direction_words(text: str) -> str:
-    """Rewrite a query for the time-reversed pair ("new buildings" -> "removed buildings")."""
-
-    def repl(match: re.Match[str]) -> str:
-        word = match.group(0)
-        partner = _SWAP.get(word.lower())
-        if partner is None:
-            return word
-        if word.isupper():
-            return partner.upper()
-        return partner.capitalize() if word[0].isupper() else partner
-
-    return _WORD.sub(repl, text)
+from mtrs_geo.models.direction_words import swap_direction_words
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,11 @@ MIN_SIZE = 32
 PAD_MULTIPLE = STRIDES[-1]
 
 
+def _padded(side: int) -> int:
+    """``side`` rounded up to the next multiple of :data:`PAD_MULTIPLE`."""
+    return side + (-side) % PAD_MULTIPLE
+
+
 def gated_probabilities(logits: torch.Tensor, presence_logits: torch.Tensor) -> torch.Tensor:
     """Change probability ``(B, H, W)``: ``sigmoid(mask) * sigmoid(present)``."""
     return logits.float().sigmoid() * presence_logits.float().sigmoid()[:, None, None]
@@ -145,6 +150,15 @@ class PairFeatures:
     def batch(self) -> int:
         """Number of tile pairs."""
         return int(self.fused[0].shape[0])
+
+    def pairs(self, start: int, stop: int) -> PairFeatures:
+        """Return the features of pairs ``start`` to ``stop`` (excluded)."""
+        return replace(
+            self,
+            fused=tuple(f[start:stop] for f in self.fused),
+            before_coarse=self.before_coarse[start:stop],
+            after_coarse=self.after_coarse[start:stop],
+        )
 
     def repeat(self, count: int) -> PairFeatures:
         """Return the features of every pair ``count`` times over, query-major (``q * B + b``)."""
@@ -294,24 +308,63 @@ class MTRefSegR1Layers(nn.Module):
 
         """
         self._check_images(image_a, image_b)
-        batch, _, height, width = image_a.shape
-        pad_h, pad_w = (-height) % PAD_MULTIPLE, (-width) % PAD_MULTIPLE
-        both = self._normalize(torch.cat([image_a, image_b], 0))
-        both = pad_tile(both, height + pad_h, width + pad_w)
-        levels = self.backbone(both)
+        batch = image_a.shape[0]
+        levels = self.encode_dates(torch.cat([image_a, image_b], 0))
+        return self.fuse(
+            [level[:batch] for level in levels],
+            [level[batch:] for level in levels],
+            tuple(image_a.shape[-2:]),  # type: ignore[arg-type]
+        )
 
+    def encode_pair_both_ways(self, image_a: torch.Tensor, image_b: torch.Tensor) -> PairFeatures:
+        """:meth:`encode_pair` of ``(a, b)`` and of ``(b, a)``, the backbone run once.
+
+        Returns:
+            The features of ``2 B`` pairs: the ``B`` pairs from ``a`` to ``b``, then the same
+            pairs from ``b`` to ``a`` (the time-reversed pairs), as one batch.
+
+        """
+        self._check_images(image_a, image_b)
+        batch = image_a.shape[0]
+        levels = self.encode_dates(torch.cat([image_a, image_b], 0))
+        swapped = [torch.cat([level[batch:], level[:batch]], 0) for level in levels]
+        return self.fuse(levels, swapped, tuple(image_a.shape[-2:]))  # type: ignore[arg-type]
+
+    def encode_dates(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Return the backbone's four levels of ``images`` ``(N, C, H, W)`` (any dates, in [0, 1]).
+
+        The images are normalized and mirror-padded to a multiple of 32 first.
+        """
+        height, width = images.shape[-2:]
+        padded = pad_tile(self._normalize(images), _padded(height), _padded(width))
+        return list(self.backbone(padded))
+
+    def fuse(
+        self,
+        before: list[torch.Tensor],
+        after: list[torch.Tensor],
+        size: tuple[int, int],
+    ) -> PairFeatures:
+        """Fuse the backbone levels of the before and the after tiles (:meth:`encode_dates`).
+
+        Args:
+            before: the four levels of the before tiles.
+            after: the four levels of the after tiles, same shapes.
+            size: ``(H, W)`` of the tiles before padding, pixels.
+
+        """
         fused, before_coarse, after_coarse = [], None, None
-        for fusion, feature in zip(self.fusions, levels, strict=True):
-            out, f1, f2 = fusion(feature[:batch], feature[batch:])
+        for fusion, first, second in zip(self.fusions, before, after, strict=True):
+            out, f1, f2 = fusion(first, second)
             fused.append(out)
             before_coarse, after_coarse = f1, f2
         assert before_coarse is not None and after_coarse is not None
         if self.config.language_after_fpn:  # query-free: once per pair, whatever the queries
             pixels, memory = self.pixel_decoder(fused)
             fused = [pixels, *memory[::-1]]  # strides 4, 8, 16, 32, as the fused levels
-        return PairFeatures(
-            tuple(fused), before_coarse, after_coarse, (height, width), (pad_h, pad_w)
-        )
+        height, width = size
+        pad = (_padded(height) - height, _padded(width) - width)
+        return PairFeatures(tuple(fused), before_coarse, after_coarse, (height, width), pad)
 
     def decode(self, features: PairFeatures, text_embeds: TextEmbeds) -> MTRefSegR1Output:
         """Run the language-dependent part: every query of ``text_embeds`` over every pair.

@@ -1,11 +1,15 @@
-"""Export an MTRefSeg-R1 checkpoint to the two ONNX graphs the CPU runtime runs.
+"""Export an MTRefSeg-R1 checkpoint to the three ONNX graphs the CPU runtime runs.
 
-The network is cut where :meth:`~mtrs_geo.models.network.MTRefSegR1Layers.encode_pair` ends, so
-that several queries share one backbone pass (:mod:`mtrs_geo.models.onnx_runtime`):
+The network is cut after its backbone
+(:meth:`~mtrs_geo.models.network.MTRefSegR1Layers.encode_dates`), so that a pair asked both ways
+in time shares one backbone pass, and where
+:meth:`~mtrs_geo.models.network.MTRefSegR1Layers.encode_pair` ends, so that several queries share
+one fusion (:mod:`mtrs_geo.models.onnx_runtime`):
 
-* ``encoder.onnx``: ``before``, ``after`` ``(N, C, H, W)`` float32 in [0, 1] (``H`` and ``W``
-  multiples of 32; the runtime mirror-pads) -> the four fused change levels ``fused0`` ..
-  ``fused3``;
+* ``backbone.onnx``: ``images`` ``(N, C, H, W)`` float32 in [0, 1] (``H`` and ``W`` multiples of
+  32; the runtime mirror-pads) -> the backbone's four levels ``level0`` .. ``level3``;
+* ``fusion.onnx``: the levels of the before tiles (``before0`` .. ``before3``) and of the after
+  tiles (``after0`` .. ``after3``) -> the four fused change levels ``fused0`` .. ``fused3``;
 * ``decoder.onnx``: the four levels and ``Q`` encoded queries (``tokens (Q, L, D)``, ``mask (Q, L)``
   bool, ``empty (Q,)`` bool, ``pooled (Q, D)``) -> ``probability (Q * N, H, W)``, the
   presence-gated change probability, query-major (query ``q`` of pair ``b`` at ``q * N + b``).
@@ -37,11 +41,14 @@ from torch.export import Dim
 from mtrs_geo.models import decoder as decoders
 from mtrs_geo.models.network import gate_with_words
 from mtrs_geo.models.onnx_runtime import (
+    BACKBONE_FILE,
+    BACKBONE_INPUTS,
+    BACKBONE_LEVELS,
     DECODER_FILE,
     DECODER_INPUTS,
-    ENCODER_FILE,
-    ENCODER_INPUTS,
     FORMAT,
+    FUSION_FILE,
+    FUSION_INPUTS,
     LEVELS,
     MANIFEST_FILE,
     MULTIPLE,
@@ -80,13 +87,24 @@ def _traceable_position_encoding(
     )
 
 
-class _Encoder(nn.Module):
+class _Backbone(nn.Module):
     def __init__(self, network: MTRefSegR1Layers) -> None:
         super().__init__()
         self.network = network
 
-    def forward(self, before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.network.encode_pair(before, after).fused
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.network.encode_dates(images))
+
+
+class _Fusion(nn.Module):
+    def __init__(self, network: MTRefSegR1Layers) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, *levels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # The fused levels do not depend on the tile size (it only describes the padding).
+        size = (MULTIPLE, MULTIPLE)
+        return self.network.fuse(list(levels[:4]), list(levels[4:]), size).fused
 
 
 class _Decoder(nn.Module):
@@ -136,7 +154,7 @@ class _Decoder(nn.Module):
 
 
 def export_graphs(checkpoint: Path, folder: Path) -> Path:
-    """Write ``checkpoint``'s two graphs and their manifest into ``folder``; return ``folder``.
+    """Write ``checkpoint``'s three graphs and their manifest into ``folder``; return ``folder``.
 
     The graphs are written under temporary names and renamed when complete, the manifest last:
     a folder with a manifest holds whole graphs.
@@ -162,27 +180,30 @@ def export_graphs(checkpoint: Path, folder: Path) -> Path:
     mask = torch.tensor([[True] * 5, [True, True, False, False, False], [False] * 5])
     empty = torch.tensor([False, False, True])
     pooled = torch.randn(3, width)
-    encoder = _Encoder(network).eval()
+    backbone, fusion = _Backbone(network).eval(), _Fusion(network).eval()
     with torch.inference_mode():
-        levels = encoder(image, image)
+        dates = backbone(torch.cat([image, image]))
+        pair = (*(level[:2] for level in dates), *(level[2:] for level in dates))
+        levels = fusion(*pair)
     decoder = _Decoder(network, size // _prediction_side(network, embeds, size)).eval()
-    with quiet_export(), torch.inference_mode():
-        # The encoder by tracing: torch.export's encoder graph gives other numbers in ONNX
-        # Runtime (its decoder graph gives the network's). Its sides stay axes of the graph for
-        # multiples of 32 (the runtime pads to them).
-        traced = {0: "pairs", 2: "rows", 3: "cols"}
-        partial = folder / f".{ENCODER_FILE}.partial"
-        torch.onnx.export(
-            encoder,
-            (image, image),
-            str(partial),
-            input_names=list(ENCODER_INPUTS),
-            output_names=list(LEVELS),
-            dynamic_axes={name: traced for name in (*ENCODER_INPUTS, *LEVELS)},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-        partial.replace(folder / ENCODER_FILE)
+
+    # The backbone and the fusion by tracing: torch.export's graph of them gives other numbers in
+    # ONNX Runtime (its decoder graph gives the network's). Their sides stay axes of the graph
+    # for multiples of 32 (the runtime pads to them).
+    def traced(names: tuple[str, ...]) -> dict[str, dict[int, str]]:
+        return {name: {0: "tiles", 2: f"rows{name[-1]}", 3: f"cols{name[-1]}"} for name in names}
+
+    _trace(
+        backbone,
+        (torch.cat([image, image]),),
+        folder / BACKBONE_FILE,
+        BACKBONE_INPUTS,
+        BACKBONE_LEVELS,
+        {BACKBONE_INPUTS[0]: {0: "tiles", 2: "rows", 3: "cols"}} | traced(BACKBONE_LEVELS),
+    )
+    _trace(
+        fusion, pair, folder / FUSION_FILE, FUSION_INPUTS, LEVELS, traced(FUSION_INPUTS + LEVELS)
+    )
     # The decoder by torch.export, with every axis symbolic (the tracer keeps the example's query
     # and word counts). Sides in units of the coarsest stride: level l is 2 ** (3 - l) of them.
     pairs, queries = Dim("pairs", min=1, max=4096), Dim("queries", min=1, max=1024)
@@ -222,6 +243,30 @@ def export_graphs(checkpoint: Path, folder: Path) -> Path:
     partial.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     partial.replace(folder / MANIFEST_FILE)
     return folder
+
+
+def _trace(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
+    axes: dict[str, dict[int, str]],
+) -> None:
+    """Export ``module`` by tracing ``example`` to ``path`` (a temporary name, then renamed)."""
+    partial = path.parent / f".{path.name}.partial"
+    with quiet_export(), torch.inference_mode():
+        torch.onnx.export(
+            module,
+            example,
+            str(partial),
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    partial.replace(path)
 
 
 @contextlib.contextmanager

@@ -7,12 +7,14 @@ nor ``transformers``: the graphs hold the weights and the query cache
 by the sentence encoder's own graph (:mod:`mtrs_geo.models.text_graph`); torch is imported only
 for the first one a machine encodes, which also exports that graph.
 
-The graphs (:mod:`mtrs_geo.models.onnx_export`) are an ``encoder.onnx`` (backbone and bi-temporal
-fusion, once per tile pair) and a ``decoder.onnx`` (language and mask decoder, every query of a run
-at once), in the checkpoint's ``onnx/`` folder with a manifest naming the weights they were
-exported from (their SHA-256). The bundled checkpoint ships them (``scripts/train_bundled.py``
-writes them when it ships one; ``python -m mtrs_geo.models.onnx_export PATH`` for any other); a
-checkpoint without graphs for its weights runs in torch.
+The graphs (:mod:`mtrs_geo.models.onnx_export`) are a ``backbone.onnx`` (once per tile of each
+date), a ``fusion.onnx`` (bi-temporal fusion, once per tile pair, or twice for a pair asked both
+ways in time: :meth:`OnnxMTRefSegModel.predict_both_ways`) and a ``decoder.onnx`` (language and
+mask decoder, every query of a run at once), in the checkpoint's ``onnx/`` folder with a
+manifest naming the weights they were exported from (their SHA-256). The bundled checkpoint ships
+them (``scripts/train_bundled.py`` writes them when it ships one; ``python -m
+mtrs_geo.models.onnx_export PATH`` for any other); a checkpoint without graphs for its weights
+runs in torch.
 
 Inputs are mirror-padded as the network pads them (:func:`mtrs_geo.padding.pad_tile`, to a
 multiple of 32 and at least 32 px), so the probabilities are the network's up to float rounding.
@@ -40,13 +42,17 @@ from mtrs_geo.padding import pad_tile
 if TYPE_CHECKING:
     from mtrs_geo.models.text_graph import SentenceGraph
 
-FORMAT = "mtrs-onnx-1"
-ENCODER_FILE = "encoder.onnx"
+FORMAT = "mtrs-onnx-2"  # 1: one encoder graph (backbone and fusion), which cannot share a backbone
+BACKBONE_FILE = "backbone.onnx"
+FUSION_FILE = "fusion.onnx"
 DECODER_FILE = "decoder.onnx"
+GRAPH_FILES = (BACKBONE_FILE, FUSION_FILE, DECODER_FILE)
 MANIFEST_FILE = "onnx.json"
 SUBFOLDER = "onnx"  # of a checkpoint, and of the cache folder
+BACKBONE_INPUTS = ("images",)
+BACKBONE_LEVELS = ("level0", "level1", "level2", "level3")
+FUSION_INPUTS = ("before0", "before1", "before2", "before3", "after0", "after1", "after2", "after3")
 LEVELS = ("fused0", "fused1", "fused2", "fused3")
-ENCODER_INPUTS = ("before", "after")
 DECODER_INPUTS = (*LEVELS, "tokens", "mask", "empty", "pooled")
 MULTIPLE = 32  # the network's coarsest stride: inputs are padded to a multiple of it
 # Pixels per date in one call: one 512 px pair, four 256 px pairs (as the torch path on the CPU).
@@ -82,7 +88,7 @@ def _holds_graphs(folder: Path, digest: str) -> bool:
     return (
         manifest.get("format") == FORMAT
         and manifest.get("weights_sha256") == digest
-        and all((folder / name).is_file() for name in (ENCODER_FILE, DECODER_FILE))
+        and all((folder / name).is_file() for name in GRAPH_FILES)
     )
 
 
@@ -104,10 +110,10 @@ _POOL: list[bool] = []  # [whether the process-wide thread pool is in use], once
 
 
 def session_options() -> Any:
-    """Options of the two sessions: one thread pool for both, else no spinning threads.
+    """Options of the three sessions: one thread pool for all, else no spinning threads.
 
-    The encoder and the decoder run in turn. Each session's own pool would keep its threads
-    spinning after its run, on the cores the other one needs (a third slower on 2 cores); one
+    The backbone, the fusion and the decoder run in turn. Each session's own pool would keep its
+    threads spinning after its run, on the cores the others need (a third slower on 2 cores); one
     process-wide pool (ONNX Runtime's global pool, set before its environment exists) serves
     both, and where it cannot be had the sessions' threads do not spin.
     """
@@ -196,12 +202,14 @@ class OnnxMTRefSegModel(ChangeModel):
         self.graphs = graphs
         options = session_options()
         providers = ["CPUExecutionProvider"]
-        self._encoder = ort.InferenceSession(str(graphs / ENCODER_FILE), options, providers)
-        self._decoder = ort.InferenceSession(str(graphs / DECODER_FILE), options, providers)
+        self._backbone, self._fusion, self._decoder = (
+            ort.InferenceSession(str(graphs / name), options, providers) for name in GRAPH_FILES
+        )
         self._bands = int(_manifest(graphs).get("in_channels", 3))
         self._fingerprint: str | None = None
         self._sentence_graph: SentenceGraph | None = None  # the encoder's graph, once opened
         self._text: dict[str, np.ndarray] = self._any_change(1)
+        self._back: dict[str, np.ndarray] | None = None  # the backward queries (both ways)
 
     def _any_change(self, count: int) -> dict[str, np.ndarray]:
         width = self.text.width
@@ -309,12 +317,31 @@ class OnnxMTRefSegModel(ChangeModel):
             "pooled": embeds.pooled.numpy(),
         }
 
+    def prepare_both_ways(self, forward: Sequence[str], backward: Sequence[str]) -> None:
+        """Encode the queries asked from before to after and those asked from after to before."""
+        self.prepare_queries(backward)
+        back = self._text
+        self.prepare_queries(forward)
+        self._back = back
+
     def predict(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         """Return the probability ``(B, H, W)`` of the (first) prepared query."""
         return self.predict_queries(before, after)[0]
 
     def predict_queries(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         """Return ``(Q, B, H, W)``: the encoder once per pair, the decoder for every query."""
+        return self._in_calls(before, after, both_ways=False)
+
+    def predict_both_ways(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Return ``(Qf + Qb, B, H, W)``: forward queries, then backward ones, one backbone pass.
+
+        The forward queries are asked of (before, after), the backward ones of (after, before)
+        (:meth:`prepare_both_ways`); the backbone runs once over both dates for both.
+        """
+        assert self._back is not None, "prepare_both_ways() comes first"
+        return self._in_calls(before, after, both_ways=True)
+
+    def _in_calls(self, before: np.ndarray, after: np.ndarray, both_ways: bool) -> np.ndarray:
         bands = self._bands
         if before.ndim != 4 or before.shape[1] != bands or after.shape != before.shape:
             raise ModelError(
@@ -324,23 +351,37 @@ class OnnxMTRefSegModel(ChangeModel):
         count, height, width = before.shape[0], before.shape[2], before.shape[3]
         size = max(1, CALL_PIXELS // max(1, height * width))
         parts = [
-            self._call(before[start : start + size], after[start : start + size])
+            self._call(before[start : start + size], after[start : start + size], both_ways)
             for start in range(0, count, size)
         ]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
-    def _call(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    def _call(self, before: np.ndarray, after: np.ndarray, both_ways: bool) -> np.ndarray:
         count, _, height, width = before.shape
         padded_h = max(MULTIPLE, -(-height // MULTIPLE) * MULTIPLE)
         padded_w = max(MULTIPLE, -(-width // MULTIPLE) * MULTIPLE)
-        pair = [
-            np.ascontiguousarray(pad_tile(image, padded_h, padded_w), dtype=np.float32)
-            for image in (before, after)
-        ]
-        levels = self._encoder.run(None, dict(zip(ENCODER_INPUTS, pair, strict=True)))
-        feeds = dict(zip(LEVELS, levels, strict=True)) | self._text
-        (probability,) = self._decoder.run(None, feeds)
-        queries = len(self._text["empty"])
-        probability = probability.reshape(queries, count, padded_h, padded_w)
+        images = np.concatenate(
+            [pad_tile(image, padded_h, padded_w) for image in (before, after)], dtype=np.float32
+        )
+        levels = self._backbone.run(None, {BACKBONE_INPUTS[0]: images})
+        if both_ways:  # the pairs from before to after, then from after to before
+            firsts = levels
+            seconds = [np.concatenate([level[count:], level[:count]]) for level in levels]
+        else:
+            firsts = [level[:count] for level in levels]
+            seconds = [level[count:] for level in levels]
+        fused = self._fusion.run(None, dict(zip(FUSION_INPUTS, [*firsts, *seconds], strict=True)))
+        asked = [(0, self._text)] if not both_ways else [(0, self._text), (count, self._back)]
+        answers = []
+        for start, text in asked:
+            assert text is not None
+            feeds = {
+                name: level[start : start + count]
+                for name, level in zip(LEVELS, fused, strict=True)
+            }
+            (probability,) = self._decoder.run(None, feeds | text)
+            queries = len(text["empty"])
+            answers.append(probability.reshape(queries, count, padded_h, padded_w))
+        probability = answers[0] if len(answers) == 1 else np.concatenate(answers)
         np.clip(probability, 0.0, 1.0, out=probability)  # the runtime's own array: no copy
         return probability[:, :, :height, :width]

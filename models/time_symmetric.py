@@ -2,10 +2,12 @@
 
 "New buildings" from the before to the after image is the same change as "removed buildings" from
 the after to the before image. The bundled checkpoint was trained on pairs whose dates were swapped
-with the direction words of their queries (:func:`mtrs_geo.models.augment.swap_direction_words`),
-so it can be asked both questions; averaging the two answers (a test-time ensemble over time,
-like averaging over flips, at twice the model's cost) is steadier than either alone. Measured on
-held-out pairs (``benchmarks/language.py --model mtrefseg-r1-both-ways``): see the README.
+with the direction words of their queries
+(:func:`mtrs_geo.models.direction_words.swap_direction_words`), so it can be asked both
+questions; averaging the two answers (a test-time ensemble over time, like averaging over flips;
+the backbone runs once for both, the fusion and the decoder twice) is steadier than either alone.
+Measured on held-out pairs (``benchmarks/language.py --model mtrefseg-r1-both-ways``): see the
+README.
 
 A query is asked the other way only when its direction can be reversed with confidence
 (:func:`reversed_query`); any other query is asked once, as ``mtrefseg-r1`` asks it.
@@ -18,12 +20,12 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from mtrs_geo.model_api import ChangeModel, ModelInfo
-from mtrs_geo.models.augment import swap_direction_words
+from mtrs_geo.models.direction_words import swap_direction_words
 from mtrs_geo.models.inference import MODEL_INFO as ONE_WAY_INFO
 from mtrs_geo.models.inference import build_model as build_one_way
 from mtrs_geo.models.query_text import is_any_change
@@ -90,12 +92,24 @@ def _both_ways(
     return forward, backward, np.array([text is not None for text in reverse], dtype=bool)
 
 
+@runtime_checkable
+class AsksBothWays(Protocol):
+    """A model that answers a batch both ways in time in one pass (one backbone pass per tile)."""
+
+    def prepare_both_ways(self, forward: Sequence[str], backward: Sequence[str]) -> None:
+        """Encode the queries asked from before to after and those asked from after to before."""
+
+    def predict_both_ways(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Return ``(Qf + Qb, B, H, W)``: the forward answers, then the backward ones."""
+
+
 class TimeSymmetricModel(ChangeModel):
     """A query-aware model asked each query both ways in time; the two answers averaged.
 
-    The inner model runs twice per batch: on (before, after) with the queries and on (after,
-    before) with their reversed forms (:func:`reversed_query`). A query that cannot be reversed
-    keeps its one-way answer.
+    The inner model answers the queries on (before, after) and their reversed forms
+    (:func:`reversed_query`) on (after, before): in one pass that runs the backbone once over
+    both dates when it can (:class:`AsksBothWays`: the bundled model, in ONNX Runtime and in
+    torch), else in two. A query that cannot be reversed keeps its one-way answer.
     """
 
     def __init__(self, inner: ChangeModel, info: ModelInfo) -> None:
@@ -138,6 +152,9 @@ class TimeSymmetricModel(ChangeModel):
         self._queries = tuple(queries)
         self._forward, self._backward, self._reversible = _both_ways(queries)
         with self._lock:
+            if self._backward and isinstance(self.inner, AsksBothWays):
+                self.inner.prepare_both_ways(self._forward, self._backward)
+                return
             if self._backward:
                 self.inner.prepare_queries(self._backward)  # encoded now, asked from the cache
             self.inner.prepare_queries(self._forward)
@@ -145,16 +162,20 @@ class TimeSymmetricModel(ChangeModel):
     def predict_queries(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         """Return ``(Q, B, H, W)``: the mean of each query's answers both ways where it has two.
 
-        The inner model answers the queries on (before, after), then the reversed forms on
-        (after, before): each of its passes decodes only its own queries.
+        The inner model answers the queries on (before, after) and the reversed forms on
+        (after, before), each pass (or half of its one pass) decoding only its own queries.
         """
         with self._lock:
-            self.inner.prepare_queries(self._forward)
-            answers = self.inner.predict_queries(before, after)
-            if not self._backward:
-                return answers  # no query can be reversed: asked one way
-            self.inner.prepare_queries(self._backward)
-            backward = self.inner.predict_queries(after, before)
+            if self._backward and isinstance(self.inner, AsksBothWays):
+                both = self.inner.predict_both_ways(before, after)
+                answers, backward = both[: len(self._forward)], both[len(self._forward) :]
+            else:
+                self.inner.prepare_queries(self._forward)
+                answers = self.inner.predict_queries(before, after)
+                if not self._backward:
+                    return answers  # no query can be reversed: asked one way
+                self.inner.prepare_queries(self._backward)
+                backward = self.inner.predict_queries(after, before)
         if not answers.flags.writeable:
             answers = answers.copy()
         answers[self._reversible] = (answers[self._reversible] + backward) * np.float32(0.5)
@@ -187,7 +208,7 @@ MODEL_INFO: ModelInfo = replace(
     name=NAME,
     description=(
         "the bundled MTRefSeg-R1 asked each query both ways in time (the query on before -> after "
-        "and its reversed form on after -> before, averaged): steadier masks at twice the cost"
+        "and its reversed form on after -> before, averaged): steadier masks, the backbone shared"
     ),
 )
 

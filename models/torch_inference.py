@@ -48,6 +48,7 @@ class MTRefSegChangeModel(TorchChangeModel):
         self.queries = queries or QueryCache(None)  # encoded queries kept on disk
         self._embeds: TextEmbeds | None = None
         self._query_embeds: TextEmbeds | None = None  # several queries (prepare_queries)
+        self._both_ways: tuple[TextEmbeds, TextEmbeds] | None = None  # (prepare_both_ways)
 
     def move_to(self, device: torch.device) -> None:
         """Move the network (and the encoded query) to ``device``."""
@@ -57,6 +58,8 @@ class MTRefSegChangeModel(TorchChangeModel):
             self._embeds = self._embeds.to(device)
         if self._query_embeds is not None:
             self._query_embeds = self._query_embeds.to(device)
+        if self._both_ways is not None:
+            self._both_ways = (self._both_ways[0].to(device), self._both_ways[1].to(device))
 
     def prepare(self, query: str | None) -> None:
         """Encode ``query`` once per run; ``None``/empty selects the stage-1 "any change" mode."""
@@ -105,6 +108,36 @@ class MTRefSegChangeModel(TorchChangeModel):
         output = self.model.decode(features, self._query_embeds)
         probability = output.probabilities()[:, :height, :width].float().clamp(0.0, 1.0)
         return probability.reshape(len(self._query_embeds), count, height, width)
+
+    def prepare_both_ways(self, forward: Sequence[str], backward: Sequence[str]) -> None:
+        """Encode the queries asked from before to after and those asked from after to before."""
+        words = [
+            ["" if is_any_change(text) else text for text in texts] for texts in (forward, backward)
+        ]
+        self._both_ways = (self._encode(words[0]), self._encode(words[1]))
+
+    def predict_both_ways(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Return ``(Qf + Qb, B, H, W)``: forward queries, then backward ones, one backbone pass.
+
+        The forward queries are asked of (before, after), the backward ones of (after, before)
+        (:meth:`prepare_both_ways`); the backbone runs once over both dates for both.
+        """
+        return self.run_calls(self._both_ways_call, before, after, axis=1)
+
+    def _both_ways_call(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        assert self._both_ways is not None, "prepare_both_ways() comes first"
+        forward, backward = self._both_ways
+        with torch.inference_mode(), autocast_context(self.torch_device):
+            pair, height, width = self._pair(self._tensor(before), self._tensor(after))
+            count = before.shape[0]
+            features = self.model.encode_pair_both_ways(pair[:count], pair[count:])
+            answers = [
+                self.model.decode(features.pairs(start, start + count), embeds).probabilities()
+                for start, embeds in ((0, forward), (count, backward))
+            ]
+            probability = torch.cat(answers)[:, :height, :width].float().clamp(0.0, 1.0)
+        queries = len(forward) + len(backward)
+        return probability.reshape(queries, count, height, width).cpu().numpy()
 
     def predict_tensors(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         """Return the presence-gated probability ``(B, H, W)`` of the referred change."""

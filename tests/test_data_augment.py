@@ -6,8 +6,8 @@ from mtrs_geo.models.augment import (
     AugmentedDataset,
     augment_sample,
     shift_image,
-    swap_direction_words,
 )
+from mtrs_geo.models.direction_words import swap_direction_words
 
 
 def _sample() -> dict:

@@ -59,6 +59,22 @@ def test_several_queries_decoded_together_equal_one_query_at_a_time(tiny: MTRefS
             torch.testing.assert_close(probabilities[index], alone, rtol=0, atol=1e-5)
 
 
+def test_both_ways_features_are_those_of_the_pairs_and_of_the_reversed_pairs(
+    tiny: MTRefSegR1,
+) -> None:
+    before, after = _pair(2, 50, 71)
+    with torch.no_grad():
+        both = tiny.encode_pair_both_ways(before, after)
+        expected = (tiny.encode_pair(before, after), tiny.encode_pair(after, before))
+    assert both.batch == 4 and both.size == (50, 71)
+    for start, one_way in zip((0, 2), expected, strict=True):
+        part = both.pairs(start, start + 2)
+        for got, want in zip(part.fused, one_way.fused, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(part.after_coarse, one_way.after_coarse, rtol=0, atol=1e-6)
+        assert part.pad == one_way.pad
+
+
 def test_the_engine_model_answers_several_queries_as_one_by_one(wrapped: ChangeModel) -> None:
     before, after = (t.numpy() for t in _pair(2, 48, 40))  # under-sized tiles are padded too
     wrapped.prepare_queries(QUERIES)

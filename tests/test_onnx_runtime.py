@@ -66,6 +66,27 @@ def test_the_graphs_give_the_networks_probabilities(
     np.testing.assert_allclose(got, expected, atol=2e-5)
 
 
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_both_ways_in_one_pass_answers_as_two_one_way_passes(
+    exported: Path, tmp_path: Path, runtime: str
+) -> None:
+    model = inference.load_checkpoint(
+        exported, cache_dir=tmp_path, device="cpu" if runtime == "onnx" else None
+    )
+    assert isinstance(model, OnnxMTRefSegModel if runtime == "onnx" else MTRefSegChangeModel)
+    before, after = _pair(3, 40, 72, seed=5)
+    forward, backward = ["new buildings", "any change"], ["removed buildings"]
+    model.prepare_queries(forward)
+    expected_forward = model.predict_queries(before, after)
+    model.prepare_queries(backward)
+    expected_backward = model.predict_queries(after, before)
+    model.prepare_both_ways(forward, backward)
+    both = model.predict_both_ways(before, after)
+    assert both.shape == (3, 3, 40, 72)
+    np.testing.assert_allclose(both[:2], expected_forward, atol=2e-5)
+    np.testing.assert_allclose(both[2:], expected_backward, atol=2e-5)
+
+
 def test_one_query_predicts_as_the_first_of_several(exported: Path, tmp_path: Path) -> None:
     model = inference.load_checkpoint(exported, cache_dir=tmp_path, device="cpu")
     before, after = _pair(2, 64, 64, seed=3)

@@ -12,7 +12,12 @@ from scenes import make_pair
 
 from mtrs_geo.config import model_tile_size
 from mtrs_geo.model_api import ChangeModel, ModelInfo, load_model, model_info, registered_names
-from mtrs_geo.models.time_symmetric import NAME, TimeSymmetricModel, reversed_query
+from mtrs_geo.models.time_symmetric import (
+    NAME,
+    AsksBothWays,
+    TimeSymmetricModel,
+    reversed_query,
+)
 
 INFO = ModelInfo("fake", "answers by query and date order", True, None, "-")
 
@@ -92,6 +97,38 @@ def test_a_reversible_query_gets_the_mean_of_both_answers_and_the_other_one_way(
     assert inner.calls == [(("new buildings", "buildings"), True), (("removed buildings",), False)]
 
 
+class OnePassFake(Fake):
+    """A :class:`Fake` that also answers both ways in one pass (as the bundled model does)."""
+
+    def prepare_both_ways(self, forward: Sequence[str], backward: Sequence[str]) -> None:
+        self.both = (tuple(forward), tuple(backward))
+
+    def predict_both_ways(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        forward, backward = self.both
+        self.calls.append(((*forward, *backward), True))
+        shape = before[:, 0].shape
+        return np.concatenate(
+            [np.full((len(forward), *shape), 0.2, np.float32)]
+            + [np.full((len(backward), *shape), 0.6, np.float32)]
+        )
+
+
+def test_a_model_that_answers_both_ways_at_once_is_asked_in_one_pass() -> None:
+    inner = OnePassFake()
+    assert isinstance(inner, AsksBothWays) and not isinstance(Fake(), AsksBothWays)
+    model = TimeSymmetricModel(inner, INFO)
+    model.prepare_queries(["new buildings", "buildings", "demolished roads"])
+    answers = model.predict_queries(*_dates())
+    np.testing.assert_allclose(answers[0], 0.4)
+    np.testing.assert_allclose(answers[1], 0.2)
+    np.testing.assert_allclose(answers[2], 0.4)
+    assert inner.both == (
+        ("new buildings", "buildings", "demolished roads"),
+        ("removed buildings", "newly built roads"),
+    )
+    assert len(inner.calls) == 1
+
+
 def test_no_reversible_query_runs_the_inner_model_once() -> None:
     inner = Fake()
     model = TimeSymmetricModel(inner, INFO)
@@ -119,6 +156,7 @@ def test_it_is_registered_with_the_bundled_checkpoint_s_tile() -> None:
 def test_the_bundled_model_both_ways_averages_its_two_one_way_answers() -> None:
     model = load_model(NAME, device="cpu")
     assert isinstance(model, TimeSymmetricModel)
+    assert isinstance(model.inner, AsksBothWays)  # so the one-pass path is the one checked
     rng = np.random.default_rng(0)
     before = rng.random((1, 3, 64, 64), dtype=np.float32)
     after = rng.random((1, 3, 64, 64), dtype=np.float32)
