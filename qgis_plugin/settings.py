@@ -23,10 +23,11 @@ IN_PROCESS = "MTRS_IN_PROCESS"
 WARM_WORKER = "MTRS_WARM_WORKER"
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 # The engine's built-in models, offered while the environment is not probed yet (or cannot be).
-BUILTIN_MODELS = ["cva", "mtrefseg-r1"]
+BUILTIN_MODELS = ["cva", "mtrefseg-r1", "mtrefseg-r1-both-ways"]
 # The model a run gets unless the user picks another: the engine's default (mtrs_geo.config), the
-# bundled language model that answers the query (cva finds any change whatever the words).
-DEFAULT_MODEL = "mtrefseg-r1"
+# bundled language model that answers the query, asked both ways in time (cva finds any change
+# whatever the words).
+DEFAULT_MODEL = "mtrefseg-r1-both-ways"
 _MODELS_CACHE_KEY = "mtrs_geo_plugin/models_cache"
 
 

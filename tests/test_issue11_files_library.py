@@ -94,7 +94,7 @@ def test_defaults_live_in_the_config_module_only() -> None:
     request = runner.DetectRequest(before="a.tif", after="b.tif", output="c.gpkg")
     assert not {"--tile-size", "--overlap", "--batch-size", "--threshold"} & set(request.cli_args())
     config = DetectConfig(before=Path("a"), after=Path("b"))
-    assert config.model == engine_config.DEFAULT_MODEL == "mtrefseg-r1"
+    assert config.model == engine_config.DEFAULT_MODEL == "mtrefseg-r1-both-ways"
     plugin = ast.parse((REPO / "qgis_plugin" / "settings.py").read_text())
     assigned = {
         node.targets[0].id: ast.literal_eval(node.value)
@@ -204,5 +204,5 @@ def test_a_query_without_a_model_is_answered_by_the_language_model(pair, tmp_pat
     )  # fmt: skip
     assert result.code == 0, result.err
     summary = json.loads(result.out)
-    assert summary["model"] == "mtrefseg-r1" and summary["query_used"] is True
+    assert summary["model"] == "mtrefseg-r1-both-ways" and summary["query_used"] is True
     assert "ignores the query" not in result.err

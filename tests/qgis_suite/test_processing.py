@@ -118,7 +118,7 @@ def test_model_choices_are_the_registered_models_of_the_env(
     model = algorithm.parameterDefinition("MODEL")
     assert model.options() == venv_facts["models"]
     assert model.usesStaticStrings()
-    assert model.defaultValue() == "mtrefseg-r1"  # the engine's default: it answers the query
+    assert model.defaultValue() == "mtrefseg-r1-both-ways"  # the engine's default
 
 
 def test_provider_settings_hold_the_environment_and_the_default_device(provider: Any) -> None:
