@@ -379,7 +379,10 @@ def main() -> None:
     """Run every set for the model and cva; write JSON and markdown."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--model", default="mtrefseg-r1", help="registered name or checkpoint folder"
+        "--model",
+        action="append",
+        help="registered name or checkpoint folder, repeatable "
+        "(default: mtrefseg-r1-both-ways, the engine's default, and mtrefseg-r1)",
     )
     parser.add_argument("--pairs", type=int, default=80, help="synthetic held-out pairs")
     parser.add_argument("--roof-pairs", type=int, default=3)
@@ -394,7 +397,8 @@ def main() -> None:
     sets = set(args.sets.split(","))
     synthetic = synthetic_cases(args.pairs, args.seed) if "synthetic" in sets else []
     real = real_cases() if sets & {"real", "shifted"} else []
-    models = [args.model] + ([] if args.skip_cva else ["cva"])
+    asked = args.model or ["mtrefseg-r1-both-ways", "mtrefseg-r1"]
+    models = asked + ([] if args.skip_cva else ["cva"])
     results: list[dict[str, object]] = []
     for model in models:
         if synthetic:

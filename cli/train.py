@@ -19,7 +19,7 @@ import click
 
 from mtrs_geo.errors import InputError
 
-DEFAULT_BENCHMARK_MODELS = ("cva", "mtrefseg-r1@any", "mtrefseg-r1")
+DEFAULT_BENCHMARK_MODELS = ("cva", "mtrefseg-r1@any", "mtrefseg-r1", "mtrefseg-r1-both-ways")
 
 
 def _input_size(value: int) -> int | None:
@@ -240,7 +240,8 @@ def evaluate(
     "models",
     multiple=True,
     help="Model spec (repeatable): cva, mtrefseg-r1, a checkpoint folder, any of them + '@any'. "
-    "Default: cva, mtrefseg-r1@any (stage-1 mode, query ignored), mtrefseg-r1.",
+    "Default: cva, mtrefseg-r1@any (stage-1 mode, query ignored), mtrefseg-r1, "
+    "mtrefseg-r1-both-ways (the engine's default).",
 )
 @click.option(
     "--checkpoint",

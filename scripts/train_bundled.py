@@ -43,6 +43,7 @@ from mtrs_geo.config import TILE_SIZE_KEY
 REPO = Path(__file__).resolve().parents[1]
 LANGUAGE_CONFIG = REPO / "configs" / "bundled_language.yaml"
 MISREGISTER_CONFIG = REPO / "configs" / "bundled_misregister.yaml"
+BUNDLED = REPO / "models" / "checkpoints" / "mtrefseg-r1"  # what the registered names load
 SHARED = REPO.parent / "shared" / "data"
 HELD_OUT = ("val", "test")
 # source name -> (input folder, craft layout, craft subject)
@@ -248,8 +249,9 @@ def main() -> None:
     started = time.time()
 
     crafted = craft(work, args.seed)
+    out = args.out.resolve()
     if args.evaluate_only:
-        evaluate(work, crafted, "mtrefseg-r1", args)
+        evaluate(work, crafted, out, args)
         update_readme(work)
         return
     if args.language_from:
@@ -260,16 +262,30 @@ def main() -> None:
             work / "language" / "final" if args.no_train else language_stage(work, base, args)
         )
     final = work / "misregister" / "final" if args.no_train else misregister_stage(work, language)
-    evaluate(work, crafted, str(final), args)
-    write_checkpoint(work, base, final, args.out.resolve(), time.time() - started)
+    install_weights(final, out)
+    evaluate(work, crafted, out, args)
+    write_checkpoint(work, base, out, time.time() - started)
     update_readme(work)
 
 
-def evaluate(work: Path, crafted: dict[str, Path], spec: str, args: argparse.Namespace) -> None:
-    """Run the leaderboard (CRAFT held-out splits) and the language benchmark of a checkpoint."""
-    models = ["cva", f"mtrefseg-r1@any={spec}@any", f"mtrefseg-r1={spec}"]
+def evaluate(
+    work: Path, crafted: dict[str, Path], checkpoint: Path, args: argparse.Namespace
+) -> None:
+    """Run the leaderboard (CRAFT held-out splits) and the language benchmark of a checkpoint.
+
+    The bundled folder is run by its registered names: one way, in "any change" mode and both
+    ways in time (the engine's default); another folder one way only.
+    """
+    if checkpoint.resolve() == BUNDLED.resolve():
+        models = ["cva", "mtrefseg-r1@any", "mtrefseg-r1", "mtrefseg-r1-both-ways"]
+        asked = ["mtrefseg-r1-both-ways", "mtrefseg-r1"]
+    else:
+        spec = str(checkpoint)
+        models = ["cva", f"mtrefseg-r1@any={spec}@any", f"mtrefseg-r1={spec}"]
+        asked = [spec]
     leaderboard(work, crafted, models, args.eval_size)
-    command = [sys.executable, str(REPO / "benchmarks" / "language.py"), "--model", spec]
+    command = [sys.executable, str(REPO / "benchmarks" / "language.py")]
+    command += [arg for model in asked for arg in ("--model", model)]
     command += ["--pairs", str(args.language_pairs), "--out", str(work / "language_board")]
     print("$ " + " ".join(command[1:]), flush=True)
     subprocess.run(command, check=True, cwd=REPO)
@@ -353,8 +369,28 @@ MISREGISTER_HISTORY = (
 )
 
 
-def write_checkpoint(work: Path, base: Path, final: Path, out: Path, seconds: float) -> None:
-    """Copy the weights and configs; write training_metadata.json and the model card."""
+def install_weights(final: Path, out: Path) -> None:
+    """Copy the trained weights and config into ``out``; export the ONNX graphs the CPU runs.
+
+    The config gets the engine's tile size; the graphs are exported before the evaluation, so that
+    it runs what users will.
+    """
+    from mtrs_geo.models.onnx_export import export_graphs
+    from mtrs_geo.models.onnx_runtime import SUBFOLDER
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        if (final / name).resolve() != (out / name).resolve():
+            shutil.copyfile(final / name, out / name)
+        (out / name).chmod(0o644)
+    settings = json.loads((out / "config.json").read_text())
+    settings[TILE_SIZE_KEY] = INFERENCE_TILE_SIZE
+    (out / "config.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    export_graphs(out, out / SUBFOLDER)
+
+
+def write_checkpoint(work: Path, base: Path, out: Path, seconds: float) -> None:
+    """Copy the configs and boards next to the weights; write training_metadata.json, the card."""
     from mtrs_geo.models import vocabulary
 
     stages = _earlier_summaries(base, work)
@@ -362,13 +398,6 @@ def write_checkpoint(work: Path, base: Path, final: Path, out: Path, seconds: fl
     misregister = _run_summary(work / "misregister")
     board = json.loads((work / "leaderboard.json").read_text())
     language_board = json.loads((work / "language_board" / "language.json").read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "model.safetensors"):
-        shutil.copyfile(final / name, out / name)
-        (out / name).chmod(0o644)
-    settings = json.loads((out / "config.json").read_text())
-    settings[TILE_SIZE_KEY] = INFERENCE_TILE_SIZE
-    (out / "config.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     configs = {
         "stage1.yaml": work / "stage1.yaml",
         "stage2.yaml": work / "stage2.yaml",
@@ -412,8 +441,11 @@ def write_checkpoint(work: Path, base: Path, final: Path, out: Path, seconds: fl
   steps in {misregister["seconds"]} s, last loss {misregister["last_loss"]:.4f}; recipe in
   misregister.yaml. {MISREGISTER_HISTORY}
 - Hardware: CPU only (2 cores shared with other work), no GPU.
-- `onnx/`: the same weights as ONNX graphs (encoder and decoder), which the engine runs on the
-  CPU in ONNX Runtime (`mtrs_geo/models/onnx_runtime.py`; `MTRS_RUNTIME=torch` runs torch).
+- `onnx/`: the same weights as ONNX graphs (backbone, fusion and decoder), which the engine runs
+  on the CPU in ONNX Runtime (`mtrs_geo/models/onnx_runtime.py`; `MTRS_RUNTIME=torch` runs torch).
+- The engine's default, `mtrefseg-r1-both-ways`, asks this checkpoint each query both ways in time
+  (the query on before -> after, its reversed form on after -> before, averaged; one backbone
+  pass for both); `mtrefseg-r1` asks it one way. The tables below give both.
 - Reproduce: `.venv/bin/python scripts/train_bundled.py` (resumable; `--base DIR` skips stages
   1-2, `--language-from DIR` stages 1-3); the tables:
   `.venv/bin/python scripts/train_bundled.py --evaluate-only`.
@@ -436,11 +468,6 @@ Train on your own data with `mtrs train` (a `craft_stream` source over your own 
 CRAFT triplets).
 """
     (out / "README.md").write_text(card)
-    # The CPU runs the checkpoint in ONNX Runtime: its graphs, of these weights.
-    from mtrs_geo.models.onnx_export import export_graphs
-    from mtrs_geo.models.onnx_runtime import SUBFOLDER
-
-    export_graphs(out, out / SUBFOLDER)
     print(f"Wrote {out}")
 
 

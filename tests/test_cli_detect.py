@@ -258,6 +258,8 @@ def test_models_lists_every_registered_model_without_crashing() -> None:
     assert {r["name"] for r in records} == {"cva", "mtrefseg-r1", "mtrefseg-r1-both-ways"}
     cva = next(r for r in records if r["name"] == "cva")
     assert cva["available"] and cva["query_aware"] is False
+    assert [r["name"] for r in records if r["default"]] == ["mtrefseg-r1-both-ways"]
+    assert "mtrefseg-r1-both-ways (the default):" in result.out
 
 
 class Terminal(io.StringIO):
