@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA path end to end, in under 8 minutes, on a GPU machine lent for a few minutes:
 #   1. engine inference with mtrefseg-r1 on CUDA (bf16 autocast) over a generated 2048^2 pair,
-#      timed next to the same run on the CPU of that machine;
+#      timed next to the same run on the CPU of that machine, and with the default model
+#      (mtrefseg-r1-both-ways) on CUDA;
 #   2. the model benchmark on CUDA (base size, 512 px, batch 1/8/32, fp32 and bf16);
 #   3. a short AMP training run of the bundled recipe (configs/bundled_language.yaml) on CUDA.
 # Figures go to $OUT/device_check.json (+ the raw logs); copy them into the README's GPU table.
@@ -76,6 +77,9 @@ for device in "$DEVICE" cpu; do
         --model mtrefseg-r1 --device "$device" -o "$OUT/changes_$device.gpkg" --json
     [ "$DEVICE" = cpu ] && break
 done
+# The engine's default model (the checkpoint asked both ways in time, one backbone pass for both).
+step "engine_${DEVICE}_both_ways" 200 "${MTRS[@]}" detect "$BEFORE" "$AFTER" -q "new buildings" \
+    --model mtrefseg-r1-both-ways --device "$DEVICE" -o "$OUT/changes_both_ways.gpkg" --json
 
 # 2. The network alone.
 step model_benchmark 200 "$PY" benchmarks/model.py --sizes base --px 512 --batch $BATCHES \
@@ -95,7 +99,7 @@ for line in (out / "device_check.log").read_text().splitlines():
     parts = line.split()
     if len(parts) == 3 and parts[1].startswith("rc="):
         report[parts[0]] = {"rc": int(parts[1][3:]), "seconds": float(parts[2][8:])}
-for name in ("engine_cuda", "engine_cpu"):
+for name in ("engine_cuda", "engine_cpu", "engine_cuda_both_ways", "engine_cpu_both_ways"):
     log = out / f"{name}.log"
     if log.is_file():
         for line in log.read_text().splitlines():
