@@ -26,7 +26,7 @@ demo: $(STAMP)
 		--model cva --min-area 3600 -o $(OUT)/demo_changes.geojson \
 		--mask-out $(OUT)/demo_probability.tif --json
 	$(VENV)/bin/mtrs detect $(OUT)/sample/before.tif $(OUT)/sample/after.tif \
-		-q "new buildings and roads" --model mtrefseg-r1 --bands 3,2,1 --min-area 3600 \
+		-q "new buildings and roads" --bands 3,2,1 --min-area 3600 \
 		-o $(OUT)/demo_new_buildings_and_roads.geojson --json
 	@echo "Wrote $(OUT)/demo_changes.geojson, $(OUT)/demo_probability.tif, $(OUT)/demo_new_buildings_and_roads.geojson"
 
