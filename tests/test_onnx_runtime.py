@@ -114,6 +114,13 @@ def test_torch_is_loaded_without_a_device_when_asked_or_for_other_weights(
     assert onnx_runtime.graph_folder(retrained) is None
     stale = inference.load_checkpoint(retrained, cache_dir=tmp_path, device="cpu")
     assert isinstance(stale, MTRefSegChangeModel)
+    older = tmp_path / "older"
+    shutil.copytree(exported, older)
+    manifest = older / onnx_runtime.SUBFOLDER / onnx_runtime.MANIFEST_FILE
+    record = json.loads(manifest.read_text())
+    record["format"] = "mtrs-onnx-1"  # one encoder graph: the backbone cannot be shared
+    manifest.write_text(json.dumps(record))
+    assert onnx_runtime.graph_folder(older) is None
 
 
 def test_without_onnx_runtime_installed_the_cpu_runs_torch(
