@@ -15,6 +15,7 @@ from mtrs_geo.craft.synthetic import (
     Ground,
     ObjectBank,
     SyntheticOptions,
+    appearance_change,
     compose_pair,
     cutouts_from_mask,
     procedural_roof,
@@ -106,6 +107,32 @@ def test_objects_in_both_dates_are_not_change() -> None:
     assert not pair.change.any() and not pair.transitions
     diff = np.abs(pair.rgb_after.astype(float) - pair.rgb_before.astype(float))
     assert diff.mean() > 0  # distractors were pasted into both dates (plus per-date radiometry)
+
+
+def test_an_appearance_change_shifts_a_region_s_brightness_not_its_hue() -> None:
+    image = np.full((3, 120, 160), 100.0, dtype=np.float32)
+    appearance_change(image, np.random.default_rng(4))
+    changed = np.abs(image - 100.0).max(0) > 1.0
+    assert 0 < changed.mean() < 0.5  # a region, not the whole image
+    channels = image[:, changed] - 100.0
+    spread = channels.max(0) - channels.min(0)
+    assert np.median(spread) < 0.5 * np.median(np.abs(channels).max(0))  # mostly brightness
+
+
+def test_appearance_changes_are_no_change_of_any_class() -> None:
+    options = SyntheticOptions(max_static=0, empty_share=1.0, appearance_share=1.0)
+    pair = compose_pair(_ground(), _roof_bank(), np.random.default_rng(5), options, "p")
+    assert not pair.change.any() and not pair.transitions
+    plain = compose_pair(
+        _ground(),
+        _roof_bank(),
+        np.random.default_rng(5),
+        SyntheticOptions(max_static=0, empty_share=1.0),
+        "p",
+    )
+    assert not np.array_equal(pair.rgb_after, plain.rgb_after) or not np.array_equal(
+        pair.rgb_before, plain.rgb_before
+    )
 
 
 def test_swapping_dates_reverses_every_direction_and_keeps_the_masks() -> None:
@@ -277,6 +304,16 @@ def test_stream_weighs_real_donors_by_real_weights() -> None:
     assert _odds(pairs, {"oscd": 3.0}).tolist() == pytest.approx([0.2, 0.2, 0.6])
     with pytest.raises(ValueError, match="ombria"):
         _odds(pairs, {"ombria-s2": 2.0})
+
+
+def test_a_stream_config_asks_for_appearance_changes_in_its_synthetic_pairs() -> None:
+    from mtrs_geo.craft.donors import Donors
+    from mtrs_geo.models.data.craft_stream import CraftStreamDataset, StreamOptions
+
+    donors = Donors([_ground()], _roof_bank(), [])
+    assert CraftStreamDataset(donors).synthetic.appearance_share == 0.0  # off unless asked
+    stream = CraftStreamDataset(donors, StreamOptions(size=96, appearance_share=0.4))
+    assert stream.synthetic.appearance_share == 0.4
 
 
 def test_water_that_appeared_is_sometimes_said_as_flooded_land_and_lost_water_never() -> None:

@@ -80,6 +80,8 @@ class StreamOptions:
         length: nominal dataset length (distinct items before the stream repeats).
         real_weights: relative weight of a donor folder's real pairs (default 1 each, so donors
             weigh equally whatever their number of pairs), e.g. ``{"oscd": 3.0}``.
+        appearance_share: share of synthetic pairs that also get unlabelled appearance changes
+            (:func:`mtrs_geo.craft.synthetic.appearance_change`); 0 keeps the stream as it was.
 
     """
 
@@ -89,6 +91,7 @@ class StreamOptions:
     swap_dates: float = 0.5
     length: int = 1_000_000
     real_weights: dict[str, float] = field(default_factory=dict)
+    appearance_share: float = 0.0
 
 
 def crop_pair(pair: ChangePair, size: int, rng: np.random.Generator) -> ChangePair:
@@ -174,7 +177,7 @@ class CraftStreamDataset(Dataset[Sample]):
         self.grounds = _by_source(donors.grounds, lambda g: g.scene)
         self.pairs = _by_source(donors.pairs, lambda p: p.scene)
         self.pair_odds = _odds(donors.pairs, self.options.real_weights)
-        self.synthetic = SyntheticOptions()
+        self.synthetic = SyntheticOptions(appearance_share=self.options.appearance_share)
 
     @classmethod
     def from_root(

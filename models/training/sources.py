@@ -68,6 +68,7 @@ def craft_stream(source: dict[str, Any], seed: int) -> Dataset[Sample]:
         swap_dates=float(source.get("swap_dates", defaults.swap_dates)),
         length=int(source.get("length", defaults.length)),
         real_weights={str(k): float(v) for k, v in dict(source.get("real_weights", {})).items()},
+        appearance_share=float(source.get("appearance_share", defaults.appearance_share)),
     )
     split = str(source.get("split", "train"))
     return CraftStreamDataset.from_root(Path(source["root"]), split, options, seed)

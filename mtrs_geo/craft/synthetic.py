@@ -83,6 +83,9 @@ class SyntheticOptions:
         empty_share: share of pairs without any change.
         gsd: metres per pixel of the ground images (sizes of drawn objects follow it).
         procedural_share: share of objects drawn instead of cut from real imagery.
+        appearance_share: share of pairs that also get one to three unlabelled appearance
+            changes (:func:`appearance_change`): a region whose colour shifts in one date, as
+            water turning muddy, a field turning or a shadow moving, which no query refers to.
 
     """
 
@@ -91,6 +94,7 @@ class SyntheticOptions:
     empty_share: float = 0.08
     gsd: float = 0.5
     procedural_share: float = 0.35
+    appearance_share: float = 0.0
 
 
 def soft_alpha(mask: np.ndarray, sigma: float = 0.8) -> np.ndarray:
@@ -267,6 +271,29 @@ def paste(image: np.ndarray, cutout: Cutout, top: int, left: int) -> None:
     region += alpha * cutout.rgb
 
 
+def appearance_change(image: np.ndarray, rng: np.random.Generator) -> None:
+    """Shift the colours of an irregular region of ``image`` ``(3, H, W)`` float, in place.
+
+    The region (a tenth to half of the image's side, soft-edged) gets a gain and an offset, nearly
+    the same in every channel: the same ground seen with other water, soil moisture or light.
+    Nothing appeared or disappeared there, so it is not a change of any class.
+    """
+    height, width = image.shape[1:]
+    h = int(height * rng.uniform(0.1, 0.5)) + 10
+    w = int(width * rng.uniform(0.1, 0.5)) + 10
+    blob = np.pad(_blob(rng, h - 6, w - 6, smooth=max(h, w) / 8), 3)
+    alpha = ndimage.gaussian_filter(blob.astype(np.float32), 2.0)[None]
+    top = int(rng.integers(0, max(height - h, 0) + 1))
+    left = int(rng.integers(0, max(width - w, 0) + 1))
+    region = image[:, top : top + h, left : left + w]
+    alpha = alpha[:, : region.shape[1], : region.shape[2]]
+    # Mostly brighter, little hue: a hue shift would draw vegetation, a dark patch water.
+    gain = rng.uniform(0.85, 1.35) * rng.uniform(0.94, 1.06, 3)
+    shifted = region * gain[:, None, None] + rng.uniform(-8, 25)
+    region += alpha * (shifted - region)
+    np.clip(region, 0, 255, out=region)
+
+
 def rubble(cutout: Cutout, rng: np.random.Generator) -> Cutout:
     """Turn a roof into burnt remains: dark grey-brown speckled debris on its footprint."""
     h, w = cutout.alpha.shape
@@ -410,6 +437,9 @@ def compose_pair(
                 paste(after, rubble(cutout, rng), top, left)
         code = codes.setdefault((cls, direction), len(codes) + 1)
         instances[window][footprint] = code
+    if options.appearance_share > 0 and rng.random() < options.appearance_share:
+        for _ in range(int(rng.integers(1, 4))):
+            appearance_change(after if rng.random() < 0.5 else before, rng)
     change = instances
     transitions = {
         code: Transition(subject=cls, direction=direction)
