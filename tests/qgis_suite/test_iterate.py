@@ -149,8 +149,8 @@ def test_six_band_sample_runs_with_mtrefseg_from_the_dialog_defaults(
     from qgis.core import QgsApplication, QgsVectorLayer
 
     algorithm = QgsApplication.processingRegistry().algorithmById(ALGORITHM_ID)
-    # What the dialog starts with: every parameter at its default; the user picks the two
-    # layers, the model and the query, and types no band.
+    # What the dialog starts with: every parameter at its default (the model too: the bundled
+    # checkpoint asked both ways); the user picks the two layers and the query, types no band.
     parameters = {
         definition.name(): definition.defaultValue()
         for definition in algorithm.parameterDefinitions()
@@ -160,10 +160,10 @@ def test_six_band_sample_runs_with_mtrefseg_from_the_dialog_defaults(
     parameters.update(
         BEFORE=scenes["sample_before"],
         AFTER=scenes["sample_after"],
-        MODEL="mtrefseg-r1",
         QUERY="new buildings and roads",  # 30 m Landsat: the medium-resolution class
         OUTPUT=str(output),
     )
+    assert parameters["MODEL"] == "mtrefseg-r1-both-ways"
     results, feedback = run_and_load(parameters)
     assert results["OUTPUT"] == str(output)
     assert "before image: bands 3, 2, 1 (red, green, blue by band description)" in (
