@@ -266,10 +266,9 @@ class OnnxMTRefSegModel(ChangeModel):
         arrays = self._cached(words)
         if arrays is None:
             arrays = self._encode_with_graph(words)
-            if arrays is not None:
-                self.queries.store_arrays(self._cache_key(words), arrays)
-            else:
+            if arrays is None:
                 arrays = self._encode_with_torch(words)
+            self.queries.store_arrays(self._cache_key(words), arrays)
         return {
             "tokens": np.ascontiguousarray(arrays["tokens"], np.float32),
             "mask": np.ascontiguousarray(arrays["mask"], bool),
@@ -294,7 +293,17 @@ class OnnxMTRefSegModel(ChangeModel):
         return None if self._sentence_graph is None else self._sentence_graph.encode(texts)
 
     def _encode_with_torch(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """Encode ``texts`` with torch, and export the encoder's graph for the next new query."""
+        """Encode ``texts`` with torch, and export the encoder's graph for the next new query.
+
+        In a child process (:mod:`mtrs_geo.models.torch_encode`), so that torch and the export
+        never weigh on this one; in this process only where no Python can be started (an
+        interpreter embedded in another program).
+        """
+        from mtrs_geo.models.torch_encode import child_python, encode_in_child
+
+        python = child_python()
+        if python is not None:
+            return encode_in_child(self.checkpoint, texts, python)
         import torch
 
         from mtrs_geo.models.network import load_network
