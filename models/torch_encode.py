@@ -16,6 +16,7 @@ machine has none, and exits; the run reads ``OUT`` and goes on without torch.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,11 @@ def encode_in_child(checkpoint: Path, texts: list[str], python: str) -> dict[str
     with tempfile.TemporaryDirectory(prefix="mtrs-encode-") as folder:
         out = Path(folder) / "embeds.safetensors"
         command = [python, "-m", "mtrs_geo.models.torch_encode", str(checkpoint), str(out)]
-        done = subprocess.run([*command, *texts], capture_output=True, text=True, check=False)
+        # The child imports what this process imports, wherever its paths came from.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in sys.path if path))
+        done = subprocess.run(
+            [*command, *texts], capture_output=True, text=True, check=False, env=env
+        )
         if done.returncode != 0 or not out.is_file():
             lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
             reason = lines[-1] if lines else f"exit status {done.returncode}"
