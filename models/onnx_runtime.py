@@ -4,8 +4,9 @@ On a CPU the network runs about twice as fast in ONNX Runtime as in eager torch 
 tiles: ``benchmarks/model_path.py``), and a run that asks a query seen before needs neither torch
 nor ``transformers``: the graphs hold the weights and the query cache
 (:mod:`mtrs_geo.models.query_cache`) holds the encoded query. A query not seen before is encoded
-by the sentence encoder's own graph (:mod:`mtrs_geo.models.text_graph`); torch is imported only
-for the first one a machine encodes, which also exports that graph.
+by the sentence encoder's own graph (:mod:`mtrs_geo.models.text_graph`); torch runs only for the
+first one a machine encodes, in a child process that also exports that graph
+(:mod:`mtrs_geo.models.torch_encode`).
 
 The graphs (:mod:`mtrs_geo.models.onnx_export`) are a ``backbone.onnx`` (once per tile of each
 date), a ``fusion.onnx`` (bi-temporal fusion, once per tile pair, or twice for a pair asked both
@@ -115,7 +116,7 @@ def session_options() -> Any:
     The backbone, the fusion and the decoder run in turn. Each session's own pool would keep its
     threads spinning after its run, on the cores the others need (a third slower on 2 cores); one
     process-wide pool (ONNX Runtime's global pool, set before its environment exists) serves
-    both, and where it cannot be had the sessions' threads do not spin.
+    them all, and where it cannot be had the sessions' threads do not spin.
     """
     import onnxruntime as ort
 
