@@ -22,11 +22,11 @@ def models(as_json: bool) -> None:
         record: dict[str, Any]
         try:
             described = model_info(name)
-            record = {"available": True, **asdict(described), "default": name == DEFAULT_MODEL}
+            record = {"available": True, **asdict(described)}
         except Exception as exc:  # noqa: BLE001 - a model that cannot load is listed, not fatal
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             record = {"name": name, "available": False, "reason": reason}
-            record["default"] = name == DEFAULT_MODEL
+        record["default"] = name == DEFAULT_MODEL
         if as_json:
             emit_json(sys.stdout, record)
             continue

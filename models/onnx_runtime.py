@@ -300,32 +300,12 @@ class OnnxMTRefSegModel(ChangeModel):
         never weigh on this one; in this process only where no Python can be started (an
         interpreter embedded in another program).
         """
-        from mtrs_geo.models.torch_encode import child_python, encode_in_child
+        from mtrs_geo.models.torch_encode import child_python, encode_in_child, encode_with_torch
 
         python = child_python()
-        if python is not None:
-            return encode_in_child(self.checkpoint, texts, python)
-        import torch
-
-        from mtrs_geo.models.network import load_network
-        from mtrs_geo.models.query_cache import cached_embeds
-        from mtrs_geo.models.text_graph import export_text_graph
-
-        try:
-            branch = load_network(self.checkpoint).text
-            embeds = cached_embeds(self.queries, branch, texts, torch.device("cpu"))
-        except OSError as exc:
-            raise ModelError(f"cannot load the text encoder of {self.info.name}: {exc}") from exc
-        assert embeds.pooled is not None, "a sentence encoder pools its words"
-        fingerprint = self._encoder_fingerprint()
-        if fingerprint and not graph_path(fingerprint).is_file():
-            export_text_graph(branch, graph_path(fingerprint))
-        return {
-            "tokens": embeds.tokens.numpy(),
-            "mask": embeds.mask.numpy(),
-            "empty": embeds.empty.numpy(),
-            "pooled": embeds.pooled.numpy(),
-        }
+        if python is None:
+            return encode_with_torch(self.checkpoint, texts)
+        return encode_in_child(self.checkpoint, texts, python)
 
     def prepare_both_ways(self, forward: Sequence[str], backward: Sequence[str]) -> None:
         """Encode the queries asked from before to after and those asked from after to before."""

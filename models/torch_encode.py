@@ -60,39 +60,59 @@ def encode_in_child(checkpoint: Path, texts: list[str], python: str) -> dict[str
     return {name: arrays[name] for name in ARRAYS}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Encode, write the arrays, export the encoder's graph if missing (see the module doc)."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) < 3:
-        print(
-            "usage: python -m mtrs_geo.models.torch_encode CHECKPOINT OUT TEXT...", file=sys.stderr
-        )
-        return 2
-    checkpoint, out, texts = Path(args[0]), Path(args[1]), list(args[2:])
+def encode_with_torch(checkpoint: Path, texts: list[str]) -> dict[str, np.ndarray]:
+    """Encode ``texts`` with ``checkpoint``'s text branch in this process; export its graph.
+
+    The sentence encoder's graph is exported when the machine has none, for the next new query.
+
+    Raises:
+        ModelError: the checkpoint's text encoder cannot be loaded, or does not pool its words.
+
+    """
     import torch
-    from safetensors.numpy import save_file
 
     from mtrs_geo.models.loading import quiet_loading
     from mtrs_geo.models.network import load_network
     from mtrs_geo.models.query_cache import encoder_fingerprint
     from mtrs_geo.models.text_graph import export_text_graph, graph_path
 
-    branch = load_network(checkpoint).text
-    with quiet_loading(), torch.inference_mode():
-        embeds = branch.encode(texts, torch.device("cpu"))
+    try:
+        branch = load_network(checkpoint).text
+        with quiet_loading(), torch.inference_mode():
+            embeds = branch.encode(texts, torch.device("cpu"))
+    except OSError as exc:
+        raise ModelError(f"cannot load the text encoder of {checkpoint}: {exc}") from exc
     if embeds.pooled is None:
-        print("the checkpoint's text branch does not pool its words", file=sys.stderr)
-        return 1
-    tensors = {"tokens": embeds.tokens, "mask": embeds.mask, "empty": embeds.empty}
-    arrays = {name: np.ascontiguousarray(t.numpy()) for name, t in tensors.items()}
-    arrays["pooled"] = np.ascontiguousarray(embeds.pooled.numpy())
-    partial = out.with_name(f".{out.name}.partial")
-    save_file(arrays, str(partial))
-    partial.replace(out)
+        raise ModelError(f"the text branch of {checkpoint} does not pool its words")
     if branch.model_dir is not None and branch.tokenizer_dir is not None:
         fingerprint = encoder_fingerprint(branch.model_dir, branch.tokenizer_dir, branch.max_length)
         if fingerprint and not graph_path(fingerprint).is_file():
-            export_text_graph(branch, graph_path(fingerprint))  # for the next new query
+            export_text_graph(branch, graph_path(fingerprint))
+    tensors = dict(
+        zip(ARRAYS, (embeds.tokens, embeds.mask, embeds.empty, embeds.pooled), strict=True)
+    )
+    return {name: np.ascontiguousarray(tensor.numpy()) for name, tensor in tensors.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Encode, export the encoder's graph if missing, write the arrays (see the module doc)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 3:
+        print(
+            "usage: python -m mtrs_geo.models.torch_encode CHECKPOINT OUT TEXT...", file=sys.stderr
+        )
+        return 2
+    from safetensors.numpy import save_file
+
+    out = Path(args[1])
+    try:
+        arrays = encode_with_torch(Path(args[0]), list(args[2:]))
+    except ModelError as error:
+        print(error, file=sys.stderr)
+        return 1
+    partial = out.with_name(f".{out.name}.partial")
+    save_file(arrays, str(partial))
+    partial.replace(out)
     return 0
 
 

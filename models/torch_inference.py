@@ -78,13 +78,14 @@ class MTRefSegChangeModel(TorchChangeModel):
             self.prepare(texts[0] if texts else None)
             return
         self._embeds = None
-        self._query_embeds = self._encode(["" if is_any_change(text) else text for text in texts])
+        self._query_embeds = self._encode(texts)
 
-    def _encode(self, texts: list[str]) -> TextEmbeds:
-        """Encode ``texts`` as one batch: kept on disk, the encoder is loaded only once ever."""
+    def _encode(self, texts: Sequence[str]) -> TextEmbeds:
+        """Encode ``texts`` as one batch ("any change" as ""): kept on disk, encoder loaded once."""
         device = next(self.model.parameters()).device
+        words = ["" if is_any_change(text) else text for text in texts]
         try:
-            return cached_embeds(self.queries, self.model.text, texts, device)
+            return cached_embeds(self.queries, self.model.text, words, device)
         except OSError as exc:
             raise ModelError(f"cannot load the text encoder of {self.info.name}: {exc}") from exc
 
@@ -111,10 +112,7 @@ class MTRefSegChangeModel(TorchChangeModel):
 
     def prepare_both_ways(self, forward: Sequence[str], backward: Sequence[str]) -> None:
         """Encode the queries asked from before to after and those asked from after to before."""
-        words = [
-            ["" if is_any_change(text) else text for text in texts] for texts in (forward, backward)
-        ]
-        self._both_ways = (self._encode(words[0]), self._encode(words[1]))
+        self._both_ways = (self._encode(forward), self._encode(backward))
 
     def predict_both_ways(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         """Return ``(Qf + Qb, B, H, W)``: forward queries, then backward ones, one backbone pass.

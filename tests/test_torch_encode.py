@@ -14,7 +14,7 @@ from mtrs_geo.models import inference
 from mtrs_geo.models.network import load_network
 from mtrs_geo.models.query_cache import encoder_fingerprint
 from mtrs_geo.models.text_graph import graph_path
-from mtrs_geo.models.torch_encode import child_python, encode_in_child
+from mtrs_geo.models.torch_encode import child_python, encode_in_child, encode_with_torch
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -41,6 +41,9 @@ def test_the_child_encodes_as_the_text_branch_does(
     np.testing.assert_array_equal(got["empty"], want.empty.numpy())
     np.testing.assert_allclose(got["tokens"], want.tokens.numpy(), atol=1e-6)
     np.testing.assert_allclose(got["pooled"], want.pooled.numpy(), atol=1e-6)
+    here = encode_with_torch(inference.CHECKPOINT_DIR, texts)  # where no child can be started
+    for name, array in got.items():
+        np.testing.assert_array_equal(here[name], array)
 
 
 def test_a_child_that_fails_is_a_one_line_model_error(tmp_path: Path) -> None:
