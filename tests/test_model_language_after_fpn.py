@@ -118,6 +118,32 @@ def test_its_graphs_give_the_networks_probabilities(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, expected, atol=2e-5)
 
 
+@pytest.mark.parametrize("device", ["cpu", None])  # ONNX Runtime, torch
+def test_both_ways_in_one_pass_answers_as_two_one_way_passes(
+    tmp_path: Path, device: str | None
+) -> None:
+    folder = tmp_path / "tiny"
+    model = _after_fpn()
+    _open_gates(model)
+    model.save_pretrained(folder)
+    export_graphs(folder, folder / onnx_runtime.SUBFOLDER)
+    loaded = inference.load_checkpoint(folder, cache_dir=tmp_path, device=device)
+    rng = np.random.default_rng(1)
+    before = rng.random((2, 3, 40, 72), dtype=np.float32)
+    after = before.copy()
+    after[:, :, 8:30, :40] = 1.0 - after[:, :, 8:30, :40]
+    forward, backward = ["new buildings", "any change"], ["removed buildings"]
+    loaded.prepare_queries(forward)  # type: ignore[attr-defined]
+    expected_forward = loaded.predict_queries(before, after)  # type: ignore[attr-defined]
+    loaded.prepare_queries(backward)  # type: ignore[attr-defined]
+    expected_backward = loaded.predict_queries(after, before)  # type: ignore[attr-defined]
+    loaded.prepare_both_ways(forward, backward)  # type: ignore[attr-defined]
+    both = loaded.predict_both_ways(before, after)  # type: ignore[attr-defined]
+    assert both.shape == (3, 2, 40, 72)
+    np.testing.assert_allclose(both[:2], expected_forward, atol=2e-5)
+    np.testing.assert_allclose(both[2:], expected_backward, atol=2e-5)
+
+
 def test_a_checkpoint_gated_before_the_fpn_starts_the_new_design_with_its_weights(
     tmp_path: Path,
 ) -> None:
