@@ -13,12 +13,7 @@ Steps (every one seeded):
    run folder).
 5. Stage 4 (misregistration) from stage 3: ``configs/bundled_misregister.yaml``, the same stream
    with each date moved by its own sub-pixel offset half of the time; resumable.
-6. Stages 5-7 (the words after the FPN, model option ``language_after_fpn``: the FPN runs once per
-   pair, only the language part per query): ``configs/language_after_fpn.yaml`` from stage 3 with
-   stage 3 as the teacher, ``configs/language_after_fpn_weighted.yaml`` from that (the same
-   teacher), ``configs/language_after_fpn_both_ways.yaml`` from that with stage 4 asked both ways
-   in time as the teacher; resumable. Stage 7's result is the shipped checkpoint.
-7. ``mtrs benchmark`` on the held-out splits and ``benchmarks/language.py`` on held-out pairs; the
+6. ``mtrs benchmark`` on the held-out splits and ``benchmarks/language.py`` on held-out pairs; the
    model card (README.md), training_metadata.json and both tables go next to the weights, and the
    README's tables are rewritten.
 
@@ -26,7 +21,7 @@ Usage::
 
     .venv/bin/python scripts/train_bundled.py                       # everything, from ImageNet
     .venv/bin/python scripts/train_bundled.py --base runs/base_init  # stage 3 from a stage-2 model
-    .venv/bin/python scripts/train_bundled.py --language-from DIR    # stages 4-7 from stage 3
+    .venv/bin/python scripts/train_bundled.py --language-from DIR    # stage 4 from a stage-3 model
     .venv/bin/python scripts/train_bundled.py --evaluate-only        # the README's tables only
 """
 
@@ -48,12 +43,6 @@ from mtrs_geo.config import TILE_SIZE_KEY
 REPO = Path(__file__).resolve().parents[1]
 LANGUAGE_CONFIG = REPO / "configs" / "bundled_language.yaml"
 MISREGISTER_CONFIG = REPO / "configs" / "bundled_misregister.yaml"
-# Stages 5-7, in order: (run folder, config, teacher: "language" (stage 3) or "misregister").
-STUDENT_STAGES = (
-    ("after_fpn", REPO / "configs" / "language_after_fpn.yaml", "language"),
-    ("after_fpn_weighted", REPO / "configs" / "language_after_fpn_weighted.yaml", "language"),
-    ("after_fpn_both_ways", REPO / "configs" / "language_after_fpn_both_ways.yaml", "misregister"),
-)
 BUNDLED = REPO / "models" / "checkpoints" / "mtrefseg-r1"  # what the registered names load
 SHARED = REPO.parent / "shared" / "data"
 HELD_OUT = ("val", "test")
@@ -209,21 +198,6 @@ def misregister_stage(work: Path, language: Path) -> Path:
     return work / "misregister" / "final"
 
 
-def student_stages(work: Path, language: Path, misregister: Path) -> Path:
-    """Stages 5-7: the ``language_after_fpn`` student, each from the last; resumable.
-
-    Returns stage 7's model folder.
-    """
-    teachers = {"language": language, "misregister": misregister}
-    start = language
-    for name, config, teacher in STUDENT_STAGES:
-        command = ["train", "-c", str(config), "--init-from", str(start)]
-        command += ["--teacher", str(teachers[teacher]), "--out", str(work / name)]
-        mtrs(*command, "--quiet", "--resume", "auto")
-        start = work / name / "final"
-    return start
-
-
 def main() -> None:
     """Run the whole recipe (or only the evaluation)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -245,7 +219,7 @@ def main() -> None:
     parser.add_argument(
         "--language-from",
         type=Path,
-        help="a stage-3 checkpoint (with its training_metadata.json) to run stages 4-7 from "
+        help="a stage-3 checkpoint (with its training_metadata.json) to run stage 4 from "
         "(skips stages 1-3)",
     )
     parser.add_argument("--size", type=int, default=128, help="stage 1-2 crop side, pixels")
@@ -262,8 +236,8 @@ def main() -> None:
     parser.add_argument(
         "--no-train",
         action="store_true",
-        help="take the existing results of stages 4-7 (WORK/misregister, WORK/after_fpn...) as "
-        "they are: evaluate stage 7's, write the checkpoint and the README tables",
+        help="take stage 4's existing result (WORK/misregister/final) as it is: "
+        "evaluate it, write the checkpoint and the README tables",
     )
     parser.add_argument(
         "--evaluate-only",
@@ -287,14 +261,7 @@ def main() -> None:
         language = (
             work / "language" / "final" if args.no_train else language_stage(work, base, args)
         )
-    misregister = (
-        work / "misregister" / "final" if args.no_train else misregister_stage(work, language)
-    )
-    final = (
-        work / STUDENT_STAGES[-1][0] / "final"
-        if args.no_train
-        else student_stages(work, language, misregister)
-    )
+    final = work / "misregister" / "final" if args.no_train else misregister_stage(work, language)
     install_weights(final, out)
     evaluate(work, crafted, out, args)
     write_checkpoint(work, base, out, time.time() - started)
@@ -376,9 +343,7 @@ TRAINED_ON = (
     "(roofs, water, vegetation appearing, vanishing, burnt) over the training scenes of "
     "LEVIR-CD, EGY-BCD, OMBRIA, SZTAKI AirChange, DSIFN-CD and OSCD plus their real labelled "
     "pairs, dates swapped with their directions; stage 4: the same stream, each date moved by its "
-    "own sub-pixel offset half of the time; stages 5-7: the same stream, the words gating the "
-    "FPN's outputs, learning from stages 3 and 4 as teachers; held-out scenes "
-    "(mtrs_geo.craft.donors) never used"
+    "own sub-pixel offset half of the time; held-out scenes (mtrs_geo.craft.donors) never used"
 )
 
 
@@ -414,13 +379,19 @@ def install_weights(final: Path, out: Path) -> None:
     from mtrs_geo.models.onnx_runtime import SUBFOLDER
 
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "model.safetensors"):
-        if (final / name).resolve() != (out / name).resolve():
-            shutil.copyfile(final / name, out / name)
-        (out / name).chmod(0o644)
-    settings = json.loads((out / "config.json").read_text())
+    settings = json.loads((final / "config.json").read_text())
     settings[TILE_SIZE_KEY] = INFERENCE_TILE_SIZE
-    (out / "config.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    # Each file under a temporary name, then renamed over the old one: a process that has the old
+    # weights memory-mapped (a training run using them as its teacher) keeps reading the old ones.
+    staged = out / "model.safetensors.partial"
+    if (final / "model.safetensors").resolve() != (out / "model.safetensors").resolve():
+        shutil.copyfile(final / "model.safetensors", staged)
+        staged.chmod(0o644)
+        staged.replace(out / "model.safetensors")
+    staged = out / "config.json.partial"
+    staged.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    staged.chmod(0o644)
+    staged.replace(out / "config.json")
     export_graphs(out, out / SUBFOLDER)
 
 
@@ -431,7 +402,6 @@ def write_checkpoint(work: Path, base: Path, out: Path, seconds: float) -> None:
     stages = _earlier_summaries(base, work)
     language = stages["language"]
     misregister = _run_summary(work / "misregister")
-    students = {name: _run_summary(work / name) for name, _, _ in STUDENT_STAGES}
     board = json.loads((work / "leaderboard.json").read_text())
     language_board = json.loads((work / "language_board" / "language.json").read_text())
     configs = {
@@ -439,7 +409,6 @@ def write_checkpoint(work: Path, base: Path, out: Path, seconds: float) -> None:
         "stage2.yaml": work / "stage2.yaml",
         "language.yaml": work / "language" / "config.yaml",
         "misregister.yaml": work / "misregister" / "config.yaml",
-        **{f"{name}.yaml": work / name / "config.yaml" for name, _, _ in STUDENT_STAGES},
     }
     for name, source in configs.items():
         source = source if source.is_file() else base / name
@@ -451,7 +420,6 @@ def write_checkpoint(work: Path, base: Path, out: Path, seconds: float) -> None:
         "trained_on": TRAINED_ON,
         **stages,
         "misregister": misregister,
-        **students,
         "total_seconds_this_run": round(seconds),
         "understands": vocabulary.summary(),
         "held_out": "mtrs_geo.craft.donors.is_held_out (levir-cd test_77/train_412, dsifn-cd "
@@ -462,9 +430,7 @@ def write_checkpoint(work: Path, base: Path, out: Path, seconds: float) -> None:
     (out / "training_metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     size_mb = (out / "model.safetensors").stat().st_size / 1e6
     s1, s2 = stages["stage1"], stages["stage2"]
-    every = (s1, s2, language, misregister, *students.values())
-    total_hours = sum(float(stage["seconds"]) for stage in every) / 3600
-    s5, s6, s7 = (students[name] for name, _, _ in STUDENT_STAGES)
+    total_hours = sum(float(stage["seconds"]) for stage in (s1, s2, language, misregister)) / 3600
     card = f"""# MTRefSeg-R1 (base), bundled checkpoint
 
 - Trained on: {TRAINED_ON}.
@@ -480,14 +446,6 @@ def write_checkpoint(work: Path, base: Path, out: Path, seconds: float) -> None:
   blur are not change; water that appeared also worded as flooded land): {misregister["steps"]}
   steps in {misregister["seconds"]} s, last loss {misregister["last_loss"]:.4f}; recipe in
   misregister.yaml. {MISREGISTER_HISTORY}
-- Stages 5-7 (the words gate the FPN's outputs, model option `language_after_fpn`: the FPN runs
-  once per pair and only the language part once per query, so three queries cost little more
-  than one): from stage 3, its masks and presence learnt from stage 3 as a teacher
-  ({s5["steps"]} steps in {s5["seconds"]} s; after_fpn.yaml), then with real OSCD and OMBRIA
-  pairs weighted up and the teacher weighted 2 ({s6["steps"]} steps in {s6["seconds"]} s;
-  after_fpn_weighted.yaml), then from stage 4 asked both ways in time as the teacher, dates
-  misregistered ({s7["steps"]} steps in {s7["seconds"]} s, last loss {s7["last_loss"]:.4f};
-  after_fpn_both_ways.yaml). These are the weights here.
 - Hardware: CPU only (2 cores shared with other work), no GPU.
 - `onnx/`: the same weights as ONNX graphs (backbone, fusion and decoder), which the engine runs
   on the CPU in ONNX Runtime (`mtrs_geo/models/onnx_runtime.py`; `MTRS_RUNTIME=torch` runs torch).
