@@ -17,6 +17,7 @@ from transformers import initialization as init
 from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
 from mtrs_geo.models.decoder import MaskDecoder
 from mtrs_geo.models.fusion import CrossTemporalAttention
+from mtrs_geo.models.loading import own_weights
 from mtrs_geo.models.network import (
     MIN_SIZE,
     PAD_MULTIPLE,
@@ -100,9 +101,14 @@ class MTRefSegR1(MTRefSegR1Layers, MTRefSegR1PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
-        """Load a checkpoint folder (``from_pretrained``); frozen parts stay frozen."""
+        """Load a checkpoint folder (``from_pretrained``); frozen parts stay frozen.
+
+        The weights are copied out of the file's memory map (:func:`~mtrs_geo.models.loading.
+        own_weights`): the folder may be written again while the model runs.
+        """
         model: MTRefSegR1 = super().from_pretrained(*args, **kwargs)
         model.text.freeze_encoder()
+        own_weights(model)
         return model
 
     def load_pretrained_parts(self) -> None:

@@ -470,7 +470,7 @@ class MTRefSegR1Network(MTRefSegR1Layers):
         """
         if not local_files_only:
             raise ValueError("MTRefSegR1Network loads local checkpoint folders only")
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
         folder = Path(folder)
         values = CONFIG_DEFAULTS | json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
@@ -480,7 +480,9 @@ class MTRefSegR1Network(MTRefSegR1Layers):
         config = cast("MTRefSegR1Config", SimpleNamespace(**values))
         with torch.device("meta"):
             network = cls(config)
-        state = load_file(folder / WEIGHTS_FILE)
+        # From the file's bytes, not a memory map of it: the folder may be written again while
+        # the network runs (see mtrs_geo.models.loading.own_weights).
+        state = load((folder / WEIGHTS_FILE).read_bytes())
         expected = network.state_dict()
         if state.keys() != expected.keys() or any(
             state[key].shape != value.shape or state[key].dtype != value.dtype
