@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -369,6 +370,22 @@ MISREGISTER_HISTORY = (
 )
 
 
+def _replace(path: Path, write: Callable[[Path], object]) -> None:
+    """Write ``path`` under a temporary name, then rename it over the old file (mode 644).
+
+    A reader never sees a half-written file, and a process that has the old file memory-mapped
+    keeps the old bytes (a rewrite in place would change them under it). The temporary file is
+    removed if writing fails.
+    """
+    staged = path.with_name(path.name + ".partial")
+    try:
+        write(staged)
+        staged.chmod(0o644)
+        staged.replace(path)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
 def install_weights(final: Path, out: Path) -> None:
     """Copy the trained weights and config into ``out``; export the ONNX graphs the CPU runs.
 
@@ -381,17 +398,15 @@ def install_weights(final: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings = json.loads((final / "config.json").read_text())
     settings[TILE_SIZE_KEY] = INFERENCE_TILE_SIZE
-    # Each file under a temporary name, then renamed over the old one: a process that has the old
-    # weights memory-mapped (a training run using them as its teacher) keeps reading the old ones.
-    staged = out / "model.safetensors.partial"
     if (final / "model.safetensors").resolve() != (out / "model.safetensors").resolve():
-        shutil.copyfile(final / "model.safetensors", staged)
-        staged.chmod(0o644)
-        staged.replace(out / "model.safetensors")
-    staged = out / "config.json.partial"
-    staged.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    staged.chmod(0o644)
-    staged.replace(out / "config.json")
+        _replace(
+            out / "model.safetensors",
+            lambda staged: shutil.copyfile(final / "model.safetensors", staged),
+        )
+    _replace(
+        out / "config.json",
+        lambda staged: staged.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n"),
+    )
     export_graphs(out, out / SUBFOLDER)
 
 
