@@ -33,13 +33,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mtrs_geo.config import TILE_SIZE_KEY
+from mtrs_geo.write import atomic_output
 
 REPO = Path(__file__).resolve().parents[1]
 LANGUAGE_CONFIG = REPO / "configs" / "bundled_language.yaml"
@@ -370,22 +370,6 @@ MISREGISTER_HISTORY = (
 )
 
 
-def _replace(path: Path, write: Callable[[Path], object]) -> None:
-    """Write ``path`` under a temporary name, then rename it over the old file (mode 644).
-
-    A reader never sees a half-written file, and a process that has the old file memory-mapped
-    keeps the old bytes (a rewrite in place would change them under it). The temporary file is
-    removed if writing fails.
-    """
-    staged = path.with_name(path.name + ".partial")
-    try:
-        write(staged)
-        staged.chmod(0o644)
-        staged.replace(path)
-    finally:
-        staged.unlink(missing_ok=True)
-
-
 def install_weights(final: Path, out: Path) -> None:
     """Copy the trained weights and config into ``out``; export the ONNX graphs the CPU runs.
 
@@ -398,15 +382,15 @@ def install_weights(final: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings = json.loads((final / "config.json").read_text())
     settings[TILE_SIZE_KEY] = INFERENCE_TILE_SIZE
+    # Each file under a temporary name, renamed when complete (mtrs_geo.write.atomic_output): a
+    # process that has the old weights memory-mapped keeps the old bytes.
     if (final / "model.safetensors").resolve() != (out / "model.safetensors").resolve():
-        _replace(
-            out / "model.safetensors",
-            lambda staged: shutil.copyfile(final / "model.safetensors", staged),
-        )
-    _replace(
-        out / "config.json",
-        lambda staged: staged.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n"),
-    )
+        with atomic_output(out / "model.safetensors") as staged:
+            shutil.copyfile(final / "model.safetensors", staged)
+            staged.chmod(0o644)
+    with atomic_output(out / "config.json") as staged:
+        staged.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        staged.chmod(0o644)
     export_graphs(out, out / SUBFOLDER)
 
 
