@@ -55,6 +55,7 @@ from mtrs_geo.models.onnx_runtime import (
     SUBFOLDER,
     weights_digest,
 )
+from mtrs_geo.write import atomic_output
 
 if TYPE_CHECKING:
     from mtrs_geo.models.network import MTRefSegR1Layers
@@ -229,9 +230,8 @@ def export_graphs(checkpoint: Path, folder: Path) -> Path:
             dynamo=True,
         )
     assert program is not None
-    partial = folder / f".{DECODER_FILE}.partial"
-    program.save(str(partial), external_data=False)
-    partial.replace(folder / DECODER_FILE)
+    with atomic_output(folder / DECODER_FILE) as partial:
+        program.save(str(partial), external_data=False)
     manifest = {
         "format": FORMAT,
         "weights_sha256": weights_digest(Path(checkpoint)),
@@ -239,9 +239,8 @@ def export_graphs(checkpoint: Path, folder: Path) -> Path:
         "in_channels": network.config.in_channels,
         "torch": torch.__version__,
     }
-    partial = folder / f".{MANIFEST_FILE}.partial"
-    partial.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    partial.replace(folder / MANIFEST_FILE)
+    with atomic_output(folder / MANIFEST_FILE) as partial:
+        partial.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return folder
 
 
@@ -254,8 +253,7 @@ def _trace(
     axes: dict[str, dict[int, str]],
 ) -> None:
     """Export ``module`` by tracing ``example`` to ``path`` (a temporary name, then renamed)."""
-    partial = path.parent / f".{path.name}.partial"
-    with quiet_export(), torch.inference_mode():
+    with atomic_output(path) as partial, quiet_export(), torch.inference_mode():
         torch.onnx.export(
             module,
             example,
@@ -266,7 +264,6 @@ def _trace(
             opset_version=OPSET,
             dynamo=False,
         )
-    partial.replace(path)
 
 
 @contextlib.contextmanager

@@ -139,16 +139,16 @@ class QueryCache:
             return
         from safetensors.numpy import save_file
 
+        from mtrs_geo.errors import InputError
+        from mtrs_geo.write import atomic_output
+
         arrays = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
         path = self.folder / f"{key}.safetensors"
-        partial = path.with_name(f".{key}.{os.getpid()}.partial")
-        try:
+        # A cache that cannot be written is no cache: the run goes on without it.
+        with contextlib.suppress(OSError, InputError):
             self.folder.mkdir(parents=True, exist_ok=True)
-            save_file(arrays, str(partial), metadata={"format": FORMAT})
-            os.replace(partial, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                partial.unlink()
+            with atomic_output(path) as partial:
+                save_file(arrays, str(partial), metadata={"format": FORMAT})
 
 
 def encoder_fingerprint(model_dir: str, tokenizer_dir: str, max_length: int) -> str | None:

@@ -18,7 +18,6 @@ folder that cannot be written) only means the next new query uses torch again.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -147,6 +146,10 @@ def _last_hidden(model: Any) -> torch.nn.Module:
     return LastHidden()
 
 
+class _Disagrees(Exception):
+    """The exported graph does not give the encoder's numbers (it is not kept)."""
+
+
 def export_text_graph(branch: TextBranch, path: Path) -> bool:
     """Export a frozen sentence encoder's graph to ``path``, checked against torch first.
 
@@ -158,9 +161,9 @@ def export_text_graph(branch: TextBranch, path: Path) -> bool:
 
     from mtrs_geo.models.loading import quiet_loading
     from mtrs_geo.models.onnx_export import quiet_export
+    from mtrs_geo.write import atomic_output
 
     path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         # A folder that cannot be written fails here, before the export's 11 s, not after them.
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,17 +187,14 @@ def export_text_graph(branch: TextBranch, path: Path) -> bool:
                 dynamic_shapes=tuple(sizes for _ in INPUTS), dynamo=True, optimize=False,
             )  # fmt: skip
         assert program is not None
-        program.save(str(partial), external_data=False)
-        del program  # its copy of the weights, before the check opens the graph (peak RSS)
-        if not _agrees(partial, inputs, expected):
-            partial.unlink()
-            return False
-        os.replace(partial, path)
+        with atomic_output(path) as partial:
+            program.save(str(partial), external_data=False)
+            del program  # its copy of the weights, before the check opens the graph (peak RSS)
+            if not _agrees(partial, inputs, expected):
+                raise _Disagrees
         return True
     except Exception:  # noqa: BLE001 - the export only speeds later queries up: never fail a run
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        return False
+        return False  # atomic_output has removed the graph, if it was written
 
 
 def _agrees(graph: Path, inputs: tuple[torch.Tensor, ...], expected: np.ndarray) -> bool:

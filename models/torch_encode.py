@@ -104,15 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from safetensors.numpy import save_file
 
+    from mtrs_geo.write import atomic_output
+
     out = Path(args[1])
     try:
         arrays = encode_with_torch(Path(args[0]), list(args[2:]))
     except ModelError as error:
         print(error, file=sys.stderr)
         return 1
-    partial = out.with_name(f".{out.name}.partial")
-    save_file(arrays, str(partial))
-    partial.replace(out)
+    with atomic_output(out) as partial:
+        save_file(arrays, str(partial))
     return 0
 
 

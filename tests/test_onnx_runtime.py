@@ -36,6 +36,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def test_the_export_writes_the_graphs_and_manifest_and_nothing_else(exported: Path) -> None:
+    names = sorted(path.name for path in (exported / onnx_runtime.SUBFOLDER).iterdir())
+    assert names == sorted([*onnx_runtime.GRAPH_FILES, onnx_runtime.MANIFEST_FILE])
+
+
 def _pair(count: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     before = rng.random((count, 3, height, width), dtype=np.float32)

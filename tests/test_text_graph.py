@@ -127,7 +127,7 @@ def test_a_failed_export_leaves_no_file_and_fails_no_run(
     monkeypatch.setattr(torch.onnx, "export", broken)
     path = tmp_path / "onnx" / "text.onnx"
     assert not text_graph.export_text_graph(branch, path)
-    assert not path.exists() and not list(tmp_path.rglob("*.partial"))
+    assert not path.exists() and not list(tmp_path.rglob("*partial*"))
 
 
 def test_the_cpu_runtime_with_the_graph_predicts_as_torch(
@@ -181,3 +181,21 @@ def test_a_run_is_told_when_its_query_needs_torch(
     model.prepare_queries(["new roads", None])  # torch encodes it; the cache keeps it
     kept.unlink(missing_ok=True)  # (and the export left a graph: without it, only the cache)
     assert model.preparing_note(["new roads", None]) is None
+
+
+def test_a_graph_that_disagrees_with_torch_is_not_kept(
+    branch: TextBranch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written: list[Path] = []
+
+    class Program:
+        def save(self, where: str, external_data: bool) -> None:
+            Path(where).write_bytes(b"graph")
+            written.append(Path(where))
+
+    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: Program())
+    monkeypatch.setattr(text_graph, "_agrees", lambda *args: False)
+    path = tmp_path / "onnx" / "text.onnx"
+    assert not text_graph.export_text_graph(branch, path)
+    assert written and not written[0].exists()  # it was written, checked, and removed
+    assert not path.exists() and not list(tmp_path.rglob("*partial*"))
