@@ -58,6 +58,19 @@ DECODER_INPUTS = (*LEVELS, "tokens", "mask", "empty", "pooled")
 MULTIPLE = 32  # the network's coarsest stride: inputs are padded to a multiple of it
 # Pixels per date in one call: one 512 px pair, four 256 px pairs (as the torch path on the CPU).
 CALL_PIXELS = 512 * 512
+# Images per backbone call: two 256 px images (one 512 px) run faster per image than eight in one
+# call (4.1 against 4.8 ms an image here: its working set outgrows the CPU's caches).
+BACKBONE_PIXELS = 2 * 256 * 256
+
+
+def decoder_queries_per_call(pairs: int, height: int, width: int) -> int:
+    """Queries per decoder call: its rows (query x pair) within :data:`CALL_PIXELS` per call.
+
+    The decoder runs every query over every pair of the call. Beyond about four 256 px rows its
+    working set outgrows the CPU's caches: three queries of four pairs cost 4.7 ms a row in one
+    call and 4.0 ms in three (``benchmarks/decoder_parts.py --onnx-rows``). At least one query.
+    """
+    return max(1, CALL_PIXELS // max(1, pairs * height * width))
 
 
 def weights_digest(checkpoint: Path) -> str:
@@ -346,6 +359,15 @@ class OnnxMTRefSegModel(ChangeModel):
         ]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
+    def _backbone_levels(self, images: np.ndarray) -> list[np.ndarray]:
+        """The backbone's levels of ``images``, :data:`BACKBONE_PIXELS` at most per call."""
+        per_call = max(1, BACKBONE_PIXELS // max(1, images.shape[2] * images.shape[3]))
+        parts = [
+            self._backbone.run(None, {BACKBONE_INPUTS[0]: images[first : first + per_call]})
+            for first in range(0, len(images), per_call)
+        ]
+        return parts[0] if len(parts) == 1 else [np.concatenate(level) for level in zip(*parts)]
+
     def _call(self, before: np.ndarray, after: np.ndarray, both_ways: bool) -> np.ndarray:
         count, _, height, width = before.shape
         padded_h = max(MULTIPLE, -(-height // MULTIPLE) * MULTIPLE)
@@ -353,7 +375,7 @@ class OnnxMTRefSegModel(ChangeModel):
         images = np.concatenate(
             [pad_tile(image, padded_h, padded_w) for image in (before, after)], dtype=np.float32
         )
-        levels = self._backbone.run(None, {BACKBONE_INPUTS[0]: images})
+        levels = self._backbone_levels(images)
         if both_ways:  # the pairs from before to after, then from after to before
             firsts = levels
             seconds = [np.concatenate([level[count:], level[:count]]) for level in levels]
@@ -362,6 +384,7 @@ class OnnxMTRefSegModel(ChangeModel):
             seconds = [level[count:] for level in levels]
         fused = self._fusion.run(None, dict(zip(FUSION_INPUTS, [*firsts, *seconds], strict=True)))
         asked = [(0, self._text)] if not both_ways else [(0, self._text), (count, self._back)]
+        per_call = decoder_queries_per_call(count, padded_h, padded_w)
         answers = []
         for start, text in asked:
             assert text is not None
@@ -369,9 +392,10 @@ class OnnxMTRefSegModel(ChangeModel):
                 name: level[start : start + count]
                 for name, level in zip(LEVELS, fused, strict=True)
             }
-            (probability,) = self._decoder.run(None, feeds | text)
-            queries = len(text["empty"])
-            answers.append(probability.reshape(queries, count, padded_h, padded_w))
+            for first in range(0, len(text["empty"]), per_call):
+                some = {name: array[first : first + per_call] for name, array in text.items()}
+                (probability,) = self._decoder.run(None, feeds | some)
+                answers.append(probability.reshape(-1, count, padded_h, padded_w))
         probability = answers[0] if len(answers) == 1 else np.concatenate(answers)
         np.clip(probability, 0.0, 1.0, out=probability)  # the runtime's own array: no copy
         return probability[:, :, :height, :width]

@@ -102,6 +102,48 @@ def test_one_query_predicts_as_the_first_of_several(exported: Path, tmp_path: Pa
     np.testing.assert_allclose(together[0], alone, atol=2e-6)
 
 
+@pytest.mark.parametrize("both_ways", [False, True])
+def test_images_and_queries_split_over_calls_answer_as_in_one_call(
+    exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, both_ways: bool
+) -> None:
+    model = inference.load_checkpoint(exported, cache_dir=tmp_path, device="cpu")
+    assert isinstance(model, OnnxMTRefSegModel)
+    before, after = _pair(3, 40, 72, seed=5)
+    queries = ["new buildings", "demolished roads", "any change"]
+    if both_ways:
+        model.prepare_both_ways(queries, ["demolished buildings", "new roads", "any change"])
+    else:
+        model.prepare_queries(queries)
+    predict = model.predict_both_ways if both_ways else model.predict_queries
+    calls: list[int] = []
+    decoder = model._decoder
+
+    class Counted:
+        def run(self, names: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            calls.append(len(feeds["empty"]))
+            return decoder.run(names, feeds)
+
+    monkeypatch.setattr(model, "_decoder", Counted())
+    monkeypatch.setattr(onnx_runtime, "decoder_queries_per_call", lambda *shape: 8)
+    together = predict(before, after)
+    assert calls == [3] * (2 if both_ways else 1)
+    calls.clear()
+    monkeypatch.setattr(onnx_runtime, "decoder_queries_per_call", lambda *shape: 2)
+    monkeypatch.setattr(onnx_runtime, "BACKBONE_PIXELS", 2 * 64 * 96)  # 40 x 72, padded: 2 a call
+    split = predict(before, after)
+    assert calls == [2, 1] * (2 if both_ways else 1)
+    assert split.shape == together.shape == (6 if both_ways else 3, 3, 40, 72)
+    np.testing.assert_allclose(split, together, atol=2e-6)
+
+
+def test_the_decoder_takes_as_many_rows_per_call_as_the_backbone_takes_pairs() -> None:
+    per_call = onnx_runtime.decoder_queries_per_call
+    assert per_call(4, 256, 256) == 1  # four pairs: a query per call
+    assert per_call(2, 256, 256) == 2
+    assert per_call(1, 128, 128) == onnx_runtime.CALL_PIXELS // (128 * 128)
+    assert per_call(1, 1024, 1024) == 1  # always at least one
+
+
 def test_torch_is_loaded_without_a_device_when_asked_or_for_other_weights(
     exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
