@@ -64,11 +64,12 @@ BACKBONE_PIXELS = 2 * 256 * 256
 
 
 def decoder_queries_per_call(pairs: int, height: int, width: int) -> int:
-    """Queries per decoder call: its rows (query x pair) within :data:`CALL_PIXELS` per call.
+    """Return the queries per decoder call: its rows (query x pair) within :data:`CALL_PIXELS`.
 
     The decoder runs every query over every pair of the call. Beyond about four 256 px rows its
-    working set outgrows the CPU's caches: three queries of four pairs cost 4.7 ms a row in one
-    call and 4.0 ms in three (``benchmarks/decoder_parts.py --onnx-rows``). At least one query.
+    working set outgrows the CPU's caches: three queries of four pairs cost 4.7-5.3 ms a row in
+    one call and 4.0-4.5 ms in three (``benchmarks/decoder_parts.py --onnx-rows``, 2 cores).
+    At least one query.
     """
     return max(1, CALL_PIXELS // max(1, pairs * height * width))
 
@@ -360,13 +361,17 @@ class OnnxMTRefSegModel(ChangeModel):
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def _backbone_levels(self, images: np.ndarray) -> list[np.ndarray]:
-        """The backbone's levels of ``images``, :data:`BACKBONE_PIXELS` at most per call."""
+        """Return the backbone's levels of ``images``, :data:`BACKBONE_PIXELS` at most a call."""
         per_call = max(1, BACKBONE_PIXELS // max(1, images.shape[2] * images.shape[3]))
         parts = [
             self._backbone.run(None, {BACKBONE_INPUTS[0]: images[first : first + per_call]})
             for first in range(0, len(images), per_call)
         ]
-        return parts[0] if len(parts) == 1 else [np.concatenate(level) for level in zip(*parts)]
+        return (
+            parts[0]
+            if len(parts) == 1
+            else [np.concatenate(level) for level in zip(*parts, strict=True)]
+        )
 
     def _call(self, before: np.ndarray, after: np.ndarray, both_ways: bool) -> np.ndarray:
         count, _, height, width = before.shape
