@@ -253,7 +253,7 @@ class OnnxMTRefSegModel(ChangeModel):
         )
 
     def prepare_queries(self, queries: Sequence[str | None]) -> None:
-        """Encode the run's queries as one batch (all of them run in each decoder call)."""
+        """Encode the run's queries as one batch (the decoder takes them a few at a time)."""
         texts = _texts(queries)
         self._queries = texts
         words = _encoder_words(texts)
