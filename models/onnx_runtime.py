@@ -56,7 +56,8 @@ FUSION_INPUTS = ("before0", "before1", "before2", "before3", "after0", "after1",
 LEVELS = ("fused0", "fused1", "fused2", "fused3")
 DECODER_INPUTS = (*LEVELS, "tokens", "mask", "empty", "pooled")
 MULTIPLE = 32  # the network's coarsest stride: inputs are padded to a multiple of it
-# Pixels per date in one call: one 512 px pair, four 256 px pairs (as the torch path on the CPU).
+# Pixels per date in one call of the fusion, and per decoder call (its rows: query x pair): one
+# 512 px pair, four 256 px pairs (as the torch path on the CPU).
 CALL_PIXELS = 512 * 512
 # Images per backbone call: two 256 px images (one 512 px) run faster per image than eight in one
 # call (4.1 against 4.8 ms an image here: its working set outgrows the CPU's caches).

@@ -136,7 +136,7 @@ def test_images_and_queries_split_over_calls_answer_as_in_one_call(
     np.testing.assert_allclose(split, together, atol=2e-6)
 
 
-def test_the_decoder_takes_as_many_rows_per_call_as_the_backbone_takes_pairs() -> None:
+def test_a_decoder_call_takes_one_calls_pixels_of_rows_and_at_least_one_query() -> None:
     per_call = onnx_runtime.decoder_queries_per_call
     assert per_call(4, 256, 256) == 1  # four pairs: a query per call
     assert per_call(2, 256, 256) == 2
