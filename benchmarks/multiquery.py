@@ -7,9 +7,10 @@ Run by hand (slow; on an otherwise idle machine)::
 
 Each setting runs ``detect`` in a fresh process (imports, model loading and calibration included)
 on the generated scene of ``benchmarks/engine.py``; the figures are the best of ``--repeats`` runs:
-wall seconds, the model's seconds (``timings["model"]``), setup seconds and peak RSS, and the
-ratio of each round (one run of each count, one after the other: the counts alternate, so a slow
-spell of a shared machine hits both). The issue's target: three queries cost at most 1.5x one query.
+wall seconds, the model's seconds (``timings["model"]``), setup seconds, the process's CPU seconds
+and peak RSS; then the ratio of each round and their median, of the wall time and of the CPU time
+(one run of each count, one after the other: the counts alternate, so a slow spell of a shared
+machine hits both). The issue's target: three queries cost at most 1.5x one query.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -47,13 +49,17 @@ def run_child(before: Path, after: Path, out: Path, count: int, model: str) -> d
     )
     result = detect(config)
     summary = result.to_json()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "queries": count,
         "seconds": time.perf_counter() - start,
         "imports": imports,
         "timings": summary["timings"],
         "tiles": summary["tiles"],
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # CPU seconds of every thread, imports included: steadier than the wall time on a
+        # shared machine, whose other jobs take turns on the cores.
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mib": usage.ru_maxrss / 1024,
     }
 
 
@@ -82,21 +88,24 @@ def main() -> None:
             done = subprocess.run(child, check=True, capture_output=True, text=True)
             runs[count].append(json.loads(done.stdout.strip().splitlines()[-1]))
     rows = {count: min(runs[count], key=lambda row: row["seconds"]) for count in runs}
-    pairs = zip(runs[1], runs[3], strict=True)
-    paired = [three["seconds"] / one["seconds"] for one, three in pairs]
+    paired = [three["seconds"] / one["seconds"] for one, three in zip(*runs.values(), strict=True)]
+    cpu = [three["cpu_s"] / one["cpu_s"] for one, three in zip(*runs.values(), strict=True)]
     print(f"{args.size}^2, {args.model}, {rows[1]['tiles']} tiles, best of {args.repeats}")
-    print("| queries | wall s | model s | setup s | peak RSS MiB |")
-    print("|---|---|---|---|---|")
+    print("| queries | wall s | model s | setup s | CPU s | peak RSS MiB |")
+    print("|---|---|---|---|---|---|")
     for count, row in rows.items():
         t = row["timings"]
         print(
             f"| {count} | {row['seconds']:.1f} | {t['model']:.1f} | {t['setup']:.1f} "
-            f"| {row['peak_rss_mib']:.0f} |"
+            f"| {row['cpu_s']:.1f} | {row['peak_rss_mib']:.0f} |"
         )
     wall = rows[3]["seconds"] / rows[1]["seconds"]
     model = rows[3]["timings"]["model"] / rows[1]["timings"]["model"]
     print(f"3 queries / 1 query: wall {wall:.2f}x, model {model:.2f}x (target <= 1.5x)")
     print("3 queries / 1 query, wall, each round: " + ", ".join(f"{r:.2f}x" for r in paired))
+    print(f"  median {statistics.median(paired):.2f}x")
+    print("3 queries / 1 query, CPU, each round: " + ", ".join(f"{r:.2f}x" for r in cpu))
+    print(f"  median {statistics.median(cpu):.2f}x")
     if args.json_out:
         args.json_out.write_text(json.dumps(rows, indent=2))
 
