@@ -17,8 +17,9 @@ machine's load is the same for all of them:
   (BatchNorms folded, channels-last, as ``benchmarks/model.py`` times it); the best tiles/s of
   the engine's runtime is the engine's reference, also given as the scene Mpx/s an engine that
   did nothing but the network would reach;
-* ``paired``: that best setting measured again right before and after one more cached engine
-  run, the engine compared with the mean of the two (the best of several noisy settings
+* ``paired``: that best setting measured again, in turn with ``--pairings`` (3) more cached
+  engine runs; each engine run is compared with the mean of the network runs right before and
+  after it, and the figure is the median of those ratios (the best of several noisy settings
   overstates its own speed; the re-measurement does not, and shares the engine's load);
 * ``floor``: the bare windowed-read loop over the same windows (the I/O floor);
 * ``torchgeo``: torchgeo's streaming read path (``RasterDataset`` + ``GridGeoSampler``, one
@@ -262,7 +263,7 @@ def measure(kind: str, before: Path, after: Path, out: Path, **options: Any) -> 
 
 
 def torch_side(
-    side: int, data: Path, repeats: int, threads: list[int], tile: int | None
+    side: int, data: Path, repeats: int, threads: list[int], tile: int | None, pairings: int = 3
 ) -> dict[str, Any]:
     """The engine with ``mtrefseg-r1`` next to the network alone (batch 1 and the engine's).
 
@@ -300,21 +301,27 @@ def torch_side(
         key=lambda n: n["tiles_per_s"],
     )
     # The best of several noisy settings overstates that setting (it won partly by luck): it is
-    # measured again right before and after one more cached engine run, which is compared with
-    # the mean of the two (the engine and its reference under the same load).
+    # measured again, alternating with ``pairings`` more cached engine runs, each of which is
+    # compared with the mean of the network runs right before and after it (the engine and its
+    # reference under the same load); the figure is the median of those ratios.
     setting = {key: best[key] for key in ("runtime", "threads", "batch")}
     around = [measure("network", before, after, out, **setting, px=px, repeats=repeats)]
     cache = Path(tempfile.mkdtemp(prefix="mtrs-query-cache-"))
+    engine_rates: list[float] = []
+    ratios: list[float] = []
     try:
-        for _ in range(2):  # the first run fills the cache
+        measure("engine", before, after, out, model="mtrefseg-r1", cache=str(cache), tile=tile)
+        for _ in range(pairings):  # the run above filled the cache
             paired = measure(
                 "engine", before, after, out, model="mtrefseg-r1", cache=str(cache), tile=tile
             )
+            around.append(measure("network", before, after, out, **setting, px=px, repeats=repeats))
+            loop = paired["import_seconds"] + paired["seconds"] - paired["setup_wall_s"]
+            engine_rates.append(int(paired["tiles"]) / loop)
+            reference = statistics.mean(n["tiles_per_s"] for n in around[-2:])
+            ratios.append(engine_rates[-1] / reference)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    around.append(measure("network", before, after, out, **setting, px=px, repeats=repeats))
-    reference = statistics.mean(n["tiles_per_s"] for n in around)
-    paired_loop = paired["import_seconds"] + paired["seconds"] - paired["setup_wall_s"]
     rows = {}
     for query, engine in engines.items():
         tiles = int(engine["tiles"])
@@ -340,9 +347,10 @@ def torch_side(
         "network_best": best,
         "network_mpx_s": best["tiles_per_s"] * megapixels / tiles,
         "paired": {
-            "engine_tiles_per_s": int(paired["tiles"]) / paired_loop,
+            "engine_tiles_per_s": engine_rates,
             "network_tiles_per_s": [n["tiles_per_s"] for n in around],
-            "vs_network": int(paired["tiles"]) / paired_loop / reference,
+            "ratios": ratios,
+            "vs_network": statistics.median(ratios),
         },
     }
 
@@ -400,16 +408,17 @@ def report(record: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "| scene | best setting | network tiles/s before, after | cached engine tiles/s between "
-        "| engine / network (their mean) |",
-        "|---|---|---|---|---|",
+        "| scene | best setting | network tiles/s, in turn | cached engine tiles/s between them "
+        "| engine / network (the mean of its two neighbours), each | median |",
+        "|---|---|---|---|---|---|",
     ]
     for r in record["torch"]:
         net, pair = r["network_best"], r["paired"]
         lines.append(
             f"| {r['side']}^2 | {net['runtime']} {net['threads']} x {net['batch']} "
-            f"| {pair['network_tiles_per_s'][0]:.2f}, {pair['network_tiles_per_s'][1]:.2f} "
-            f"| {pair['engine_tiles_per_s']:.2f} | {pair['vs_network']:.2f} |"
+            f"| {', '.join(f'{v:.2f}' for v in pair['network_tiles_per_s'])} "
+            f"| {', '.join(f'{v:.2f}' for v in pair['engine_tiles_per_s'])} "
+            f"| {', '.join(f'{v:.3f}' for v in pair['ratios'])} | {pair['vs_network']:.3f} |"
         )
     lines += [
         "",
@@ -439,6 +448,9 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=1, help="run the whole set this often")
     parser.add_argument("--network-repeats", type=int, default=8, help="timed network batches")
+    parser.add_argument(
+        "--pairings", type=int, default=3, help="cached engine runs between network runs"
+    )
     parser.add_argument(
         "--threads", default=None, help="network thread counts, comma-separated (default 1..N)"
     )
@@ -472,8 +484,9 @@ def main() -> None:
     for round_ in range(args.repeat):
         print(f"round {round_ + 1} of {args.repeat} ...", file=sys.stderr, flush=True)
         torch_run = torch_side(
-            args.torch_size, args.data, args.network_repeats, threads, args.tile_size
-        )
+            args.torch_size, args.data, args.network_repeats, threads, args.tile_size,
+            args.pairings,
+        )  # fmt: skip
         record["torch"].append(torch_run)
         record["cva"].append(cva_side(args.cva_size, args.data, not args.no_torchgeo))
     record["load_after"] = os.getloadavg()[0]
