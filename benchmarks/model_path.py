@@ -262,6 +262,11 @@ def measure(kind: str, before: Path, after: Path, out: Path, **options: Any) -> 
 # -- the side-by-side run -----------------------------------------------------------------------
 
 
+def loop_seconds(engine: dict[str, Any]) -> float:
+    """Seconds of an engine run after its setup (the tile loop and what follows it)."""
+    return float(engine["import_seconds"] + engine["seconds"] - engine["setup_wall_s"])
+
+
 def torch_side(
     side: int, data: Path, repeats: int, threads: list[int], tile: int | None, pairings: int = 3
 ) -> dict[str, Any]:
@@ -316,8 +321,7 @@ def torch_side(
                 "engine", before, after, out, model="mtrefseg-r1", cache=str(cache), tile=tile
             )
             around.append(measure("network", before, after, out, **setting, px=px, repeats=repeats))
-            loop = paired["import_seconds"] + paired["seconds"] - paired["setup_wall_s"]
-            engine_rates.append(int(paired["tiles"]) / loop)
+            engine_rates.append(int(paired["tiles"]) / loop_seconds(paired))
             reference = statistics.mean(n["tiles_per_s"] for n in around[-2:])
             ratios.append(engine_rates[-1] / reference)
     finally:
@@ -325,7 +329,7 @@ def torch_side(
     rows = {}
     for query, engine in engines.items():
         tiles = int(engine["tiles"])
-        loop = engine["import_seconds"] + engine["seconds"] - engine["setup_wall_s"]
+        loop = loop_seconds(engine)
         rows[query] = {
             "engine": engine,
             "tiles": tiles,

@@ -88,8 +88,11 @@ def main() -> None:
             done = subprocess.run(child, check=True, capture_output=True, text=True)
             runs[count].append(json.loads(done.stdout.strip().splitlines()[-1]))
     rows = {count: min(runs[count], key=lambda row: row["seconds"]) for count in runs}
-    paired = [three["seconds"] / one["seconds"] for one, three in zip(*runs.values(), strict=True)]
-    cpu = [three["cpu_s"] / one["cpu_s"] for one, three in zip(*runs.values(), strict=True)]
+
+    def per_round(key: str) -> list[float]:
+        return [three[key] / one[key] for one, three in zip(runs[1], runs[3], strict=True)]
+
+    paired, cpu = per_round("seconds"), per_round("cpu_s")
     print(f"{args.size}^2, {args.model}, {rows[1]['tiles']} tiles, best of {args.repeats}")
     print("| queries | wall s | model s | setup s | CPU s | peak RSS MiB |")
     print("|---|---|---|---|---|---|")
