@@ -113,6 +113,9 @@ class MTRefSegR1Config(PretrainedConfig):
             mask features take the words through the query's mask embedding. Several queries
             then cost about half as much each (``benchmarks/decoder_parts.py``). New gates start
             as the identity.
+        mask_word_width: with ``language_after_fpn``, the words also gate the stride-4 mask
+            features per query, through pixel-word attention on a projection this many channels
+            wide (:class:`~mtrs_geo.models.text.NarrowPixelWordAttention`); 0: they do not.
         num_decoder_layers: Mask2Former-style decoder layers (each predicts a mask).
         num_attention_heads: heads of every attention layer.
         num_latent_queries: learned queries beside the language query (context for the decoder).
@@ -153,6 +156,7 @@ class MTRefSegR1Config(PretrainedConfig):
         llm_image_grid: int = 2,
         hidden_size: int = 96,
         language_after_fpn: bool = False,
+        mask_word_width: int = 0,
         num_decoder_layers: int = 3,
         num_attention_heads: int = 4,
         num_latent_queries: int = 4,
@@ -212,6 +216,9 @@ class MTRefSegR1Config(PretrainedConfig):
         self.llm_image_grid = llm_image_grid
         self.hidden_size = hidden_size
         self.language_after_fpn = bool(language_after_fpn)
+        if mask_word_width and not language_after_fpn:
+            raise ValueError("mask_word_width needs language_after_fpn")
+        self.mask_word_width = int(mask_word_width)
         self.num_decoder_layers = num_decoder_layers
         self.num_attention_heads = num_attention_heads
         self.num_latent_queries = num_latent_queries

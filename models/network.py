@@ -39,7 +39,12 @@ from mtrs_geo.models.backbones import STRIDES, build_backbone
 from mtrs_geo.models.decoder import MaskDecoder, PixelDecoder
 from mtrs_geo.models.fusion import BiTemporalFusion
 from mtrs_geo.models.losses import referring_change_loss
-from mtrs_geo.models.text import PixelWordAttention, TextBranch, TextEmbeds
+from mtrs_geo.models.text import (
+    NarrowPixelWordAttention,
+    PixelWordAttention,
+    TextBranch,
+    TextEmbeds,
+)
 from mtrs_geo.padding import pad_tile
 
 if TYPE_CHECKING:
@@ -54,12 +59,13 @@ CONFIG_KEYS = (
     "backbone_pretrained", "backbone_path", "backbone_config", "convnet_widths", "drop_path_rate",
     "fusion_type", "fusion_dims", "cross_temporal_levels", "cross_temporal_window", "text_mode",
     "text_model_path", "text_model_config", "text_tokenizer_path", "text_trainable",
-    "text_max_length", "llm_image_grid", "hidden_size", "language_after_fpn", "num_decoder_layers",
+    "text_max_length", "llm_image_grid", "hidden_size", "language_after_fpn", "mask_word_width",
+    "num_decoder_layers",
     "num_attention_heads", "num_latent_queries", "decoder_ffn_dim", "dropout", "bce_weight",
     "dice_weight", "presence_weight", "aux_weight", "initializer_range",
 )  # fmt: skip
 # Attributes added after checkpoints were shipped: a config.json without them means these values.
-CONFIG_DEFAULTS: dict[str, Any] = {"language_after_fpn": False}
+CONFIG_DEFAULTS: dict[str, Any] = {"language_after_fpn": False, "mask_word_width": 0}
 
 MIN_SIZE = 32
 PAD_MULTIPLE = STRIDES[-1]
@@ -114,12 +120,15 @@ def gate_with_words(
     """Gate the query-free ``levels`` of :class:`PairFeatures` with the words: ``(pixels, memory)``.
 
     Before the FPN (the four fused levels, then the FPN) or, with ``language_after_fpn``, after it
-    (``levels`` are its outputs: the mask features pass as they are, the memory is gated).
+    (``levels`` are its outputs: the memory is gated, and the mask features too where the model
+    has ``mask_word_width``, else they pass as they are).
     """
     if network.config.language_after_fpn:
         pixels, *coarse = levels  # strides 4, then 8, 16, 32
         gates = network.memory_word
         gated = [pw(m, words, word_mask) for pw, m in zip(gates, coarse, strict=True)]
+        if network.config.mask_word_width:
+            pixels = network.mask_word(pixels, words, word_mask)
         return pixels, gated[::-1]  # the memory, coarse to fine
     fused = [pw(f, words, word_mask) for pw, f in zip(network.pixel_word, levels, strict=True)]
     return network.pixel_decoder(fused)
@@ -189,6 +198,7 @@ class MTRefSegR1Layers(nn.Module):
     text: TextBranch
     pixel_word: nn.ModuleList  # gates before the FPN (one per fused level)
     memory_word: nn.ModuleList  # or, with ``language_after_fpn``, after it (its memory levels)
+    mask_word: NarrowPixelWordAttention  # with ``mask_word_width``: on its mask features
     pixel_decoder: PixelDecoder
     decoder: MaskDecoder
 
@@ -214,6 +224,10 @@ class MTRefSegR1Layers(nn.Module):
                 PixelWordAttention(config.hidden_size, config.hidden_size, identity_start=True)
                 for _ in range(3)
             )
+            if config.mask_word_width:
+                self.mask_word = NarrowPixelWordAttention(
+                    config.hidden_size, config.hidden_size, config.mask_word_width
+                )
         else:
             self.pixel_word = nn.ModuleList(PixelWordAttention(d, config.hidden_size) for d in dims)
         self.pixel_decoder = PixelDecoder(dims, config.hidden_size)

@@ -346,3 +346,29 @@ class PixelWordAttention(nn.Module):
         lang = lang.squeeze(1).transpose(1, 2).reshape(batch, channels, height, width)
         mixed = pixels * lang
         return pixels + self.gate(mixed) * self.proj(mixed)
+
+
+class NarrowPixelWordAttention(nn.Module):
+    """Pixel-word attention on a narrow projection of wide pixels, added back through a shut gate.
+
+    ``out = f + up(PixelWordAttention(down(f)))`` with ``up`` starting at zero: the identity until
+    trained. It lets the words shape wide features (the 96-channel stride-4 mask features of a
+    ``language_after_fpn`` model) at the cost of attention over ``width`` channels per query.
+    """
+
+    def __init__(self, channels: int, word_dim: int, width: int) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(channels, width, 1)
+        self.attention = PixelWordAttention(width, word_dim)
+        self.up = nn.Conv2d(width, channels, 1)
+        self.up.zero_init = True  # type: ignore[assignment]  # kept 0 by MTRefSegR1's init
+        if not self.up.weight.is_meta:  # a meta one receives a checkpoint's weights
+            nn.init.zeros_(self.up.weight)
+            assert self.up.bias is not None
+            nn.init.zeros_(self.up.bias)
+
+    def forward(
+        self, pixels: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Gate ``pixels`` ``(B, C, H, W)`` with ``words`` ``(B, L, D)`` (``word_mask``: real)."""
+        return pixels + self.up(self.attention(self.down(pixels), words, word_mask))

@@ -156,3 +156,56 @@ def test_a_checkpoint_gated_before_the_fpn_starts_the_new_design_with_its_weight
     assert kept.keys() == {k for k in state if not k.startswith("memory_word.")}
     assert all(torch.equal(state[k], v) for k, v in kept.items())
     assert all(not gate.gate[2].weight.any() for gate in new.memory_word)  # shut
+
+
+def test_words_on_the_mask_features_start_as_the_identity_and_then_reach_the_answer(
+    tmp_path: Path,
+) -> None:
+    student = _after_fpn()
+    _open_gates(student)
+    student.save_pretrained(tmp_path / "student")
+    widened = MTRefSegR1.from_pretrained(tmp_path / "student", mask_word_width=8).eval()
+    assert widened.mask_word.attention.query.out_channels == 8
+    before, after = _tiles()
+    with torch.inference_mode():
+        expected = student(before, after, texts=["new buildings"]).probabilities()
+        torch.testing.assert_close(
+            widened(before, after, texts=["new buildings"]).probabilities(), expected
+        )
+        with torch.no_grad():
+            widened.mask_word.up.weight.normal_(0, 0.5)
+        changed = widened(before, after, texts=["new buildings"]).probabilities()
+    assert not torch.allclose(changed, expected, atol=1e-4)
+
+
+def test_words_on_the_mask_features_need_the_fpn_before_the_words() -> None:
+    with pytest.raises(ValueError, match="mask_word_width needs language_after_fpn"):
+        MTRefSegR1Config.from_size("tiny", mask_word_width=8)
+
+
+def test_graphs_with_words_on_the_mask_features_give_the_networks_probabilities(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "tiny"
+    torch.manual_seed(3)
+    config = MTRefSegR1Config.from_size("tiny", language_after_fpn=True, mask_word_width=8)
+    model = MTRefSegR1(config).eval()
+    _open_gates(model)
+    with torch.no_grad():
+        model.mask_word.up.weight.normal_(0, 0.5)
+    model.save_pretrained(folder)
+    network = MTRefSegR1Network.from_pretrained(folder)
+    assert network is not None and network.config.mask_word_width == 8
+    export_graphs(folder, folder / onnx_runtime.SUBFOLDER)
+    in_torch = inference.load_checkpoint(folder, cache_dir=tmp_path)
+    in_onnx = inference.load_checkpoint(folder, cache_dir=tmp_path, device="cpu")
+    rng = np.random.default_rng(4)
+    before = rng.random((2, 3, 40, 72), dtype=np.float32)
+    after = before.copy()
+    after[:, :, 10:20, 24:] = 1.0 - after[:, :, 10:20, 24:]
+    queries = ["new buildings", "demolished roads", "any change"]
+    in_torch.prepare_queries(queries)  # type: ignore[attr-defined]
+    in_onnx.prepare_queries(queries)  # type: ignore[attr-defined]
+    expected = in_torch.predict_queries(before, after)  # type: ignore[attr-defined]
+    got = in_onnx.predict_queries(before, after)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(got, expected, atol=2e-5)
