@@ -87,17 +87,19 @@ def layer_names(stem: str, queries: Sequence[str]) -> list[str]:
     return names
 
 
-def add_query_layers(table: gpd.GeoDataFrame, path: Path, staged: StagedOutputs) -> list[str]:
-    """Add a layer per query to a staged GeoPackage (the combined layer stays the first one).
+def add_query_layers(
+    table: gpd.GeoDataFrame, path: Path, staged: StagedOutputs, queries: Sequence[str]
+) -> list[str]:
+    """Add a layer per query asked to a staged GeoPackage (the combined layer stays the first one).
 
     ``path`` is the destination already written with :func:`mtrs_geo.write.write_vectors` into
-    ``staged``; other formats hold one layer and are left alone. Returns the layers added.
+    ``staged``; other formats hold one layer and are left alone. Every query of ``queries`` gets
+    its layer, an empty one where it found nothing, so the layers of a run do not depend on what
+    it found. Returns the layers added.
     """
     path = Path(path)
-    if path.suffix.lower() != ".gpkg" or table.empty:
-        return []
-    queries = list(dict.fromkeys(table["query"]))
-    if len(queries) < 2:
+    queries = list(dict.fromkeys(queries))
+    if path.suffix.lower() != ".gpkg" or len(queries) < 2:
         return []
     import pyogrio
 

@@ -116,7 +116,8 @@ def open_raster(
         )
         raise InputError(
             f"{role} image {text} {problem}: georeference it (e.g. gdal_edit.py -a_srs EPSG:XXXX), "
-            "or pair images without georeferencing pixel by pixel on a pixel grid"
+            "or pair images without georeferencing pixel by pixel on a pixel grid "
+            "(mtrs detect --pixel-grid)"
         )
     grid = Grid(crs, transform, width, height)
     if crs.is_geographic:

@@ -133,6 +133,21 @@ def test_cli_repeats_q_for_several_queries_and_writes_a_band_each(tmp_path: Path
     assert set(np.unique(bands)) <= {0, 1, 255}
 
 
+def test_every_query_asked_gets_its_layer_even_when_nothing_changed(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path / "scene", changes=[])
+    output = tmp_path / "changes.gpkg"
+    config = DetectConfig(
+        before=pair.before, after=pair.before, queries=("new buildings", "new roads"),
+        output=output, model="cva", tile_size=128,
+    )  # fmt: skip
+    assert detect(config).polygons == 0
+    layers = [name for name, _ in pyogrio.list_layers(output)]
+    assert layers == ["changes", *layer_names("changes", ("new buildings", "new roads"))]
+    for name in layers:
+        info = pyogrio.read_info(output, layer=name)
+        assert info["features"] == 0 and "query" in list(info["fields"])
+
+
 def test_a_query_list_from_qgis_reaches_the_engine_as_several_queries(tmp_path: Path) -> None:
     from mtrs_geo.serve import config_from_json
     from qgis_plugin.runner import DetectRequest
