@@ -109,15 +109,19 @@ def write_series_sample(folder: Path | str) -> tuple[Path, Path, Path]:
     2003-02-06 (:mod:`mtrs_geo.sample`); the middle one, dated 2001-08-27 (made up), holds the
     2003 pixels west of the scene's middle column and the 2000 pixels east of it. The western
     changes therefore happen in the first interval and the eastern ones in the second. Dates are
-    written as ``ACQUISITIONDATETIME`` tags.
+    written as ``ACQUISITIONDATETIME`` tags, each file under a temporary name first; the pair's
+    SOURCE.md (origin, licence, citation) is copied beside them.
 
     Returns:
         The three GeoTIFFs, in time order.
 
     """
+    import shutil
+
     import rasterio
 
     from mtrs_geo.sample import sample_pair
+    from mtrs_geo.write import atomic_output
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -132,7 +136,7 @@ def write_series_sample(folder: Path | str) -> tuple[Path, Path, Path]:
     paths = tuple(folder / name for name in SERIES_SAMPLE_NAMES)
     images = (pixels[0], middle, pixels[1])
     for path, values, date in zip(paths, images, SERIES_SAMPLE_DATES, strict=True):
-        with rasterio.open(path, "w", **profile) as out:
+        with atomic_output(path) as partial, rasterio.open(partial, "w", **profile) as out:
             out.write(np.ascontiguousarray(values))
             out.update_tags(ACQUISITIONDATETIME=date)
             if path.name.endswith("_generated.tif"):
@@ -140,4 +144,7 @@ def write_series_sample(folder: Path | str) -> tuple[Path, Path, Path]:
             for band, text in enumerate(descriptions, start=1):
                 if text:
                     out.set_band_description(band, text)
+    # The licence and the citation travel with the pixels.
+    with atomic_output(folder / "SOURCE.md") as partial:
+        shutil.copyfile(first.parent / "SOURCE.md", partial)
     return paths[0], paths[1], paths[2]

@@ -234,6 +234,17 @@ def test_sample_pair_runs_offline(tmp_path: Path) -> None:
     assert str(tmp_path / "pair" / "before.tif") in copied.out
 
 
+def test_sample_series_writes_three_dated_images_that_info_reads(tmp_path: Path) -> None:
+    written = run_mtrs("sample", tmp_path / "series", "--series")
+    assert written.code == 0, written.err
+    images = written.out.split()
+    assert len(images) == 3 and "SOURCE.md" in files_in(tmp_path / "series")
+    assert not [name for name in files_in(tmp_path / "series") if "partial" in name]
+    info = run_mtrs("info", *images, "--json")
+    assert info.code == 0, info.err
+    assert json.loads(info.out)["dates"] == ["2000-03-17", "2001-08-27", "2003-02-06"]
+
+
 def test_info_reports_grid_overlap_and_tiles(tmp_path: Path) -> None:
     pair = make_pair(tmp_path, after=ImageSpec(crs="EPSG:4326"))
     as_json = run_mtrs(
