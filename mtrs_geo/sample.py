@@ -9,7 +9,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from mtrs_geo.errors import InputError
+from mtrs_geo.errors import InputError, OutputError
 
 SAMPLE_FILES = ("taizhou_2000.tif", "taizhou_2003.tif")
 COPY_NAMES = ("before.tif", "after.tif")
@@ -25,6 +25,24 @@ def sample_pair() -> tuple[Path, Path]:
     return before, after
 
 
+def sample_folder(dest_dir: Path | str) -> Path:
+    """Return ``dest_dir``, created if needed, for a sample to be written into.
+
+    Raises:
+        InputError: ``dest_dir`` exists and is not a folder.
+        OutputError: it cannot be created (no permission, a read-only file system, ...).
+
+    """
+    dest = Path(dest_dir)
+    if dest.exists() and not dest.is_dir():
+        raise InputError(f"{dest} exists and is not a folder")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the folder {dest}: {exc.strerror or exc}") from exc
+    return dest
+
+
 def copy_sample(dest_dir: Path | str) -> tuple[Path, Path]:
     """Copy the sample pair into ``dest_dir`` (created if needed) as before.tif and after.tif.
 
@@ -33,10 +51,9 @@ def copy_sample(dest_dir: Path | str) -> tuple[Path, Path]:
     Each file is copied under a temporary name and renamed, so an interrupted copy leaves no file
     that looks finished. Returns the two new paths.
     """
-    dest = Path(dest_dir)
-    if dest.exists() and not dest.is_dir():
-        raise InputError(f"{dest} exists and is not a folder")
-    dest.mkdir(parents=True, exist_ok=True)
+    from mtrs_geo.write import atomic_output
+
+    dest = sample_folder(dest_dir)
     before, after = sample_pair()
     copies = []
     # SOURCE.md travels with the pixels: it holds the licence and the citation.
@@ -45,12 +62,7 @@ def copy_sample(dest_dir: Path | str) -> tuple[Path, Path]:
         (after, COPY_NAMES[1]),
         (before.parent / "SOURCE.md", "SOURCE.md"),
     ):
-        target = dest / name
-        partial = dest / f".{name}.partial"
-        try:
+        with atomic_output(dest / name) as partial:
             shutil.copyfile(source, partial)
-            partial.replace(target)
-        finally:
-            partial.unlink(missing_ok=True)
-        copies.append(target)
+        copies.append(dest / name)
     return copies[0], copies[1]  # SOURCE.md is copied too but is not part of the pair

@@ -120,11 +120,10 @@ def write_series_sample(folder: Path | str) -> tuple[Path, Path, Path]:
 
     import rasterio
 
-    from mtrs_geo.sample import sample_pair
+    from mtrs_geo.sample import sample_folder, sample_pair
     from mtrs_geo.write import atomic_output
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = sample_folder(folder)
     first, last = sample_pair()
     with rasterio.open(first) as early, rasterio.open(last) as late:
         profile = early.profile

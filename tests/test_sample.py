@@ -6,7 +6,7 @@ import rasterio
 from PIL import Image
 
 from mtrs_geo.config import DetectConfig
-from mtrs_geo.errors import InputError
+from mtrs_geo.errors import InputError, OutputError
 from mtrs_geo.pipeline import detect
 from mtrs_geo.sample import copy_sample, sample_pair
 
@@ -46,6 +46,8 @@ def test_copy_sample_writes_before_after_and_the_source_notice(tmp_path: Path) -
     blocker.write_text("x")
     with pytest.raises(InputError, match="not a folder"):
         copy_sample(blocker)
+    with pytest.raises(OutputError, match="cannot create the folder"):
+        copy_sample(blocker / "inside")  # a folder below a file cannot be made
 
 
 @pytest.mark.skipif(not TAIZHOU.exists(), reason="needs ../shared/data/landsat-taizhou")
