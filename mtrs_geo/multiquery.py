@@ -95,7 +95,7 @@ def add_query_layers(
     ``path`` is the destination already written with :func:`mtrs_geo.write.write_vectors` into
     ``staged``; other formats hold one layer and are left alone. Every query of ``queries`` gets
     its layer, an empty one where it found nothing, so the layers of a run do not depend on what
-    it found. Returns the layers added.
+    it found; a single query adds none. Returns the layers added.
     """
     path = Path(path)
     queries = list(dict.fromkeys(queries))

@@ -1050,8 +1050,7 @@ def _write_outputs(
 
     if config.output is not None:
         write_vectors(answers.table, Path(config.output), staged)
-        if len(config.query_list()) > 1:
-            add_query_layers(answers.table, Path(config.output), staged, config.query_list())
+        add_query_layers(answers.table, Path(config.output), staged, config.query_list())
         check_cancel(cancel)
     if config.mask_out is not None:
         rasters = [path for path in answers.rasters if path is not None]
