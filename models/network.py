@@ -169,6 +169,15 @@ class PairFeatures:
             after_coarse=self.after_coarse[start:stop],
         )
 
+    def select(self, index: torch.Tensor) -> PairFeatures:
+        """Return the features of the pairs at ``index`` (a 1-D integer tensor), in its order."""
+        return replace(
+            self,
+            fused=tuple(f[index] for f in self.fused),
+            before_coarse=self.before_coarse[index],
+            after_coarse=self.after_coarse[index],
+        )
+
     def repeat(self, count: int) -> PairFeatures:
         """Return the features of every pair ``count`` times over, query-major (``q * B + b``)."""
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from mtrs_geo.errors import ModelError
 from mtrs_geo.model_api import ChangeModel, ModelInfo
+from mtrs_geo.models.both_ways import AskBack, BothWays, join_both_ways
 from mtrs_geo.models.query_cache import QueryCache, encoder_fingerprint
 from mtrs_geo.models.query_text import encoder_folders, is_any_change
 from mtrs_geo.models.text_graph import graph_path
@@ -73,6 +74,14 @@ def decoder_queries_per_call(pairs: int, height: int, width: int) -> int:
     At least one query.
     """
     return max(1, CALL_PIXELS // max(1, pairs * height * width))
+
+
+def padded_sides(height: int, width: int) -> tuple[int, int]:
+    """Return the sides a tile is mirror-padded to: a multiple of :data:`MULTIPLE`, at least it."""
+    return (
+        max(MULTIPLE, -(-height // MULTIPLE) * MULTIPLE),
+        max(MULTIPLE, -(-width // MULTIPLE) * MULTIPLE),
+    )
 
 
 def weights_digest(checkpoint: Path) -> str:
@@ -335,30 +344,51 @@ class OnnxMTRefSegModel(ChangeModel):
 
     def predict_queries(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         """Return ``(Q, B, H, W)``: the encoder once per pair, the decoder for every query."""
-        return self._in_calls(before, after, both_ways=False)
+        return self._in_calls(before, after)
 
-    def predict_both_ways(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
-        """Return ``(Qf + Qb, B, H, W)``: forward queries, then backward ones, one backbone pass.
+    def predict_both_ways(
+        self, before: np.ndarray, after: np.ndarray, ask_back: AskBack | None = None
+    ) -> BothWays:
+        """Answer the forward queries of (before, after), the backward ones of (after, before).
 
-        The forward queries are asked of (before, after), the backward ones of (after, before)
-        (:meth:`prepare_both_ways`); the backbone runs once over both dates for both.
+        The queries are those of :meth:`prepare_both_ways`; the backbone runs once over both
+        dates for both directions. ``ask_back`` (given the forward answers ``(Qf, b, H, W)`` of
+        the pairs of one call) picks the pairs each backward query is asked of; without it, every
+        pair is asked every query.
+
+        Returns:
+            The forward answers, which backward query was asked of which pair, and the backward
+            answers (:data:`~mtrs_geo.models.both_ways.BothWays`).
+
         """
         assert self._back is not None, "prepare_both_ways() comes first"
-        return self._in_calls(before, after, both_ways=True)
+        self._check(before, after)
+        return join_both_ways(
+            [
+                self._both_ways_call(before[first:last], after[first:last], ask_back)
+                for first, last in self._calls(before)
+            ]
+        )
 
-    def _in_calls(self, before: np.ndarray, after: np.ndarray, both_ways: bool) -> np.ndarray:
+    def _check(self, before: np.ndarray, after: np.ndarray) -> None:
         bands = self._bands
         if before.ndim != 4 or before.shape[1] != bands or after.shape != before.shape:
             raise ModelError(
                 f"{self.info.name} takes two (B, {bands}, H, W) batches, got "
                 f"{tuple(before.shape)} and {tuple(after.shape)}"
             )
-        count, height, width = before.shape[0], before.shape[2], before.shape[3]
+
+    @staticmethod
+    def _calls(images: np.ndarray) -> list[tuple[int, int]]:
+        """Return the ``(first, last)`` pairs of each call: :data:`CALL_PIXELS` per date."""
+        count, height, width = images.shape[0], images.shape[2], images.shape[3]
         size = max(1, CALL_PIXELS // max(1, height * width))
-        parts = [
-            self._call(before[start : start + size], after[start : start + size], both_ways)
-            for start in range(0, count, size)
-        ]
+        return [(first, min(first + size, count)) for first in range(0, count, size)]
+
+    def _in_calls(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        self._check(before, after)
+        calls = self._calls(before)
+        parts = [self._call(before[first:last], after[first:last]) for first, last in calls]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def _backbone_levels(self, images: np.ndarray) -> list[np.ndarray]:
@@ -374,34 +404,68 @@ class OnnxMTRefSegModel(ChangeModel):
             else [np.concatenate(level) for level in zip(*parts, strict=True)]
         )
 
-    def _call(self, before: np.ndarray, after: np.ndarray, both_ways: bool) -> np.ndarray:
-        count, _, height, width = before.shape
-        padded_h = max(MULTIPLE, -(-height // MULTIPLE) * MULTIPLE)
-        padded_w = max(MULTIPLE, -(-width // MULTIPLE) * MULTIPLE)
+    def _levels(self, before: np.ndarray, after: np.ndarray) -> list[np.ndarray]:
+        """Return the backbone's levels of both dates, padded: the before tiles, then the after."""
+        padded = padded_sides(before.shape[2], before.shape[3])
         images = np.concatenate(
-            [pad_tile(image, padded_h, padded_w) for image in (before, after)], dtype=np.float32
+            [pad_tile(image, *padded) for image in (before, after)], dtype=np.float32
         )
-        levels = self._backbone_levels(images)
-        if both_ways:  # the pairs from before to after, then from after to before
-            firsts = levels
-            seconds = [np.concatenate([level[count:], level[:count]]) for level in levels]
-        else:
-            firsts = [level[:count] for level in levels]
-            seconds = [level[count:] for level in levels]
-        fused = self._fusion.run(None, dict(zip(FUSION_INPUTS, [*firsts, *seconds], strict=True)))
-        asked = [(0, self._text)] if not both_ways else [(0, self._text), (count, self._back)]
+        return self._backbone_levels(images)
+
+    def _fused(
+        self, firsts: Sequence[np.ndarray], seconds: Sequence[np.ndarray]
+    ) -> list[np.ndarray]:
+        """Return the fused levels of the pairs from ``firsts`` to ``seconds``."""
+        return self._fusion.run(None, dict(zip(FUSION_INPUTS, [*firsts, *seconds], strict=True)))
+
+    def _decode(
+        self, fused: Sequence[np.ndarray], text: dict[str, np.ndarray], height: int, width: int
+    ) -> np.ndarray:
+        """Return the probability ``(Q, B, height, width)`` of every query of ``text`` per pair."""
+        count, (padded_h, padded_w) = len(fused[0]), padded_sides(height, width)
+        feeds = dict(zip(LEVELS, fused, strict=True))
         per_call = decoder_queries_per_call(count, padded_h, padded_w)
         answers = []
-        for start, text in asked:
-            assert text is not None
-            feeds = {
-                name: level[start : start + count]
-                for name, level in zip(LEVELS, fused, strict=True)
-            }
-            for first in range(0, len(text["empty"]), per_call):
-                some = {name: array[first : first + per_call] for name, array in text.items()}
-                (probability,) = self._decoder.run(None, feeds | some)
-                answers.append(probability.reshape(-1, count, padded_h, padded_w))
+        for first in range(0, len(text["empty"]), per_call):
+            some = {name: array[first : first + per_call] for name, array in text.items()}
+            (probability,) = self._decoder.run(None, feeds | some)
+            answers.append(probability.reshape(-1, count, padded_h, padded_w))
         probability = answers[0] if len(answers) == 1 else np.concatenate(answers)
         np.clip(probability, 0.0, 1.0, out=probability)  # the runtime's own array: no copy
         return probability[:, :, :height, :width]
+
+    def _call(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        count, height, width = before.shape[0], before.shape[2], before.shape[3]
+        levels = self._levels(before, after)
+        firsts, seconds = [level[:count] for level in levels], [level[count:] for level in levels]
+        return self._decode(self._fused(firsts, seconds), self._text, height, width)
+
+    def _both_ways_call(
+        self, before: np.ndarray, after: np.ndarray, ask_back: AskBack | None
+    ) -> BothWays:
+        assert self._back is not None
+        count, height, width = before.shape[0], before.shape[2], before.shape[3]
+        levels = self._levels(before, after)
+        firsts, seconds = [level[:count] for level in levels], [level[count:] for level in levels]
+        queries = len(self._back["empty"])
+        if ask_back is None:  # both directions in one fusion call
+            swapped = [np.concatenate([s, f]) for s, f in zip(seconds, firsts, strict=True)]
+            fused = self._fused(levels, swapped)  # the pairs one way, then the other
+            forward = self._decode([level[:count] for level in fused], self._text, height, width)
+            backward = self._decode([level[count:] for level in fused], self._back, height, width)
+            return forward, np.ones((queries, count), dtype=bool), backward
+        forward = self._decode(self._fused(firsts, seconds), self._text, height, width)
+        asked = np.asarray(ask_back(forward), dtype=bool).reshape(queries, count)
+        backward = np.zeros((queries, count, height, width), dtype=np.float32)
+        pairs = np.flatnonzero(asked.any(axis=0))  # fused backward once for every query
+        if pairs.size == 0:
+            return forward, asked, backward
+        fused = self._fused([level[pairs] for level in seconds], [level[pairs] for level in firsts])
+        for query in range(queries):
+            mine = np.flatnonzero(asked[query, pairs])  # among the fused pairs
+            if mine.size == 0:
+                continue
+            text = {name: array[query : query + 1] for name, array in self._back.items()}
+            some = fused if mine.size == pairs.size else [level[mine] for level in fused]
+            backward[query, pairs[mine]] = self._decode(some, text, height, width)[0]
+        return forward, asked, backward

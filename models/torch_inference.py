@@ -16,13 +16,14 @@ import torch
 from mtrs_geo.device import autocast_context
 from mtrs_geo.errors import ModelError
 from mtrs_geo.model_api import ModelInfo
+from mtrs_geo.models.both_ways import AskBack, BothWays, join_both_ways
 from mtrs_geo.models.query_cache import QueryCache, cached_embeds
 from mtrs_geo.models.query_text import is_any_change
 from mtrs_geo.padding import pad_tile
 from mtrs_geo.torch_model import TorchChangeModel
 
 if TYPE_CHECKING:
-    from mtrs_geo.models.network import MTRefSegR1Layers
+    from mtrs_geo.models.network import MTRefSegR1Layers, PairFeatures
     from mtrs_geo.models.text import TextEmbeds
 
 MIN_TILE = 32
@@ -114,28 +115,71 @@ class MTRefSegChangeModel(TorchChangeModel):
         """Encode the queries asked from before to after and those asked from after to before."""
         self._both_ways = (self._encode(forward), self._encode(backward))
 
-    def predict_both_ways(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
-        """Return ``(Qf + Qb, B, H, W)``: forward queries, then backward ones, one backbone pass.
+    def predict_both_ways(
+        self, before: np.ndarray, after: np.ndarray, ask_back: AskBack | None = None
+    ) -> BothWays:
+        """Answer the forward queries of (before, after), the backward ones of (after, before).
 
-        The forward queries are asked of (before, after), the backward ones of (after, before)
-        (:meth:`prepare_both_ways`); the backbone runs once over both dates for both.
+        The queries are those of :meth:`prepare_both_ways`; the backbone runs once over both
+        dates for both directions. ``ask_back`` (given the forward answers ``(Qf, b, H, W)`` of
+        the pairs of one call) picks the pairs each backward query is asked of; without it, every
+        pair is asked every query.
+
+        Returns:
+            The forward answers, which backward query was asked of which pair, and the backward
+            answers (:data:`~mtrs_geo.models.both_ways.BothWays`).
+
         """
-        return self.run_calls(self._both_ways_call, before, after, axis=1)
 
-    def _both_ways_call(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        def call(part_b: np.ndarray, part_a: np.ndarray) -> BothWays:
+            return self._both_ways_call(part_b, part_a, ask_back)
+
+        return self.run_calls(call, before, after, join=join_both_ways)
+
+    def _both_ways_call(
+        self, before: np.ndarray, after: np.ndarray, ask_back: AskBack | None
+    ) -> BothWays:
         assert self._both_ways is not None, "prepare_both_ways() comes first"
-        forward, backward = self._both_ways
+        forward_embeds, backward_embeds = self._both_ways
+        count = before.shape[0]
         with torch.inference_mode(), autocast_context(self.torch_device):
             pair, height, width = self._pair(self._tensor(before), self._tensor(after))
-            count = before.shape[0]
-            features = self.model.encode_pair_both_ways(pair[:count], pair[count:])
-            answers = [
-                self.model.decode(features.pairs(start, start + count), embeds).probabilities()
-                for start, embeds in ((0, forward), (count, backward))
-            ]
-            probability = torch.cat(answers)[:, :height, :width].float().clamp(0.0, 1.0)
-        queries = len(forward) + len(backward)
-        return probability.reshape(queries, count, height, width).cpu().numpy()
+            size = (int(pair.shape[-2]), int(pair.shape[-1]))
+
+            def answers(features: PairFeatures, embeds: TextEmbeds) -> np.ndarray:
+                output = self.model.decode(features, embeds).probabilities()
+                probability = output[:, :height, :width].float().clamp(0.0, 1.0)
+                return probability.reshape(len(embeds), -1, height, width).cpu().numpy()
+
+            queries = len(backward_embeds)
+            if ask_back is None:  # both directions in one fusion
+                features = self.model.encode_pair_both_ways(pair[:count], pair[count:])
+                forward = answers(features.pairs(0, count), forward_embeds)
+                backward = answers(features.pairs(count, 2 * count), backward_embeds)
+                return forward, np.ones((queries, count), dtype=bool), backward
+            levels = self.model.encode_dates(pair)
+            firsts, seconds = [lv[:count] for lv in levels], [lv[count:] for lv in levels]
+            forward = answers(self.model.fuse(firsts, seconds, size), forward_embeds)
+            asked = np.asarray(ask_back(forward), dtype=bool).reshape(queries, count)
+            backward = np.zeros((queries, count, height, width), dtype=np.float32)
+            pairs = np.flatnonzero(asked.any(axis=0))  # fused backward once for every query
+            if pairs.size == 0:
+                return forward, asked, backward
+            chosen = torch.from_numpy(pairs).to(pair.device)
+            fused = self.model.fuse(
+                [level[chosen] for level in seconds], [level[chosen] for level in firsts], size
+            )
+            for query in range(queries):
+                mine = np.flatnonzero(asked[query, pairs])  # among the fused pairs
+                if mine.size == 0:
+                    continue
+                some = (
+                    fused
+                    if mine.size == pairs.size
+                    else fused.select(torch.from_numpy(mine).to(pair.device))
+                )
+                backward[query, pairs[mine]] = answers(some, backward_embeds.select([query]))[0]
+        return forward, asked, backward
 
     def predict_tensors(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         """Return the presence-gated probability ``(B, H, W)`` of the referred change."""

@@ -103,6 +103,13 @@ class ChangeModel(abc.ABC):
             answers.append(self.predict(before, after))
         return np.stack(answers)
 
+    def cut_at(self, threshold: float) -> None:  # noqa: B027 - optional hook
+        """Take the probability the run's masks are cut at (``0 < threshold < 1``).
+
+        A model may then skip work that cannot bring a pixel to it; its answers below the
+        threshold may differ from those of a run that did not say it.
+        """
+
     def calibrate(  # noqa: B027 - optional hook
         self, before: np.ndarray, after: np.ndarray, valid: np.ndarray
     ) -> None:

@@ -45,8 +45,8 @@ from mtrs_geo.grid import Grid, Panel, Tiling, scene_tiling
 from mtrs_geo.model_api import ChangeModel, PixelScoreModel
 from mtrs_geo.normalize import BandStats
 from mtrs_geo.pipeline import (
-    model_queries,
     predict_tiles,
+    prepare_model,
     run_environment,
     timed,
     timed_rows,
@@ -122,7 +122,7 @@ def check_splittable(model: ChangeModel) -> None:
 def _model(models: ModelSource, config: DetectConfig, calibration: dict[str, Any] | None) -> Any:
     """Return a copy of the process's model with the run's queries and ``calibration``."""
     model = copy.copy(models(config.model, config.device))
-    model.prepare_queries(model_queries(config))
+    prepare_model(model, config)
     if calibration is not None:
         model.restore_calibration(calibration)
     return model

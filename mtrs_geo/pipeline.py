@@ -809,7 +809,7 @@ def _calibrate(
         queries = model_queries(config)
         if (note := model.preparing_note(queries)) is not None:
             run.say(RunMessage("note", note))
-        model.prepare_queries(queries)
+        prepare_model(model, config, queries)
     if not model.scene_pass:  # a scene pass settles the model on every pixel instead
         calibrate_on_samples(model, samples)
     stats = samples.stats
@@ -927,6 +927,19 @@ def _stitcher(run: RunPlan, path: Path | None, vectorizer: BackgroundVectorizer)
 def model_queries(config: DetectConfig) -> list[str | None]:
     """Return the queries the model prepares: None for "any change" (none, or ``any_change``)."""
     return [None if config.any_change or not query else query for query in config.query_list()]
+
+
+def prepare_model(
+    model: ChangeModel, config: DetectConfig, queries: Sequence[str | None] | None = None
+) -> None:
+    """Give ``model`` the run's queries (:func:`model_queries`) and the threshold of its masks.
+
+    The threshold (:meth:`~mtrs_geo.model_api.ChangeModel.cut_at`) is not given when the run
+    writes a probability raster: that raster holds every model's own probabilities.
+    """
+    model.prepare_queries(model_queries(config) if queries is None else queries)
+    if config.mask_out is None or config.mask_type != "probability":
+        model.cut_at(config.threshold)
 
 
 def _open_scene(config: DetectConfig, say: MessageCallback) -> Scene:

@@ -19,13 +19,15 @@ import abc
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
 
 from mtrs_geo.device import ThreadTuner, autocast_context, select_device, to_device, tuned_threads
 from mtrs_geo.model_api import ChangeModel
+
+T = TypeVar("T")
 
 
 class TorchChangeModel(ChangeModel):
@@ -66,18 +68,20 @@ class TorchChangeModel(ChangeModel):
 
     def run_calls(
         self,
-        run: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        run: Callable[[np.ndarray, np.ndarray], T],
         before: np.ndarray,
         after: np.ndarray,
         axis: int = 0,
-    ) -> np.ndarray:
+        join: Callable[[list[T]], T] | None = None,
+    ) -> T:
         """``run`` over the batch in calls of :meth:`call_size` pairs, joined along ``axis``.
 
         Each call runs on the thread count the session's tuner picks, and is timed for it.
+        ``join`` joins the calls' answers instead, when they are not one array.
         """
         count = before.shape[0]
         size = self.call_size(*before.shape[-2:]) or count
-        answers = []
+        answers: list[T] = []
         for start in range(0, count, size):
             part_b, part_a = before[start : start + size], after[start : start + size]
             if self._tuner is None:
@@ -88,7 +92,11 @@ class TorchChangeModel(ChangeModel):
             t0 = time.perf_counter()
             answers.append(run(part_b, part_a))
             self._tuner.record(threads, time.perf_counter() - t0, part_b.shape[0])
-        return answers[0] if len(answers) == 1 else np.concatenate(answers, axis=axis)
+        if join is not None:
+            return join(answers)
+        if len(answers) == 1:
+            return answers[0]
+        return cast(T, np.concatenate(cast(list[np.ndarray], answers), axis=axis))
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return to_device(torch.from_numpy(np.ascontiguousarray(array)), self.torch_device)

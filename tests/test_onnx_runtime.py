@@ -72,24 +72,54 @@ def test_the_graphs_give_the_networks_probabilities(
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "torch"])
-def test_both_ways_in_one_pass_answers_as_two_one_way_passes(
-    exported: Path, tmp_path: Path, runtime: str
+def test_both_ways_in_one_pass_answers_as_two_one_way_passes_for_the_pairs_picked(
+    exported: Path, tmp_path: Path, runtime: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = inference.load_checkpoint(
         exported, cache_dir=tmp_path, device="cpu" if runtime == "onnx" else None
     )
     assert isinstance(model, OnnxMTRefSegModel if runtime == "onnx" else MTRefSegChangeModel)
     before, after = _pair(3, 40, 72, seed=5)
-    forward, backward = ["new buildings", "any change"], ["removed buildings"]
+    forward, backward = ["new buildings", "any change"], ["removed buildings", "new water"]
     model.prepare_queries(forward)
     expected_forward = model.predict_queries(before, after)
     model.prepare_queries(backward)
     expected_backward = model.predict_queries(after, before)
     model.prepare_both_ways(forward, backward)
-    both = model.predict_both_ways(before, after)
-    assert both.shape == (3, 3, 40, 72)
-    np.testing.assert_allclose(both[:2], expected_forward, atol=2e-5)
-    np.testing.assert_allclose(both[2:], expected_backward, atol=2e-5)
+    got_forward, asked, got_backward = model.predict_both_ways(before, after)
+    assert got_forward.shape == got_backward.shape == (2, 3, 40, 72)
+    assert asked.tolist() == [[True, True, True], [True, True, True]]
+    np.testing.assert_allclose(got_forward, expected_forward, atol=2e-5)
+    np.testing.assert_allclose(got_backward, expected_backward, atol=2e-5)
+    # Each backward query is asked of the pairs picked for it from the forward answers, alone.
+    seen: list[int] = []
+    picks = np.array([[False, True, False], [True, False, True]])  # by pair, wherever it falls
+
+    def pick(answers: np.ndarray) -> np.ndarray:
+        seen.append(answers.shape[1])
+
+        def which(pair: np.ndarray) -> int:
+            return next(i for i in range(3) if np.allclose(pair, expected_forward[:, i], atol=2e-5))
+
+        return picks[:, [which(answers[:, b]) for b in range(answers.shape[1])]]
+
+    def check(got_forward: np.ndarray, asked: np.ndarray, got_backward: np.ndarray) -> None:
+        assert asked.tolist() == picks.tolist()
+        np.testing.assert_allclose(got_forward, expected_forward, atol=2e-5)
+        np.testing.assert_allclose(got_backward[picks], expected_backward[picks], atol=2e-5)
+
+    check(*model.predict_both_ways(before, after, pick))
+    assert seen == [3]
+    _, asked, _ = model.predict_both_ways(before, after, lambda f: np.zeros((2, 3), bool))
+    assert not asked.any()
+    # A pair a call: the calls' answers join in order.
+    if runtime == "onnx":
+        monkeypatch.setattr(onnx_runtime, "CALL_PIXELS", 40 * 72)
+    else:
+        monkeypatch.setattr(type(model), "cpu_call_pixels", 40 * 72)
+    seen.clear()
+    check(*model.predict_both_ways(before, after, pick))
+    assert seen == [1, 1, 1]
 
 
 def test_one_query_predicts_as_the_first_of_several(exported: Path, tmp_path: Path) -> None:
@@ -114,7 +144,6 @@ def test_images_and_queries_split_over_calls_answer_as_in_one_call(
         model.prepare_both_ways(queries, ["demolished buildings", "new roads", "any change"])
     else:
         model.prepare_queries(queries)
-    predict = model.predict_both_ways if both_ways else model.predict_queries
     calls: list[int] = []
     decoder = model._decoder
 
@@ -125,12 +154,20 @@ def test_images_and_queries_split_over_calls_answer_as_in_one_call(
 
     monkeypatch.setattr(model, "_decoder", Counted())
     monkeypatch.setattr(onnx_runtime, "decoder_queries_per_call", lambda *shape: 8)
-    together = predict(before, after)
+
+    def answers() -> np.ndarray:
+        if not both_ways:
+            return model.predict_queries(before, after)
+        forward, asked, backward = model.predict_both_ways(before, after)
+        assert asked.all()
+        return np.concatenate([forward, backward])
+
+    together = answers()
     assert calls == [3] * (2 if both_ways else 1)
     calls.clear()
     monkeypatch.setattr(onnx_runtime, "decoder_queries_per_call", lambda *shape: 2)
     monkeypatch.setattr(onnx_runtime, "BACKBONE_PIXELS", 2 * 64 * 96)  # 40 x 72, padded: 2 a call
-    split = predict(before, after)
+    split = answers()
     assert calls == [2, 1] * (2 if both_ways else 1)
     assert split.shape == together.shape == (6 if both_ways else 3, 3, 40, 72)
     np.testing.assert_allclose(split, together, atol=2e-6)

@@ -10,14 +10,16 @@ import pytest
 from cli_run import run_mtrs
 from scenes import make_pair
 
-from mtrs_geo.config import model_tile_size
+from mtrs_geo.config import DetectConfig, MaskType, model_tile_size
 from mtrs_geo.model_api import ChangeModel, ModelInfo, load_model, model_info, registered_names
+from mtrs_geo.models.both_ways import AskBack, BothWays
 from mtrs_geo.models.time_symmetric import (
     NAME,
     AsksBothWays,
     TimeSymmetricModel,
     reversed_query,
 )
+from mtrs_geo.pipeline import prepare_model
 
 INFO = ModelInfo("fake", "answers by query and date order", True, None, "-")
 
@@ -103,14 +105,21 @@ class OnePassFake(Fake):
     def prepare_both_ways(self, forward: Sequence[str], backward: Sequence[str]) -> None:
         self.both = (tuple(forward), tuple(backward))
 
-    def predict_both_ways(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    def predict_both_ways(
+        self, before: np.ndarray, after: np.ndarray, ask_back: AskBack | None = None
+    ) -> BothWays:
+        """0.2 forward (``low`` for the pairs in ``self.low``), 0.6 backward."""
         forward, backward = self.both
         self.calls.append(((*forward, *backward), True))
         shape = before[:, 0].shape
-        return np.concatenate(
-            [np.full((len(forward), *shape), 0.2, np.float32)]
-            + [np.full((len(backward), *shape), 0.6, np.float32)]
-        )
+        answers = np.full((len(forward), *shape), 0.2, np.float32)
+        answers[:, list(getattr(self, "low", ()))] = 0.02
+        asked = np.ones((len(backward), len(before)), bool)
+        if ask_back is not None:
+            asked = ask_back(answers)
+        self.asked = asked
+        back = np.where(asked[:, :, None, None], np.float32(0.6), np.float32(np.nan))
+        return answers, asked, np.broadcast_to(back, (len(backward), *shape)).astype(np.float32)
 
 
 def test_a_model_that_answers_both_ways_at_once_is_asked_in_one_pass() -> None:
@@ -127,6 +136,54 @@ def test_a_model_that_answers_both_ways_at_once_is_asked_in_one_pass() -> None:
         ("removed buildings", "newly built roads"),
     )
     assert len(inner.calls) == 1
+
+
+def test_with_the_threshold_known_a_pair_whose_forward_answer_is_low_is_asked_one_way() -> None:
+    inner = OnePassFake()
+    inner.low = (1,)  # forward answers 0.2 for pair 0, 0.02 for pair 1
+    model = TimeSymmetricModel(inner, INFO)
+    model.prepare_queries(["buildings", "new buildings", "demolished roads"])
+    answers = model.predict_queries(*_dates())
+    assert inner.asked.tolist() == [[True, True]] * 2  # no threshold: every pair both ways
+    np.testing.assert_allclose(answers[1:, 0], 0.4)  # (0.2 + 0.6) / 2
+    np.testing.assert_allclose(answers[1:, 1], 0.31)  # (0.02 + 0.6) / 2
+    model.cut_at(0.5)  # asked backward where a forward answer reaches 0.125
+    answers = model.predict_queries(*_dates())
+    assert inner.asked.tolist() == [[True, False]] * 2
+    np.testing.assert_allclose(answers[1:, 0], 0.4)
+    np.testing.assert_allclose(answers[1:, 1], 0.02)  # its forward answer
+    np.testing.assert_allclose(answers[0], [np.full((4, 5), 0.2), np.full((4, 5), 0.02)])
+    model.cut_at(0.05)  # 0.02 reaches a quarter of 0.05: both pairs both ways again
+    np.testing.assert_allclose(model.predict_queries(*_dates())[1:, 1], 0.31)
+    assert inner.asked.tolist() == [[True, True]] * 2
+
+
+@pytest.mark.parametrize(
+    ("mask_out", "mask_type", "told"),
+    [(None, "probability", True), ("mask.tif", "binary", True), ("mask.tif", "probability", False)],
+)
+def test_a_run_tells_the_model_its_threshold_unless_it_writes_probabilities(
+    tmp_path: Path, mask_out: str | None, mask_type: MaskType, told: bool
+) -> None:
+    heard: list[float] = []
+
+    class Listening(Fake):
+        def cut_at(self, threshold: float) -> None:
+            heard.append(threshold)
+
+    config = DetectConfig(
+        before=tmp_path / "a.tif",
+        after=tmp_path / "b.tif",
+        output=tmp_path / "changes.geojson",
+        query="new buildings",
+        threshold=0.4,
+        mask_out=None if mask_out is None else tmp_path / mask_out,
+        mask_type=mask_type,
+    )
+    model = Listening()
+    prepare_model(model, config)
+    assert model._queries == ("new buildings",)
+    assert heard == ([0.4] if told else [])
 
 
 def test_no_reversible_query_runs_the_inner_model_once() -> None:
