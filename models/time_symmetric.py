@@ -112,7 +112,18 @@ class AsksBothWays(Protocol):
     def predict_both_ways(
         self, before: np.ndarray, after: np.ndarray, ask_back: AskBack | None = None
     ) -> BothWays:
-        """Return the forward answers, the pairs ``ask_back`` picked and their backward answers."""
+        """Answer the forward queries of (before, after), the backward ones of (after, before).
+
+        The queries are those of :meth:`prepare_both_ways`; the backbone runs once over both
+        dates for both directions. ``ask_back`` (given the forward answers ``(Qf, b, H, W)`` of
+        the pairs of one call) picks the pairs each backward query is asked of; without it, every
+        pair is asked every query.
+
+        Returns:
+            The forward answers, which backward query was asked of which pair, and the backward
+            answers (:data:`~mtrs_geo.models.both_ways.BothWays`).
+
+        """
 
 
 class TimeSymmetricModel(ChangeModel):
