@@ -211,13 +211,13 @@ class TimeSymmetricModel(ChangeModel):
             answers[query, pairs] = (answers[query, pairs] + backward[row, pairs]) * np.float32(0.5)
         return answers
 
-    def cut_at(self, threshold: float) -> None:
+    def cut_at(self, threshold: float | None) -> None:
         """Ask a query backward only of the pairs whose forward answer reaches a share of it.
 
         The share of ``threshold`` is :data:`ASK_BACK_SHARE`; a query keeps its forward answer on
-        any other pair.
+        any other pair. None: every pair is asked both ways.
         """
-        self._ask_back_from = ASK_BACK_SHARE * threshold
+        self._ask_back_from = None if threshold is None else ASK_BACK_SHARE * threshold
 
     def _ask_back(self, forward: np.ndarray) -> np.ndarray:
         """Return ``(Qb, B)``: where a reversible query's forward answer reaches the floor."""

@@ -103,11 +103,12 @@ class ChangeModel(abc.ABC):
             answers.append(self.predict(before, after))
         return np.stack(answers)
 
-    def cut_at(self, threshold: float) -> None:  # noqa: B027 - optional hook
-        """Take the probability the run's masks are cut at (``0 < threshold < 1``).
+    def cut_at(self, threshold: float | None) -> None:  # noqa: B027 - optional hook
+        """Take the probability the run's masks are cut at (``0 < threshold <= 1``), once a run.
 
         A model may then skip work that cannot bring a pixel to it; its answers below the
-        threshold may differ from those of a run that did not say it.
+        threshold may differ from those of a run that did not say it. None: every answer must be
+        exact (a run that writes probabilities; a cached model hears it again each run).
         """
 
     def calibrate(  # noqa: B027 - optional hook

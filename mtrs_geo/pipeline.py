@@ -934,12 +934,12 @@ def prepare_model(
 ) -> None:
     """Give ``model`` the run's queries (:func:`model_queries`) and the threshold of its masks.
 
-    The threshold (:meth:`~mtrs_geo.model_api.ChangeModel.cut_at`) is not given when the run
-    writes a probability raster: that raster holds every model's own probabilities.
+    The threshold (:meth:`~mtrs_geo.model_api.ChangeModel.cut_at`) is None when the run writes
+    a probability raster: that raster holds every model's own probabilities.
     """
     model.prepare_queries(model_queries(config) if queries is None else queries)
-    if config.mask_out is None or config.mask_type != "probability":
-        model.cut_at(config.threshold)
+    writes_probabilities = config.mask_out is not None and config.mask_type == "probability"
+    model.cut_at(None if writes_probabilities else config.threshold)
 
 
 def _open_scene(config: DetectConfig, say: MessageCallback) -> Scene:

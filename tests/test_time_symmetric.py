@@ -156,6 +156,9 @@ def test_with_the_threshold_known_a_pair_whose_forward_answer_is_low_is_asked_on
     model.cut_at(0.05)  # 0.02 reaches a quarter of 0.05: both pairs both ways again
     np.testing.assert_allclose(model.predict_queries(*_dates())[1:, 1], 0.31)
     assert inner.asked.tolist() == [[True, True]] * 2
+    model.cut_at(0.5)
+    model.cut_at(None)  # a run that writes probabilities: exact everywhere
+    np.testing.assert_allclose(model.predict_queries(*_dates())[1:, 1], 0.31)
 
 
 @pytest.mark.parametrize(
@@ -165,10 +168,10 @@ def test_with_the_threshold_known_a_pair_whose_forward_answer_is_low_is_asked_on
 def test_a_run_tells_the_model_its_threshold_unless_it_writes_probabilities(
     tmp_path: Path, mask_out: str | None, mask_type: MaskType, told: bool
 ) -> None:
-    heard: list[float] = []
+    heard: list[float | None] = []
 
     class Listening(Fake):
-        def cut_at(self, threshold: float) -> None:
+        def cut_at(self, threshold: float | None) -> None:
             heard.append(threshold)
 
     config = DetectConfig(
@@ -183,7 +186,7 @@ def test_a_run_tells_the_model_its_threshold_unless_it_writes_probabilities(
     model = Listening()
     prepare_model(model, config)
     assert model._queries == ("new buildings",)
-    assert heard == ([0.4] if told else [])
+    assert heard == [0.4 if told else None]  # said every run: a cached model hears it again
 
 
 def test_no_reversible_query_runs_the_inner_model_once() -> None:
