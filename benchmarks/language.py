@@ -14,9 +14,10 @@ Five sets, none of which the bundled checkpoint was trained on:
 * ``roofs``: generated georeferenced GeoTIFF pairs in which identical roofs appear in some places
   and vanish in others, run through ``mtrs detect`` itself (default threshold), as a user would;
 * ``oscd``: the held-out OSCD cities as georeferenced scenes through ``mtrs detect`` at six tilings
-  (tile side and overlap, the default first): F1 of "new buildings and roads" at each. One city's
-  few dozen changed objects give an F1 that moves by several points with where the tile edges
-  fall, so the mean over the tilings is the figure to compare, not one draw.
+  (tile side and overlap, the default first), each city also turned and flipped the eight ways of
+  the square: F1 of "new buildings and roads" at each. One city's few dozen changed objects give
+  an F1 that moves by several points with where the tile edges fall and which way is up, so the
+  mean over orientations and tilings is the figure to compare, not one draw.
 
 Per query: IoU with the right answer (mean over pairs with a target, and overall), pixel F1, the
 predicted area where the right answer is empty, and the IoU between the masks of contrasting
@@ -35,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -295,12 +296,51 @@ def roofs_scores(model: str, pairs: int) -> dict[str, object]:
 # tile edges fall (the decoder attends over the whole tile): one tiling alone is a draw.
 OSCD_TILINGS = ((256, 64), (192, 0), (192, 64), (256, 128), (320, 0), (320, 64))
 
+# The eight symmetries of the square, each a turn of a scene's arrays (the last two axes), the
+# distributed orientation first. Which way a city is up is a draw as well (training turns and
+# flips every crop, so no orientation is the model's own): over a city turned all eight ways the
+# same objects fall on other tiles and in other places of them.
+ORIENTATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "as distributed": lambda a: a,
+    "left-right": lambda a: a[..., ::-1],
+    "upside down": lambda a: a[..., ::-1, :],
+    "half turn": lambda a: a[..., ::-1, ::-1],
+    "transposed": lambda a: np.swapaxes(a, -1, -2),
+    "quarter turn": lambda a: np.rot90(a, 1, axes=(-2, -1)),
+    "three quarters": lambda a: np.rot90(a, 3, axes=(-2, -1)),
+    "anti-transposed": lambda a: np.swapaxes(a, -1, -2)[..., ::-1, ::-1],
+}
 
-def oscd_scores(model: str, tilings: Sequence[tuple[int, int]] = OSCD_TILINGS) -> dict[str, object]:
+
+def oriented_scene(scene: Path, name: str, folder: Path) -> tuple[Path, Path]:
+    """Write ``scene``'s before and after turned by ``ORIENTATIONS[name]`` (same transform)."""
+    import rasterio
+
+    turn = ORIENTATIONS[name]
+    paths = []
+    for date in ("before", "after"):
+        with rasterio.open(scene / f"{date}.tif") as src:
+            data = np.ascontiguousarray(turn(src.read()))
+            profile = src.profile
+        profile.update(height=data.shape[1], width=data.shape[2])
+        path = folder / f"{date}_{name.replace(' ', '_')}.tif"
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def oscd_scores(
+    model: str,
+    tilings: Sequence[tuple[int, int]] = OSCD_TILINGS,
+    orientations: int = len(ORIENTATIONS),
+) -> dict[str, object]:
     """F1 of "new buildings and roads" on the held-out OSCD cities through ``mtrs detect``.
 
     Each city is written as ``scripts/oscd_scenes.py`` writes it (bands B04/B03/B02 as uint16 on
-    their 10 m grid) and run at every tiling; the F1 pools the city's pixels per tiling.
+    their 10 m grid), turned the first ``orientations`` ways of :data:`ORIENTATIONS` (its change
+    map with it), and run at every tiling; the F1 pools the city's pixels per run. ``f1`` holds
+    the distributed orientation's F1 per tiling, ``f1_orientations`` every orientation's.
     """
     from mtrs_geo.craft.donors import HELD_OUT_SCENES
     from mtrs_geo.layouts import read_oscd_change
@@ -309,22 +349,30 @@ def oscd_scores(model: str, tilings: Sequence[tuple[int, int]] = OSCD_TILINGS) -
     from oscd_scenes import QUERY, write_scene
 
     cities = [SHARED / "oscd" / name for name in sorted(HELD_OUT_SCENES["oscd"])]
-    f1: dict[str, list[float]] = {}
+    turns = list(ORIENTATIONS)[: max(1, orientations)]
+    f1: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for city in (c for c in cities if c.is_dir()):
             scene = write_scene(city, folder)
-            truth = read_oscd_change(city)
-            for tile, overlap in tilings:
-                options = ("--tile-size", str(tile), "--overlap", str(overlap))
-                mask = detect_mask(
-                    scene / "before.tif", scene / "after.tif", QUERY, model,
-                    folder / "mask.tif", options,
-                )  # fmt: skip
-                hits = int((mask & truth).sum())
-                wrong = int((mask != truth).sum())
-                f1.setdefault(city.name, []).append(200 * hits / max(2 * hits + wrong, 1))
-    return {"set": "oscd", "model": model, "query": QUERY, "tilings": list(tilings), "f1": f1}
+            for turn in turns:
+                before, after = oriented_scene(scene, turn, folder)
+                truth = ORIENTATIONS[turn](read_oscd_change(city))
+                for tile, overlap in tilings:
+                    options = ("--tile-size", str(tile), "--overlap", str(overlap))
+                    mask = detect_mask(before, after, QUERY, model, folder / "mask.tif", options)
+                    hits = int((mask & truth).sum())
+                    wrong = int((mask != truth).sum())
+                    score = 200 * hits / max(2 * hits + wrong, 1)
+                    f1.setdefault(city.name, {}).setdefault(turn, []).append(score)
+    return {
+        "set": "oscd",
+        "model": model,
+        "query": QUERY,
+        "tilings": list(tilings),
+        "f1": {city: runs[turns[0]] for city, runs in f1.items()},
+        "f1_orientations": f1,
+    }
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -347,17 +395,23 @@ def markdown(results: list[dict[str, object]]) -> str:
     ]
     roof_lines = ["| model | query ~ roofs | IoU |", "| --- | --- | ---: |"]
     oscd_lines = [
-        "| model | held-out OSCD city | F1 at the default tiling | mean over tilings | range |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| model | held-out OSCD city | F1 at the default tiling | mean over tilings | range "
+        "| mean over orientations and tilings | orientations' means |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for result in results:
         model = str(result["model"])
         name = "mtrefseg-r1" if Path(model).is_dir() else model
         if result["set"] == "oscd":
+            turned = result.get("f1_orientations", {})
             for city, values in result["f1"].items():  # type: ignore[attr-defined]
+                runs = turned.get(city, {"as distributed": values})  # type: ignore[attr-defined]
+                means = [float(np.mean(v)) for v in runs.values()]
+                everything = [score for v in runs.values() for score in v]
                 oscd_lines.append(
                     f"| {name} | {city} | {values[0]:.1f} | {np.mean(values):.1f} "
-                    f"| {min(values):.1f}-{max(values):.1f} |"
+                    f"| {min(values):.1f}-{max(values):.1f} | {np.mean(everything):.1f} "
+                    f"({len(runs)} x {len(values)}) | {min(means):.1f}-{max(means):.1f} |"
                 )
             continue
         if result["set"] == "roofs":
@@ -392,6 +446,12 @@ def main() -> None:
     parser.add_argument(
         "--sets", default="synthetic,real,shifted,roofs,oscd", help="comma-separated subset"
     )
+    parser.add_argument(
+        "--oscd-orientations",
+        type=int,
+        default=len(ORIENTATIONS),
+        help="ways each OSCD city is turned (1: as distributed; 8: every symmetry of the square)",
+    )
     args = parser.parse_args()
     started = time.time()
     sets = set(args.sets.split(","))
@@ -410,7 +470,7 @@ def main() -> None:
         if "roofs" in sets:
             results.append(roofs_scores(model, args.roof_pairs))
         if "oscd" in sets:
-            results.append(oscd_scores(model))
+            results.append(oscd_scores(model, orientations=args.oscd_orientations))
         print(f"{model}: done at {time.time() - started:.0f} s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
