@@ -54,7 +54,8 @@ DONORS: tuple[DonorSpec, ...] = (
     DonorSpec("sztaki-airchange", "levir-cd", 1.5, "change", None, None),
     DonorSpec("dsifn-cd", "levir-cd", 2.0, "change", None, None),
     # OSCD's labels mix new buildings with the roads between them: not cut out as objects. (Cut
-    # out as 10 m "building" transplants, they lowered held-out OSCD F1: 29.5 -> 26.5.)
+    # out as 10 m "building" transplants, they lowered held-out OSCD F1: 29.5 -> 26.5; kept to
+    # coarse grounds as built-up land, 22.6 -> 21.9 over eight orientations: docs/MODEL_HISTORY.md.)
     DonorSpec("oscd", "oscd", 10.0, "buildings and roads", "appeared", None),
 )
 
