@@ -355,9 +355,10 @@ def oscd_scores(
         folder = Path(tmp)
         for city in (c for c in cities if c.is_dir()):
             scene = write_scene(city, folder)
+            change = read_oscd_change(city)
             for turn in turns:
                 before, after = oriented_scene(scene, turn, folder)
-                truth = ORIENTATIONS[turn](read_oscd_change(city))
+                truth = ORIENTATIONS[turn](change)
                 for tile, overlap in tilings:
                     options = ("--tile-size", str(tile), "--overlap", str(overlap))
                     mask = detect_mask(before, after, QUERY, model, folder / "mask.tif", options)
