@@ -54,7 +54,10 @@ def format_pair_info(description: Any) -> str:
         lines.append(("grid", f"{width} x {height} px, pixel {xres:g} x {yres:g} CRS units"))
         lines.append(("bounds", ", ".join(f"{v:.10g}" for v in info.pop("bounds"))))
         area = float(info.pop("area_m2"))
-        lines.append(("overlap", f"{area / 1e6:,.3f} km^2 ({area:,.0f} m^2)"))
+        if info.pop("pixel_grid", False):  # areas in square pixels, not metres
+            lines.append(("overlap", f"{area:,.0f} px^2"))
+        else:
+            lines.append(("overlap", f"{area / 1e6:,.3f} km^2 ({area:,.0f} m^2)"))
         tiles, size, overlap = info.pop("tiles"), info.pop("tile_size"), info.pop("overlap")
         lines.append(("tiles", f"{tiles} of {size} px, overlap {overlap} px"))
         bands_b = ",".join(str(b) for b in info.pop("bands_before"))

@@ -110,7 +110,8 @@ def _run(args: list[str], switch: CancelSwitch | None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except MtrsError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        hint = f" ({exc.cli_hint})" if exc.cli_hint else ""
+        click.echo(f"Error: {exc}{hint}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)

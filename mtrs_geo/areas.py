@@ -9,6 +9,7 @@ edges of the source CRS keep their shape through the projection.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -95,6 +96,47 @@ def _local_crs_for(gdf: gpd.GeoDataFrame) -> CRS:
 def _is_local(crs: CRS) -> bool:
     """Whether ``crs`` is an engineering CRS (a pixel grid): planar, not tied to the Earth."""
     return bool(crs.is_engineering)
+
+
+def grid_outline(grid: Grid, points_per_side: int = 64) -> shapely.Polygon:
+    """Return the outline of a grid's pixels in its CRS, each side cut in ``points_per_side``.
+
+    Its four corners go through the grid's transform, so a rotated grid's outline is rotated (its
+    bounds are not); the extra points keep the edges' curve when the outline is reprojected.
+    """
+    steps = np.linspace(0.0, 1.0, points_per_side, endpoint=False)
+    width, height = float(grid.width), float(grid.height)
+    cols = np.concatenate([steps * width, np.full(steps.size, width), (1 - steps) * width,
+                           np.zeros(steps.size)])  # fmt: skip
+    rows = np.concatenate([np.zeros(steps.size), steps * height, np.full(steps.size, height),
+                           (1 - steps) * height])  # fmt: skip
+    xs, ys = grid.transform @ (cols, rows)  # type: ignore[operator]  # affine maps arrays too
+    return shapely.Polygon(np.column_stack([xs, ys]))
+
+
+def footprint_overlap(images: Sequence[Grid], grid: Grid) -> shapely.Geometry:
+    """Return the part of ``grid``'s outline every image's footprint covers, in its CRS.
+
+    A common grid is a rectangle of its lattice around the images' overlap; the overlap itself
+    can be smaller (rotated images, another CRS). An image whose outline cannot be brought into
+    the grid's CRS is left out (the grid's outline already lies inside what every image covers,
+    up to the pixels cut on its lattice).
+    """
+    from rasterio.warp import transform as warp_transform
+
+    shared: shapely.Geometry = grid_outline(grid)
+    for image in images:
+        outline = grid_outline(image)
+        if image.crs != grid.crs:
+            try:
+                xs, ys = warp_transform(image.crs, grid.crs, *outline.exterior.xy)
+            except Exception:  # noqa: BLE001 - a projection that cannot take it: leave it out
+                continue
+            outline = shapely.make_valid(shapely.Polygon(np.column_stack([xs, ys])))
+            if not np.isfinite(shapely.bounds(outline)).all():
+                continue
+        shared = shapely.intersection(shared, outline)
+    return shared
 
 
 def ground_areas(gdf: gpd.GeoDataFrame) -> np.ndarray:

@@ -77,6 +77,34 @@ def default_bands(path: Path | str, needed: int | None) -> BandChoice | None:
     return rgb_from_metadata(colours, descriptions)
 
 
+def band_count(path: Path | str) -> int | None:
+    """Return the number of bands of ``path``; None when it cannot be opened here."""
+    try:
+        with rasterio.open(path) as ds:
+            return int(ds.count)
+    except Exception:  # not a local raster (a list, a STAC item): opening it says what is wrong
+        return None
+
+
+def default_band_pair(
+    paths: tuple[Path | str, Path | str], needed: int | None, roles: tuple[str, str]
+) -> tuple[BandChoice | None, BandChoice | None]:
+    """:func:`default_bands` of two images; one without colour metadata borrows the other's.
+
+    Two images of one band layout (the same band count) where only one names its colours (an
+    ENVI file beside a described GeoTIFF of the same sensor) read the same red, green and blue.
+    """
+    choices = [default_bands(path, needed) for path in paths]
+    for this, other in ((0, 1), (1, 0)):
+        found = choices[other]
+        if choices[this] is None and found is not None:
+            counts = band_count(paths[this]), band_count(paths[other])
+            if counts[0] is not None and counts[0] != 3 and counts[0] == counts[1]:
+                borrowed = f"the {roles[other]} image's {found.source}"
+                choices[this] = BandChoice(found.bands, borrowed)
+    return choices[0], choices[1]
+
+
 def describe_choice(role: str, choice: BandChoice) -> str:
     """One line saying which bands of an image a run reads, and why."""
     bands = ", ".join(str(band) for band in choice.bands)

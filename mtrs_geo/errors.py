@@ -6,9 +6,18 @@ Front ends turn :class:`InputError` into exit code 2 (CLI) or a Processing error
 
 
 class MtrsError(Exception):
-    """Base class: the message is meant for the user, on one line."""
+    """Base class: the message is meant for the user, on one line.
+
+    ``cli_hint``, when given, names what to do in the command line's terms (an option); the
+    ``mtrs`` command prints it after the message, front ends that have no such option (QGIS, the
+    JSON events) leave it out.
+    """
 
     exit_code = 1
+
+    def __init__(self, *args: object, cli_hint: str | None = None) -> None:
+        super().__init__(*args)
+        self.cli_hint = cli_hint
 
 
 class InputError(MtrsError):

@@ -23,7 +23,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from mtrs_geo.aoi import AreaOfInterest, area_of_interest
-from mtrs_geo.bands import default_bands, describe_choice
+from mtrs_geo.bands import default_band_pair, describe_choice
 from mtrs_geo.cancel import begin_commit, check_cancel
 from mtrs_geo.config import DetectConfig, same_file
 from mtrs_geo.dates import pair_dates
@@ -39,7 +39,7 @@ from mtrs_geo.model_api import (
 )
 from mtrs_geo.normalize import BandStats
 from mtrs_geo.probability_raster import PROBABILITY_BLOCK
-from mtrs_geo.read import RasterInfo, align_longitudes, check_pair, open_raster
+from mtrs_geo.read import RasterInfo, align_longitudes, check_pair, open_raster, pixel_grid
 from mtrs_geo.scene_samples import calibrate_on_samples, read_scene_samples
 from mtrs_geo.score_pass import (
     PASS_WORKERS,
@@ -56,7 +56,13 @@ from mtrs_geo.tiling import (
     check_resources,
     scene_batches,
 )
-from mtrs_geo.timeseries import interval_label, series_dates, series_grid
+from mtrs_geo.timeseries import (
+    check_time_order,
+    image_roles,
+    interval_label,
+    series_dates,
+    series_grid,
+)
 from mtrs_geo.write import (
     StagedOutputs,
     write_failure,
@@ -104,7 +110,7 @@ class PairInfo:
     resolution: tuple[float, float]
     bounds: tuple[float, float, float, float]
     transform: tuple[float, float, float, float, float, float]
-    area_m2: float  # ground area of the footprint intersection
+    area_m2: float  # ground area of the footprint intersection (square pixels on a pixel grid)
     tiles: int
     tile_size: int
     overlap: int
@@ -115,12 +121,14 @@ class PairInfo:
     # Every image in time order (the pair, or a time series) and its acquisition date ("": none).
     images: tuple[str, ...] = ()
     dates: tuple[str, ...] = ()
+    pixel_grid: bool = False  # images paired pixel by pixel: lengths and areas in pixels
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-serializable dict."""
         return {
             "images": list(self.images),
             "dates": list(self.dates),
+            "pixel_grid": self.pixel_grid,
             "before": self.before,
             "after": self.after,
             "crs": self.crs,
@@ -186,7 +194,7 @@ def _check_outputs_against_files(
         InputError: an output names a file an input image is read from.
 
     """
-    for role, info in (("before", before), ("after", after)):
+    for info in (before, after):
         try:
             with rasterio.open(info.dataset) as ds:
                 files = [Path(name) for name in ds.files]
@@ -198,32 +206,32 @@ def _check_outputs_against_files(
             for name in files:
                 if same_file(output, name):
                     raise InputError(
-                        f"output {output} is {name}, which the {role} image is read from: "
+                        f"output {output} is {name}, which the {info.role} image is read from: "
                         "writing it would destroy the input; choose another name"
                     )
 
 
 def _open_pair(
-    config: DetectConfig, say: MessageCallback | None = None
+    config: DetectConfig,
+    say: MessageCallback | None = None,
+    roles: tuple[str, str] = ("before", "after"),
 ) -> tuple[RasterInfo, RasterInfo]:
+    """Open the config's before and after images; ``roles`` is what messages call them."""
     before_bands = config.bands_before
     after_bands = config.bands_after if config.bands_after is not None else config.bands_before
     if before_bands is None and after_bands is None:
         # A 3-band model reads the red, green and blue bands of a multispectral image.
         registered = _registered_info(config.model)
         needed = registered.in_channels if registered is not None else None
-        choices = {
-            "before": default_bands(config.before, needed),
-            "after": default_bands(config.after, needed),
-        }
-        for role, choice in choices.items():
+        choices = default_band_pair((config.before, config.after), needed, roles)
+        for role, choice in zip(roles, choices, strict=True):
             if choice is not None and say is not None:
                 say(RunMessage("note", describe_choice(role, choice)))
-        before_bands = choices["before"].bands if choices["before"] is not None else None
-        after_bands = choices["after"].bands if choices["after"] is not None else None
+        before_bands = choices[0].bands if choices[0] is not None else None
+        after_bands = choices[1].bands if choices[1] is not None else None
     grid, assets = config.pixel_grid, config.assets
-    before = open_raster(config.before, before_bands, "before", on_pixel_grid=grid, assets=assets)
-    after = open_raster(config.after, after_bands, "after", on_pixel_grid=grid, assets=assets)
+    before = open_raster(config.before, before_bands, roles[0], on_pixel_grid=grid, assets=assets)
+    after = open_raster(config.after, after_bands, roles[1], on_pixel_grid=grid, assets=assets)
     return before, align_longitudes(before, after)  # a pair across the antimeridian meets
 
 
@@ -233,10 +241,13 @@ def _pair_info(
     import geopandas as gpd
     import shapely
 
-    from mtrs_geo.areas import ground_areas
+    from mtrs_geo.areas import footprint_overlap, ground_areas
 
     before, after = images[0], images[-1]
-    footprint = gpd.GeoDataFrame(geometry=[shapely.box(*grid.bounds)], crs=grid.crs)
+    overlap = footprint_overlap([image.grid for image in images], grid)
+    if overlap.is_empty:  # lattice pixels only just inside: measure the grid itself
+        overlap = shapely.box(*grid.bounds)
+    footprint = gpd.GeoDataFrame(geometry=[overlap], crs=grid.crs)
     t = grid.transform
     return PairInfo(
         before=str(before.path),
@@ -257,17 +268,19 @@ def _pair_info(
         after_read="window" if same_lattice(after.grid, grid) else "warp",
         images=tuple(str(image.path) for image in images),
         dates=tuple(dates),
+        pixel_grid=grid.crs == pixel_grid(1, 1).crs,
     )
 
 
 def _open_images(config: DetectConfig, say: MessageCallback | None = None) -> list[RasterInfo]:
     """Open every input image: the pair, then each later image of a time series."""
-    images = list(_open_pair(config, say))
+    roles = image_roles(len(config.images()))
+    images = list(_open_pair(config, say, (roles[0], roles[1])))
     later_bands = config.bands_after if config.bands_after is not None else config.bands_before
-    for image in config.more_images:
+    for image, role in zip(config.more_images, roles[2:], strict=True):
         # Opened as the after image of a pair with the first one: its bands, its longitudes.
         later = replace(config, after=image, bands_after=later_bands)
-        images.append(_open_pair(later)[1])
+        images.append(_open_pair(later, roles=(roles[0], role))[1])
     return images
 
 
@@ -275,7 +288,10 @@ def _image_dates(config: DetectConfig) -> list[str]:
     """Acquisition dates of every image (``""`` unknown), checked to be in time order."""
     if not config.more_images and not config.dates:
         dates = pair_dates(config.before, config.after, config.before_date, config.after_date)
-        return [dates["before_date"], dates["after_date"]]  # a pair may run backwards in time
+        found = [dates["before_date"], dates["after_date"]]
+        # One rule however the dates come: reversed, "new" would answer what disappeared.
+        check_time_order(found)
+        return found
     return series_dates(config.images(), config.dates)
 
 
@@ -309,7 +325,7 @@ def describe_pair(config: DetectConfig) -> PairInfo:
 
     """
     config.check(needs_output=False)
-    with rasterio.Env(**remote_options(*config.images())):
+    with run_environment(config):
         images = _open_images(config)
         for before, after in itertools.pairwise(images):
             check_pair(before, after)
@@ -730,25 +746,27 @@ def _score_interval(
         ]  # fmt: skip
         for stream in streams:
             stack.callback(stream.close)
+        # Its memory is mapped in by a thread of its own while the samples are read.
+        store = stack.enter_context(ScoreStore(run.grid.height, run.grid.width, run.scratch))
         with timed(timings, "setup"):
             stats = _calibrate(run, model, before, after, streams[0], index, scene_pass=False)
         for stream in streams[1:]:  # after the samples are read, as the first one
             stream.start()
         paths = run.probability_paths(index)
         vectorizers = _vectorizers(run, stack)
-        with ScoreStore(run.grid.height, run.grid.width, run.scratch) as store:
-            run.say(RunMessage("stage", "scoring every pixel once"))
-            progress = _pass_progress(run.tiles_progress(done_before), len(windows), tiling)
-            with model.session():
-                score_scene(model, streams, stats, store, run.cancel, timings, progress)
-            # The pass (numpy and GDAL, which let go of the GIL) ran beside the imports; the rows
-            # of answers need them. 8192^2 cva, 2 idle cores, eight interleaved pairs of runs:
-            # median 3.40 s waiting for them before the pass, 3.28 s after it.
-            run.finish_imports()
-            timings["read"] += sum(stream.read_seconds for stream in streams)
-            tiles_run, skipped = _score_rows_into(run, paths, vectorizers, model, store)
-            if progress is not None:
-                progress(len(windows))  # every tile of the interval is done
+        run.say(RunMessage("stage", "scoring every pixel once"))
+        progress = _pass_progress(run.tiles_progress(done_before), len(windows), tiling)
+        with model.session():
+            score_scene(model, streams, stats, store, run.cancel, timings, progress)
+        # The pass (numpy and GDAL, which let go of the GIL) ran beside the imports; the rows
+        # of answers need them. 8192^2 cva, 2 idle cores, eight interleaved pairs of runs:
+        # median 3.40 s waiting for them before the pass, 3.28 s after it.
+        run.finish_imports()
+        timings["read"] += sum(stream.read_seconds for stream in streams)
+        tiles_run, skipped = _score_rows_into(run, paths, vectorizers, model, store)
+        if progress is not None:
+            progress(len(windows))  # every tile of the interval is done
+        store.close()  # the scores are done with: not held while the polygons finish
         with timed(timings, "vectorize"):  # what is left of the rows' polygonization
             polygons = [vectorizer.result() for vectorizer in vectorizers]
         return IntervalResult(polygons, paths, tiles_run, skipped)

@@ -47,11 +47,18 @@ class RasterInfo:
     has_overviews: bool
     block_shape: tuple[int, int] = (1, 1)  # (rows, columns) of the file's blocks (band 1)
     source: Source | None = None  # None: ``path`` is a local file GDAL opens as it is
+    role: str = "image"  # what messages call it: "before", "after", "third", ...
 
     @property
     def dataset(self) -> str:
         """What :func:`rasterio.open` takes for this image."""
         return self.source.dataset if self.source is not None else self.path
+
+    @property
+    def label(self) -> str:
+        """The image as messages name it: ``the after image after.tif``."""
+        role = "" if self.role == "image" else f"{self.role} "
+        return f"the {role}image {self.name}"
 
     @property
     def name(self) -> str:
@@ -78,7 +85,7 @@ def open_raster(
         path: a raster GDAL can open, a URL, a STAC item, a comma-separated list of single-band
             rasters (see :func:`mtrs_geo.sources.resolve_source`) or an already resolved source.
         bands: 1-based band indexes to use; None: all bands.
-        role: "before" or "after", used in error messages.
+        role: what error messages call the image: "before", "after", "third", ...
         on_pixel_grid: pair images pixel by pixel: any georeferencing is ignored and the image
             lies on :func:`pixel_grid` (for plain PNG/JPEG pairs).
         assets: STAC asset keys to stack, in band order.
@@ -115,9 +122,8 @@ def open_raster(
             else "is not georeferenced (no geotransform)"
         )
         raise InputError(
-            f"{role} image {text} {problem}: georeference it (e.g. gdal_edit.py -a_srs EPSG:XXXX), "
-            "or pair images without georeferencing pixel by pixel on a pixel grid "
-            "(mtrs detect --pixel-grid)"
+            f"{role} image {text} {problem}: georeference it (e.g. gdal_edit.py -a_srs EPSG:XXXX)",
+            cli_hint="or pair plain images pixel by pixel on a pixel grid: --pixel-grid",
         )
     grid = Grid(crs, transform, width, height)
     if crs.is_geographic:
@@ -152,6 +158,7 @@ def open_raster(
         has_overviews=has_overviews,
         block_shape=(int(block_shape[0]), int(block_shape[1])),
         source=source,
+        role=role,
     )
 
 
@@ -202,14 +209,14 @@ def check_pair(before: RasterInfo, after: RasterInfo, info: ModelInfo | None = N
     sizes = [(info.grid.width, info.grid.height) for info in (before, after)]
     if before.grid.crs == pixel_crs and after.grid.crs == pixel_crs and sizes[0] != sizes[1]:
         raise InputError(
-            "images paired pixel by pixel must have one size: the before image is "
-            f"{sizes[0][0]} x {sizes[0][1]} px, the after image {sizes[1][0]} x {sizes[1][1]} px"
+            f"images paired pixel by pixel must have one size: {before.label} is "
+            f"{sizes[0][0]} x {sizes[0][1]} px, {after.label} {sizes[1][0]} x {sizes[1][1]} px"
         )
     nb, na = len(before.bands), len(after.bands)
     if nb != na:
         raise InputError(
-            f"band count mismatch: {nb} band{'s' if nb != 1 else ''} selected in the before image, "
-            f"{na} in the after image; choose matching bands"
+            f"band count mismatch: {nb} band{'s' if nb != 1 else ''} selected in {before.label}, "
+            f"{na} in {after.label}; choose matching bands"
         )
     if info is not None and info.in_channels is not None and info.in_channels != nb:
         which = " (red, green and blue)" if info.in_channels == 3 else ""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mtrs_geo.aoi import AreaOfInterest
-from mtrs_geo.dates import acquisition_date, parse_date
+from mtrs_geo.dates import acquisition_date, goes_back_in_time, parse_date
 from mtrs_geo.errors import InputError
 from mtrs_geo.grid import Grid, common_grid, footprint_in
 
@@ -76,19 +76,40 @@ def series_dates(images: Sequence[Path | str], dates: Sequence[str] = ()) -> lis
 def check_time_order(dates: Sequence[str]) -> None:
     """Refuse known dates (ISO 8601; ``""`` unknown) that go back in time.
 
+    Every date is checked against every earlier one (:func:`mtrs_geo.dates.goes_back_in_time`),
+    not only its neighbour: ``2001-06-01, 2001, 2001-03-01`` goes back in time.
+
     Raises:
         InputError: a date earlier than a date before it.
 
     """
     known = [(index, date) for index, date in enumerate(dates, start=1) if date]
-    for (i, earlier), (j, later) in zip(known, known[1:], strict=False):
-        # ISO 8601 text sorts as time does; a bare year or day is compared at its own precision.
-        common = min(len(earlier), len(later))
-        if later[:common] < earlier[:common]:
-            raise InputError(
-                f"the images must be in time order: image {j} ({later}) is dated before "
-                f"image {i} ({earlier})"
-            )
+    for position, (j, later) in enumerate(known):
+        for i, earlier in known[:position]:
+            if goes_back_in_time(earlier, later):
+                raise InputError(
+                    f"the images must be in time order: image {j} ({later}) is dated before "
+                    f"image {i} ({earlier})"
+                )
+
+
+_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth")
+
+
+def ordinal(number: int) -> str:
+    """``1`` -> "first", ..., ``9`` -> "ninth", then ``10`` -> "10th", ``21`` -> "21st"."""
+    if 1 <= number <= len(_ORDINALS):
+        return _ORDINALS[number - 1]
+    teens = 10 <= number % 100 <= 20
+    suffix = "th" if teens else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+def image_roles(count: int) -> list[str]:
+    """Return what messages call each of ``count`` images: before, after; or first, second..."""
+    if count == 2:
+        return ["before", "after"]
+    return [ordinal(number) for number in range(1, count + 1)]
 
 
 def interval_label(from_date: str, to_date: str, before: str, after: str) -> str:

@@ -5,14 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rasterio
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
-from mtrs_geo.bands import default_bands, rgb_from_metadata
+from mtrs_geo.bands import default_band_pair, default_bands, rgb_from_metadata
 from mtrs_geo.config import DetectConfig
 from mtrs_geo.pipeline import describe_pair
 from mtrs_geo.sample import sample_pair
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def test_colour_interpretation_wins_over_descriptions() -> None:
@@ -61,3 +64,17 @@ def test_colour_interpretation_of_a_four_band_stack(tmp_path: Path) -> None:
         ]
     choice = default_bands(path, 3)
     assert choice is not None and choice.bands == (3, 2, 1)
+
+
+def test_an_image_without_colour_names_borrows_its_partners_of_the_same_layout() -> None:
+    # The ENVI 2000 scene names no colours; the bundled 2003 GeoTIFF, of the same six bands, does.
+    envi = SHARED / "landsat-taizhou" / "2000TM"
+    if not envi.exists():
+        pytest.skip("../shared/data/landsat-taizhou is not here")
+    described = sample_pair()[1]
+    assert default_bands(envi, 3) is None
+    before, after = default_band_pair((envi, described), 3, ("before", "after"))
+    assert before is not None and after is not None and before.bands == after.bands == (3, 2, 1)
+    assert before.source == "the after image's band description"
+    info = describe_pair(DetectConfig(before=envi, after=described, model="mtrefseg-r1"))
+    assert info.bands_before == info.bands_after == (3, 2, 1)

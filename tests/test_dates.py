@@ -25,6 +25,15 @@ def test_dates_are_written_as_iso_8601() -> None:
         parse_date("17/05/2003", "after")
 
 
+def test_an_offset_is_kept_and_only_t_or_a_space_separates_the_time() -> None:
+    assert parse_date("2021-01-01T05:00:00+02:00") == "2021-01-01T05:00:00+02:00"
+    assert parse_date("2021-01-01 05:00") == "2021-01-01T05:00:00"
+    # Python's own parser reads these as a time of day: they are not dates.
+    for text in ("2021-01-01+02:00", "2021-01-01X05:00", "2021-01-01T5"):
+        with pytest.raises(InputError, match="is not a date"):
+            parse_date(text)
+
+
 def test_tags_give_the_date_acquisitiondatetime_first(tmp_path: Path) -> None:
     pair = make_pair(tmp_path)
     with rasterio.open(pair.before, "r+") as ds:

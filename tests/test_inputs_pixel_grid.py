@@ -113,5 +113,14 @@ def test_pixel_grid_pairs_must_have_one_size(png_pair: tuple[Path, Path], tmp_pa
     small = tmp_path / "small.jpg"
     Image.fromarray(ground()[:100, :120]).save(small)
     config = DetectConfig(before=png_pair[0], after=small, pixel_grid=True)
-    with pytest.raises(InputError, match=r"192 x 192 px, the after image 120 x 100 px"):
+    with pytest.raises(InputError, match=r"192 x 192 px, the after image small.jpg 120 x 100 px"):
         describe_pair(config)
+
+
+def test_info_on_a_pixel_grid_warns_of_nothing_and_counts_square_pixels(
+    png_pair: tuple[Path, Path],
+) -> None:
+    shown = run_mtrs("info", *png_pair, "--pixel-grid")
+    assert shown.code == 0, shown.err
+    assert shown.err == ""  # no NotGeoreferencedWarning from the plain images
+    assert f"overlap    {SIZE * SIZE:,} px^2" in shown.out

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from affine import Affine
 from polygons_from_raster import polygons_from_probability
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 from scenes import ImageSpec, ScenePair, make_pair, reproject_geometry
@@ -120,6 +121,27 @@ def test_describe_pair_reports_the_common_grid(tmp_path: Path) -> None:
     assert info.tiles == 9 and info.before_read == "window" and info.after_read == "warp"
     assert info.area_m2 == pytest.approx(2560.0**2, rel=0.01)  # UTM scale factor ~0.9996
     assert info.to_json()["resolution"] == [10.0, 10.0]
+
+
+def test_the_overlap_of_rotated_images_is_their_footprint_not_its_bounding_box(
+    tmp_path: Path,
+) -> None:
+    pair = make_pair(tmp_path)
+    rotated = []
+    for path in (pair.before, pair.after):
+        with rasterio.open(path) as src:
+            profile = {**src.profile, "transform": src.transform @ Affine.rotation(10)}
+            pixels = src.read()
+        rotated.append(tmp_path / f"rotated_{path.name}")
+        with rasterio.open(rotated[-1], "w", **profile) as out:
+            out.write(pixels)
+    straight = describe_pair(DetectConfig(model="cva", before=pair.before, after=pair.after))
+    turned = describe_pair(DetectConfig(model="cva", before=rotated[0], after=rotated[1]))
+    assert turned.area_m2 == pytest.approx(straight.area_m2, rel=1e-3)  # the same 256 x 256 px
+    in_degrees = describe_pair(
+        DetectConfig(model="cva", before=rotated[0], after=rotated[1], crs="EPSG:4326")
+    )
+    assert in_degrees.area_m2 == pytest.approx(straight.area_m2, rel=1e-3)
 
 
 def outputs_of(tmp_path: Path) -> tuple[Path, Path]:

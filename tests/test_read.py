@@ -43,8 +43,12 @@ def test_unreadable_file_is_an_input_error(tmp_path: Path) -> None:
 
 def test_missing_crs_is_an_input_error(tmp_path: Path) -> None:
     pair = make_pair(tmp_path, after=ImageSpec(write_crs=False))
-    with pytest.raises(InputError, match="no coordinate reference system"):
+    with pytest.raises(InputError, match="no coordinate reference system") as raised:
         open_raster(pair.after, role="after")
+    # The option to pair plain images is the command line's: front ends without it (QGIS) show
+    # the message alone.
+    assert "--" not in str(raised.value)
+    assert raised.value.cli_hint is not None and "--pixel-grid" in raised.value.cli_hint
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -72,9 +76,10 @@ def test_band_count_mismatch_after_selection_is_an_input_error(tmp_path: Path) -
     pair = make_pair(tmp_path, before=ImageSpec(bands=4), after=ImageSpec(bands=3))
     with pytest.raises(
         InputError,
-        match="band count mismatch: 4 bands selected in the before image, 3 in the after",
+        match="band count mismatch: 4 bands selected in the before image before.tif, 3 in the "
+        "after image after.tif",
     ):
-        check_pair(open_raster(pair.before), open_raster(pair.after))
+        check_pair(open_raster(pair.before, role="before"), open_raster(pair.after, role="after"))
     check_pair(open_raster(pair.before, (1, 2, 3)), open_raster(pair.after))
 
 

@@ -42,6 +42,63 @@ def test_known_dates_must_go_forward_in_time() -> None:
         check_time_order(["2017", "2019-05-01", "2018-01-01"])
 
 
+def test_every_date_is_checked_against_every_earlier_one_not_only_its_neighbour() -> None:
+    # Each neighbour overlaps at the year's precision, but June comes before March.
+    with pytest.raises(InputError, match=r"image 3 \(2001-03-01\) is dated before image 1"):
+        check_time_order(["2001-06-01", "2001", "2001-03-01"])
+    check_time_order(["2001-03-01", "2001", "2001-06-01"])
+
+
+def test_times_with_offsets_are_compared_as_instants() -> None:
+    check_time_order(["2001-01-01T10:00:00+02:00", "2001-01-01T09:00:00+00:00"])  # 08:00 UTC first
+    with pytest.raises(InputError, match="time order"):
+        check_time_order(["2001-01-01T09:00:00+00:00", "2001-01-01T10:00:00+02:00"])
+    # A day without a zone against a time with one: the clock times are compared.
+    check_time_order(["2001-03-01", "2001-03-01T23:00:00+05:00"])
+
+
+def test_a_pair_whose_dates_run_backwards_is_refused_however_they_come(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path / "pair")
+    given = DetectConfig(
+        before=pair.before, after=pair.after, before_date="2012-01-01", after_date="2011-01-01"
+    )
+    with pytest.raises(InputError, match=r"image 2 \(2011-01-01\) is dated before image 1"):
+        describe_pair(given)
+    with rasterio.open(pair.before, "r+") as ds:
+        ds.update_tags(ns="IMAGERY", ACQUISITIONDATETIME="2021-06-01")
+    with rasterio.open(pair.after, "r+") as ds:
+        ds.update_tags(ns="IMAGERY", ACQUISITIONDATETIME="2020-06-01")
+    with pytest.raises(InputError, match="time order"):
+        describe_pair(DetectConfig(before=pair.before, after=pair.after))
+    # Dates given in order win over the tags.
+    fixed = DetectConfig(
+        before=pair.before, after=pair.after, before_date="2020", after_date="2021"
+    )
+    assert describe_pair(fixed).dates == ("2020", "2021")
+
+
+def test_messages_name_the_images_of_a_series_by_their_place(tmp_path: Path) -> None:
+    images, _ = _series(tmp_path / "scene")
+    missing = DetectConfig(
+        before=images[0], after=images[1], more_images=(tmp_path / "gone.tif",), model="cva"
+    )
+    with pytest.raises(InputError, match="third image .*gone.tif does not exist"):
+        describe_pair(missing)
+    one_band = tmp_path / "one_band.tif"
+    with rasterio.open(images[2]) as src:
+        profile = {**src.profile, "count": 1}
+        band = src.read(1)
+    with rasterio.open(one_band, "w", **profile) as out:
+        out.write(band, 1)
+    mismatched = DetectConfig(
+        before=images[0], after=images[1], more_images=(one_band,), model="cva"
+    )
+    with pytest.raises(
+        InputError, match=r"selected in the second image d2.tif, 1 in the third image one_band"
+    ):
+        describe_pair(mismatched)
+
+
 def test_dates_come_from_the_user_or_the_tags(tmp_path: Path) -> None:
     images = write_series_sample(tmp_path)
     assert series_dates(images) == list(SERIES_SAMPLE_DATES)
