@@ -21,6 +21,7 @@ from mtrs_geo.cli.common import (
     summary_line,
 )
 from mtrs_geo.config import DetectConfig
+from mtrs_geo.errors import Cancelled
 
 
 @click.command(cls=EngineCommand)
@@ -46,12 +47,13 @@ def batch(
     """Run detect for every row of PAIRS.csv (columns before, after, query, output).
 
     Relative paths are resolved against the CSV's folder; an optional mask_out column names a mask
-    COG per row. Rows that would write one file, or over their own input, are refused before any
-    work (exit 2). A failing row is reported and the batch goes on; exit code 1 if any row failed.
-    With --scheduler the rows run on a Dask cluster (each worker reads its row's images from the
-    shared path or URL) and are reported as they finish.
+    COG per row. Rows that would write one file, or over an input of any row (an image, the
+    area of interest), are refused before any work (exit 2). A failing row is reported and the
+    batch goes on; exit code 1 if any row failed. A cancel (Ctrl+C) keeps the outputs of the rows
+    that finished and exits 130. With --scheduler the rows run on a Dask cluster (each worker
+    reads its row's images from the shared path or URL) and are reported as they finish.
     """
-    from mtrs_geo.batch import batch_configs, read_pairs_csv, run_batch
+    from mtrs_geo.batch import BatchCancelled, batch_configs, read_pairs_csv, run_batch
 
     quiet = options["quiet"]
     # The pair and outputs are the rows'; this template holds the shared options.
@@ -61,12 +63,14 @@ def batch(
     )
     mode = progress_mode(quiet, as_json, False)
     reporters: dict[int, ProgressReporter] = {}
+    finished: list[Any] = []  # the outcomes reported so far
 
     def progress_for(number: int) -> ProgressReporter:
         reporters[number] = ProgressReporter(mode, label=f"row {number}")
         return reporters[number]
 
     def on_row(outcome: Any) -> None:
+        finished.append(outcome)
         if outcome.number in reporters:
             reporters.pop(outcome.number).close()
         if as_json:
@@ -89,6 +93,13 @@ def batch(
                 cancel=cancel_switch(),
                 messages=MessagePrinter(mode, quiet),
             )
+    except Cancelled as exc:
+        # The cluster's runner raises a plain Cancelled: the rows not reported did not finish.
+        if not isinstance(exc, BatchCancelled):
+            exc = BatchCancelled.unreported(rows, finished)
+        if as_json:
+            emit_json(sys.stdout, exc.summary())
+        raise exc from None
     finally:
         for reporter in reporters.values():
             reporter.close()

@@ -127,11 +127,9 @@ def model_tile_size(model: str) -> int:
     checkpoint names no size, get :data:`DEFAULT_TILE_SIZE`. Reads one small JSON file, nothing
     is imported.
     """
-    folder = (
-        Path(model)
-        if Path(model).is_dir()
-        else _bundled_checkpoint(CHECKPOINT_OF.get(model, model))
-    )
+    folder = checkpoint_folder(model)
+    if folder is None:
+        return DEFAULT_TILE_SIZE
     try:
         settings = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         size = int(settings.get(TILE_SIZE_KEY) or DEFAULT_TILE_SIZE)
@@ -148,12 +146,84 @@ def _bundled_checkpoint(name: str) -> Path:
     return Path(next(iter(roots or [""]), "")) / "checkpoints" / name
 
 
+def file_key(path: Path) -> tuple[object, ...]:
+    """Return what identifies the file ``path`` names: its device and inode, else its real path.
+
+    Two paths with equal keys name one file (the same path, a symbolic or a hard link); a file
+    that does not exist (yet) is known by its real path. Keys compare in constant time, so many
+    outputs can be checked against many inputs through a dict.
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:  # it does not exist (yet)
+        return ("path", os.path.realpath(path))
+    return ("inode", stat.st_dev, stat.st_ino)
+
+
 def same_file(a: Path, b: Path) -> bool:
     """Whether two paths name one file: the same path, a symbolic link or a hard link to it."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return os.path.realpath(a) == os.path.realpath(b)
+    return file_key(a) == file_key(b)
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A local file a run reads: its path, what it is, and the input as it was given."""
+
+    path: Path
+    role: str  # "before image", "after image", "image 3", "area of interest"
+    given: str  # the input as given (a comma-separated list of files names each of them)
+
+    def describe(self) -> str:
+        """Name the input in a sentence: ``the after image a.tif``, ``image 3 (c.tif)``."""
+        if self.role.startswith("image "):
+            return f"{self.role} ({self.given})"
+        return f"the {self.role} {self.given}"
+
+
+def input_files(config: DetectConfig) -> list[InputFile]:
+    """Return the local files a run reads: each file of every image, then the area of interest.
+
+    Opens nothing: URLs and GDAL paths are left out, and the files a VRT document or a STAC item
+    names are the engine's to check once it opens them.
+    """
+    from mtrs_geo.sources import local_inputs
+
+    roles = ["before image", "after image"]
+    roles += [f"image {index}" for index in range(3, 3 + len(config.more_images))]
+    files = [
+        InputFile(Path(name), role, os.fspath(image))
+        for role, image in zip(roles, config.images(), strict=True)
+        for name in local_inputs(image)
+    ]
+    if config.aoi is not None:
+        files.append(InputFile(Path(config.aoi), "area of interest", os.fspath(config.aoi)))
+    return files
+
+
+def checkpoint_folder(model: str) -> Path | None:
+    """Return the folder ``model``'s checkpoint is read from (None: a model without one)."""
+    folder = (
+        Path(model)
+        if Path(model).is_dir()
+        else _bundled_checkpoint(CHECKPOINT_OF.get(model, model))
+    )
+    return folder if folder.is_dir() else None
+
+
+def checkpoint_file_written(config: DetectConfig) -> Path | None:
+    """Return an output that is an existing file of the model's checkpoint folder (None: none is).
+
+    Only existing files count: a new file beside the checkpoint's destroys nothing.
+    """
+    folder = checkpoint_folder(config.model)
+    if folder is None:
+        return None
+    inside = Path(os.path.realpath(folder))
+    for output in config.outputs():
+        real = Path(os.path.realpath(output))
+        if real.is_file() and real.is_relative_to(inside):
+            return output
+    return None
 
 
 def _check_numbers(config: DetectConfig) -> None:
@@ -188,7 +258,6 @@ def _check_numbers(config: DetectConfig) -> None:
 
 
 def _check_outputs(config: DetectConfig, needs_output: bool) -> None:
-    from mtrs_geo.sources import local_inputs
     from mtrs_geo.write import check_raster_output, vector_format
 
     outputs = config.outputs()
@@ -200,13 +269,20 @@ def _check_outputs(config: DetectConfig, needs_output: bool) -> None:
         check_raster_output(Path(config.mask_out))
     if len(outputs) == 2 and same_file(*outputs):
         raise InputError(f"the polygons and the mask raster would be one file: {outputs[0]}")
+    inputs = input_files(config)
     for path in outputs:
-        for role, image in (("before", config.before), ("after", config.after)):
-            if any(same_file(path, Path(name)) for name in local_inputs(image)):
+        for read in inputs:
+            if same_file(path, read.path):
                 raise InputError(
-                    f"output {path} is the {role} image {image}: writing it would destroy the "
-                    "input; choose another name"
+                    f"output {path} is {read.describe()}: writing it would destroy the input; "
+                    "choose another name"
                 )
+    written = checkpoint_file_written(config)
+    if written is not None:
+        raise InputError(
+            f"output {written} is a file of the model checkpoint {config.model}: writing it would "
+            "destroy the model; choose another name"
+        )
     for path in outputs:
         if not path.parent.is_dir():
             raise InputError(f"output folder does not exist: {path.parent}")
@@ -222,7 +298,8 @@ def check_config(config: DetectConfig, *, needs_output: bool = True) -> None:
     Raises:
         InputError: an option out of its range, an unknown device, model, CRS or mask type, no
             output, an output with an unknown extension, in a missing folder, or naming an input
-            image (the same path, a symbolic or a hard link) or the other output.
+            (an image, the area of interest, a file of the model's checkpoint; the same path, a
+            symbolic or a hard link) or the other output.
 
     """
     from mtrs_geo.device import parse_device
@@ -286,7 +363,7 @@ def check_model_name(name: str) -> None:
 
 
 def _check_queries_and_series(config: DetectConfig) -> None:
-    """Refuse duplicate queries, dates that do not match the images, outputs over later images."""
+    """Refuse duplicate queries, and dates that do not match the images."""
     from mtrs_geo.dates import parse_date
 
     queries = config.query_list()
@@ -307,10 +384,3 @@ def _check_queries_and_series(config: DetectConfig) -> None:
             raise InputError("give the dates of all images or the before and after dates, not both")
         for index, date in enumerate(config.dates, start=1):
             parse_date(date, f"image {index}")
-    for path in config.outputs():
-        for index, image in enumerate(config.more_images, start=3):
-            if same_file(path, Path(image)):
-                raise InputError(
-                    f"output {path} is image {index} ({image}): writing it would destroy the "
-                    "input; choose another name"
-                )

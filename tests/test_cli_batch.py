@@ -108,3 +108,104 @@ def test_batch_mask_out_dir(tmp_path: Path) -> None:
     result = run_mtrs("batch", tmp_path / "pairs.csv", "--mask-out-dir", masks, "--quiet")
     assert result.code == 0, result.err
     assert files_in(masks) == ["one.tif"] and (tmp_path / "one.geojson").is_file()
+
+
+def test_a_missing_mask_folder_is_one_error_before_any_row(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path / "data")
+    (tmp_path / "pairs.csv").write_text(
+        "before,after,query,output\n"
+        f"{pair.before},{pair.after},q,one.gpkg\n{pair.before},{pair.after},q,two.gpkg\n"
+    )
+    result = run_mtrs("batch", tmp_path / "pairs.csv", "--mask-out-dir", tmp_path / "missing")
+    assert result.code == 2 and result.out == ""
+    assert result.err.strip() == (
+        f"Error: the folder for the mask rasters does not exist: {tmp_path / 'missing'}"
+    )
+    assert files_in(tmp_path) == ["data", "pairs.csv"]
+
+
+def three_rows(tmp_path: Path) -> Path:
+    """A CSV of three rows over one generated pair, writing one.gpkg, two.gpkg, three.gpkg."""
+    pair = make_pair(tmp_path / "data")
+    lines = [f"{pair.before},{pair.after},,{name}.gpkg" for name in ("one", "two", "three")]
+    table = tmp_path / "pairs.csv"
+    table.write_text("\n".join(["before,after,query,output", *lines]) + "\n")
+    return table
+
+
+def test_a_cancel_in_the_second_row_keeps_the_first_and_names_the_rest(tmp_path: Path) -> None:
+    from mtrs_geo.batch import BatchCancelled, batch_configs, read_pairs_csv, run_batch
+    from mtrs_geo.cancel import CancelSwitch
+    from mtrs_geo.config import DetectConfig
+
+    rows = batch_configs(
+        read_pairs_csv(three_rows(tmp_path)), DetectConfig(before=Path(), after=Path(), model="cva")
+    )
+    cancel = CancelSwitch()
+
+    def progress_for(number: int):  # type: ignore[no-untyped-def]
+        return (lambda done, total: cancel.set()) if number == 2 else None
+
+    with pytest.raises(BatchCancelled) as raised:
+        run_batch(rows, on_row=lambda outcome: None, progress_for=progress_for, cancel=cancel)
+
+    stopped = raised.value
+    assert [(o.number, o.ok) for o in stopped.finished] == [(1, True)]
+    assert (stopped.stopped, stopped.not_run, stopped.exit_code) == ((2,), (3,), 130)
+    assert str(stopped) == (
+        "cancelled: 1 of 3 rows finished, their outputs are kept; row 2, in progress, wrote "
+        "nothing; 1 row not run"
+    )
+    assert [p.name for p in tmp_path.glob("*.gpkg")] == ["one.gpkg"]
+
+
+def sigint_in_row_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the second row's run start with a SIGINT, as Ctrl+C in the middle of a batch."""
+    import os
+    import signal
+
+    import mtrs_geo.pipeline
+
+    real_detect = mtrs_geo.pipeline.detect
+
+    def detect(config, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if config.output.name == "two.gpkg":
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_detect(config, *args, **kwargs)
+
+    monkeypatch.setattr(mtrs_geo.pipeline, "detect", detect)
+
+
+def test_ctrl_c_after_a_row_finished_says_its_output_is_kept_and_exits_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = three_rows(tmp_path)
+    sigint_in_row_two(monkeypatch)
+
+    result = run_mtrs("batch", table, "--model", "cva")
+
+    assert result.code == 130
+    assert result.err.strip() == (
+        "Error: cancelled: 1 of 3 rows finished, their outputs are kept; row 2, in progress, "
+        "wrote nothing; 1 row not run"
+    )
+    assert "row 1: ok" in result.out
+    assert [p.name for p in tmp_path.glob("*.gpkg")] == ["one.gpkg"]
+
+
+def test_ctrl_c_with_json_still_ends_with_a_summary_naming_the_rows_not_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = three_rows(tmp_path)
+    sigint_in_row_two(monkeypatch)
+
+    result = run_mtrs("batch", table, "--model", "cva", "--json")
+
+    records = [json.loads(line) for line in result.out.splitlines()]
+    assert result.code == 130
+    assert [(r["row"], r["status"]) for r in records[:-1]] == [(1, "ok")]
+    summary = records[-1]
+    assert summary["message"] == result.err.strip().removeprefix("Error: ")
+    assert {k: v for k, v in summary.items() if k != "message"} == {
+        "rows": 3, "ok": 1, "failed": 0, "cancelled": [2], "not_run": [3], "exit_code": 130
+    }  # fmt: skip

@@ -151,3 +151,33 @@ def test_a_local_cluster_runs_the_rows(pairs_csv: Path, tmp_path: Path) -> None:
 
     assert [(o.number, o.ok) for o in outcomes] == [(1, True)]
     assert (tmp_path / "one.gpkg").exists()
+
+
+def test_a_batch_cancelled_on_a_cluster_says_which_rows_did_not_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mtrs_geo.distributed
+    from mtrs_geo.errors import Cancelled
+
+    pair = make_pair(tmp_path / "data")
+    table = tmp_path / "pairs.csv"
+    table.write_text(
+        "before,after,query,output\n"
+        + "".join(f"{pair.before},{pair.after},,{n}.gpkg\n" for n in ("one", "two", "three"))
+    )
+
+    def cancelled_after_row_one(rows, scheduler, *, on_row, cancel=None):  # type: ignore[no-untyped-def]
+        on_row(RowOutcome(1, rows[0].output, False, 2, "a bad row"))
+        raise Cancelled("cancelled: no output was written")
+
+    monkeypatch.setattr(mtrs_geo.distributed, "run_batch_on_cluster", cancelled_after_row_one)
+
+    result = run_mtrs("batch", table, "--scheduler", "local:1", "--json")
+
+    # A worker is not interrupted mid-row: the rows not reported are "not finished", no more.
+    message = "cancelled: 1 of 3 rows finished; rows 2, 3 not finished"
+    assert (result.code, result.err.strip()) == (130, f"Error: {message}")
+    assert json.loads(result.out.splitlines()[-1]) == {
+        "rows": 3, "ok": 0, "failed": 1, "cancelled": [2, 3], "not_run": [],
+        "exit_code": 130, "message": message,
+    }  # fmt: skip
