@@ -30,7 +30,7 @@ BATCH_COLUMNS = ("before", "after", "query", "output")
 
 
 def read_pairs_csv(path: Path) -> list[dict[str, str]]:
-    """Read a batch CSV (columns before, after, query, output; optional mask_out).
+    """Read a batch CSV (columns before, after, query, output; optional mask_out and dates).
 
     Relative paths are resolved against the CSV's folder (each file of a comma-separated list of
     rasters too; URLs are kept as they are).
@@ -109,6 +109,8 @@ def batch_configs(
             query=row.get("query", ""),
             output=Path(output) if output else None,
             mask_out=mask_out,
+            before_date=row.get("before_date") or None,  # checked with the row's other options
+            after_date=row.get("after_date") or None,
         )
         planned.append(BatchRow(number, config, None, output))
     return planned

@@ -78,6 +78,22 @@ def test_batch_all_rows_ok_exits_0_with_mask_column(folder: Path) -> None:
     assert (folder / "out3.gpkg").is_file() and (folder / "out3.tif").is_file()
 
 
+def test_rows_carry_their_own_dates_and_a_bad_one_fails_its_row(folder: Path) -> None:
+    (folder / "pairs_dated.csv").write_text(
+        "before,after,query,output,before_date,after_date\n"
+        "a/before.tif,a/after.tif,,dated1.gpkg,2019-05-01,2021-06-01\n"
+        "a/before.tif,a/after.tif,,dated2.gpkg,2021-06-01,2019-05-01\n"
+        "a/before.tif,a/after.tif,,dated3.gpkg,soon,\n"
+    )
+    result = run_mtrs("batch", folder / "pairs_dated.csv", "--model", "cva")
+    assert result.code == 1
+    frame = gpd.read_file(folder / "dated1.gpkg")
+    assert set(frame["before_date"]) == {"2019-05-01"}
+    assert set(frame["after_date"]) == {"2021-06-01"}
+    assert "row 2: FAILED" in result.err and "time order" in result.err
+    assert "row 3: FAILED" in result.err and "'soon' is not a date" in result.err
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
