@@ -38,8 +38,8 @@ from mtrs_geo.config import DEFAULT_PANEL_WIDTH, DetectConfig
     "--query",
     "queries",
     multiple=True,
-    help="The change to find, in words (e.g. 'new buildings'); repeat it (or separate with ';') "
-    "for several queries in one pass.",
+    help="The change to find, in words (e.g. 'new buildings'; empty: any change); repeat it "
+    "(or separate with ';') for several queries in one pass.",
 )
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False), help="Polygons: .geojson .gpkg .fgb .shp"
@@ -119,7 +119,7 @@ def detect(
             after=paths[1],
             more_images=paths[2:],
             dates=dates or (),
-            **query_settings(";".join(queries)),
+            **query_settings(queries),
             output=Path(output) if output else None,
             mask_out=Path(mask_out) if mask_out else None,
             before_date=before_date,

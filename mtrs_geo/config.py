@@ -258,7 +258,7 @@ def _check_numbers(config: DetectConfig) -> None:
 
 
 def _check_outputs(config: DetectConfig, needs_output: bool) -> None:
-    from mtrs_geo.write import check_raster_output, vector_format
+    from mtrs_geo.write import check_existing_output, check_raster_output, vector_format
 
     outputs = config.outputs()
     if needs_output and not outputs:
@@ -286,6 +286,7 @@ def _check_outputs(config: DetectConfig, needs_output: bool) -> None:
     for path in outputs:
         if not path.parent.is_dir():
             raise InputError(f"output folder does not exist: {path.parent}")
+    check_existing_output(config.output)  # a GeoPackage that holds layers of its own
 
 
 def check_config(config: DetectConfig, *, needs_output: bool = True) -> None:

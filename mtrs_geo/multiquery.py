@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from mtrs_geo.geopackage import layer_names
 from mtrs_geo.probability_raster import MASK_NODATA, PROBABILITY_BLOCK, PROBABILITY_NODATA
 from mtrs_geo.write import (
     StagedOutputs,
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 # A query list: ``a; b; c`` or one query per line.
 _SEPARATORS = re.compile(r"[;\r\n]+")
-_LAYER_UNSAFE = re.compile(r"[^0-9A-Za-z]+")
 
 
 def split_queries(text: str) -> tuple[str, ...]:
@@ -46,12 +46,24 @@ def split_queries(text: str) -> tuple[str, ...]:
     return queries or ("",)
 
 
-def query_settings(text: str) -> dict[str, Any]:
-    """Return the ``query`` and ``queries`` of a :class:`~mtrs_geo.config.DetectConfig` for a text.
+def repeated_queries(values: Sequence[str]) -> tuple[str, ...]:
+    """Return the queries of repeated ``-q`` options, in order, a query given twice once.
 
-    One query fills ``query``, as before; a list (:func:`split_queries`) fills ``queries``.
+    Each value may list several queries (:func:`split_queries`); a value with none (``-q ""``)
+    is the "any change" query ``""``, as it is when given alone: ``-q "" -q "new roads"`` asks
+    both. No value at all: the "any change" query.
     """
-    queries = split_queries(text)
+    queries = (query for value in values for query in split_queries(value))
+    return tuple(dict.fromkeys(queries)) or ("",)
+
+
+def query_settings(text: str | Sequence[str]) -> dict[str, Any]:
+    """Return the ``query`` and ``queries`` of a :class:`~mtrs_geo.config.DetectConfig`.
+
+    ``text`` is one text (:func:`split_queries`) or the values of repeated ``-q`` options
+    (:func:`repeated_queries`). One query fills ``query``, as before; several fill ``queries``.
+    """
+    queries = split_queries(text) if isinstance(text, str) else repeated_queries(text)
     if len(queries) > 1:
         return {"query": "", "queries": queries}
     return {"query": queries[0], "queries": ()}
@@ -73,18 +85,6 @@ def combine_tables(tables: Sequence[gpd.GeoDataFrame]) -> gpd.GeoDataFrame:
     )
     combined["id"] = np.arange(1, len(combined) + 1, dtype=np.int64)
     return combined
-
-
-def layer_names(stem: str, queries: Sequence[str]) -> list[str]:
-    """GeoPackage layer names of the queries: ``<stem>_<query in letters and digits>``, unique."""
-    names: list[str] = []
-    for query in queries:
-        slug = _LAYER_UNSAFE.sub("_", query).strip("_").lower() or "any_change"
-        name = f"{stem}_{slug}"
-        while name in names or name == stem:
-            name += "_"
-        names.append(name)
-    return names
 
 
 def add_query_layers(

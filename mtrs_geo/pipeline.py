@@ -1087,7 +1087,12 @@ def _write_outputs(
         rasters = [path for path in answers.rasters if path is not None]
         if len(rasters) == 1:
             write_probability_cog(
-                rasters[0], Path(config.mask_out), config.mask_type, config.threshold, staged
+                rasters[0],
+                Path(config.mask_out),
+                config.mask_type,
+                config.threshold,
+                staged,
+                description=answers.descriptions[0],
             )
         else:  # a band per query (and interval), described by it
             write_band_cog(

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from mtrs_geo.errors import InputError, MtrsError, OutputError
+from mtrs_geo.geopackage import check_geopackage_output, layer_name
 from mtrs_geo.probability_raster import MASK_NODATA, PROBABILITY_BLOCK, PROBABILITY_NODATA
 
 if TYPE_CHECKING:
@@ -366,15 +368,38 @@ def check_raster_output(path: Path) -> None:
         raise InputError(f"the mask raster must be a .tif or .tiff file, got {path.name!r}")
 
 
+def check_existing_output(path: Path | str | None) -> None:
+    """Refuse to replace an existing output that holds more than the run writes back.
+
+    A GeoPackage holding layers or tables that an earlier run did not write (a survey layer,
+    QGIS styles or a project) would lose them: :func:`mtrs_geo.geopackage.check_geopackage_output`.
+    A missing file, other formats and ``None`` (no such output) pass.
+
+    Raises:
+        InputError: the existing file would lose data (the layers are named), or cannot be read.
+
+    """
+    if path is not None and Path(path).suffix.lower() == ".gpkg":
+        check_geopackage_output(Path(path), ATTRIBUTE_COLUMNS)
+
+
+def vector_layer(path: Path) -> str:
+    """Return the layer name of a vector output: its stem (a GeoPackage's: never ``gpkg...``)."""
+    path = Path(path)
+    return layer_name(path.stem) if path.suffix.lower() == ".gpkg" else path.stem
+
+
 def write_vectors(gdf: gpd.GeoDataFrame, path: Path, staged: StagedOutputs | None = None) -> Path:
     """Write polygons (format by extension), check that they read back, and return ``path``.
 
     ``.geojson``/``.json`` are RFC 7946 (EPSG:4326, longitude/latitude order); ``.gpkg``,
     ``.fgb`` and ``.shp`` keep the GeoDataFrame's CRS. With ``staged`` the file is only staged
-    (renamed into place by ``staged.commit()``); without, it is renamed into place at once.
+    (renamed into place by ``staged.commit()``); without, it is renamed into place at once. The
+    layer is named after the file (:func:`vector_layer`).
 
     Raises:
-        InputError: unknown extension or missing destination folder.
+        InputError: unknown extension, missing destination folder, or an existing GeoPackage that
+            holds other layers (:func:`check_existing_output`).
         OutputError: the file could not be written whole (a full disk, say); nothing is renamed.
 
     """
@@ -385,6 +410,7 @@ def write_vectors(gdf: gpd.GeoDataFrame, path: Path, staged: StagedOutputs | Non
             write_vectors(gdf, path, own)
             own.commit()
         return path
+    check_existing_output(path)
     import pyogrio
 
     frame = gdf.to_crs(4326) if lonlat and gdf.crs is not None else gdf
@@ -400,17 +426,22 @@ def write_vectors(gdf: gpd.GeoDataFrame, path: Path, staged: StagedOutputs | Non
     if driver == "ESRI Shapefile":
         options["ENCODING"] = "UTF-8"
     partial = staged.stage(path)
-    with _writing(path, partial):
+    with _writing(path, partial), warnings.catch_warnings():
+        # A Shapefile field name is at most 10 characters: GDAL cuts before_date to before_dat
+        # (documented with the schema) and pyogrio warns of it at every write.
+        warnings.filterwarnings("ignore", "Normalized/laundered field name", RuntimeWarning)
         pyogrio.write_dataframe(
             frame,
             partial,
             driver=driver,
-            layer=path.stem,
+            layer=vector_layer(path),
             geometry_type=geometry_type,
             promote_to_multi=geometry_type == "MultiPolygon",
             layer_options=options,
         )
-        count = pyogrio.read_info(partial, force_feature_count=True)["features"]
+        # A GeoPackage may hold more layers (a query's each): count the one just written.
+        layer = vector_layer(path) if driver == "GPKG" else None
+        count = pyogrio.read_info(partial, layer=layer, force_feature_count=True)["features"]
         if count != len(frame):
             raise OutputError(
                 f"cannot write {path}: {count} of {len(frame)} polygons read back; a file "
@@ -520,12 +551,34 @@ def _binary_mask_tiff(prob_path: Path, dst: Path, threshold: float) -> None:
                 out.write(mask, 1, window=window)
 
 
+@contextlib.contextmanager
+def _described(source: Path, description: str | None, folder: Path) -> Iterator[Path]:
+    """Yield ``source``, or a VRT in ``folder`` that reads it with ``description`` on its band."""
+    if description is None:
+        yield source
+        return
+    import rasterio
+    import rasterio.shutil
+
+    vrt = folder / f".described-{uuid.uuid4().hex[:8]}.vrt"
+    try:
+        rasterio.shutil.copy(source, vrt, driver="VRT")
+        with rasterio.open(vrt, "r+") as dataset:
+            dataset.set_band_description(1, description)
+        yield vrt
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            vrt.unlink()
+
+
 def write_probability_cog(
     prob_path: Path,
     dst: Path,
     mask_type: Literal["probability", "binary"] = "probability",
     threshold: float = 0.5,
     staged: StagedOutputs | None = None,
+    *,
+    description: str | None = None,
 ) -> Path:
     """Convert the run's probability raster into a Cloud-Optimized GeoTIFF at ``dst``.
 
@@ -539,6 +592,7 @@ def write_probability_cog(
             uint8: 1 = changed (probability >= threshold), 0 = unchanged, 255 = nodata.
         threshold: probability threshold of the binary mask.
         staged: the run's staged outputs; None: rename into place now.
+        description: the band's description (the query: "any change" for none); None: none.
 
     Returns:
         ``dst``.
@@ -554,7 +608,9 @@ def write_probability_cog(
         raise InputError(f"unknown mask type {mask_type!r}: use probability or binary")
     if staged is None:
         with StagedOutputs() as own:
-            write_probability_cog(prob_path, dst, mask_type, threshold, own)
+            write_probability_cog(
+                prob_path, dst, mask_type, threshold, own, description=description
+            )
             own.commit()
         return dst
     import rasterio.shutil
@@ -568,12 +624,14 @@ def write_probability_cog(
             raise OutputError(f"the run's scratch file {prob_path} vanished; no output was written")
         check_tiff_complete(prob_path)
         if mask_type == "probability":
-            rasterio.shutil.copy(prob_path, partial, driver="COG", **_cog_options("float32"))
+            with _described(prob_path, description, partial.parent) as source:
+                rasterio.shutil.copy(source, partial, driver="COG", **_cog_options("float32"))
         else:
             binary = partial.with_name(f".binary-{uuid.uuid4().hex[:8]}.tif")
             try:
                 _binary_mask_tiff(prob_path, binary, threshold)
-                rasterio.shutil.copy(binary, partial, driver="COG", **_cog_options("uint8"))
+                with _described(binary, description, partial.parent) as source:
+                    rasterio.shutil.copy(source, partial, driver="COG", **_cog_options("uint8"))
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     binary.unlink()

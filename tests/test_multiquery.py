@@ -18,7 +18,7 @@ from mtrs_geo.config import DetectConfig
 from mtrs_geo.errors import InputError
 from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
 from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
-from mtrs_geo.multiquery import layer_names, query_settings, split_queries
+from mtrs_geo.multiquery import layer_names, query_settings, repeated_queries, split_queries
 from mtrs_geo.pipeline import detect
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -47,8 +47,84 @@ def test_query_lists_split_on_semicolons_and_lines() -> None:
     assert layer_names("changes", ["new buildings", "", "New-Buildings"]) == [
         "changes_new_buildings",
         "changes_any_change",
-        "changes_new_buildings_",
+        "changes_new_buildings_2",
     ]
+
+
+def test_query_layers_keep_the_letters_of_every_script_and_never_pose_as_another_query() -> None:
+    queries = ["道路", "any change", "建物", "nouveaux bâtiments", "???", "", "नई इमारतें"]
+    assert layer_names("b4", queries) == [
+        "b4_道路",
+        "b4_any_change",
+        "b4_建物",
+        "b4_nouveaux_bâtiments",
+        "b4_query5",  # no letter or digit: named by its position
+        "b4_any_change_2",
+        "b4_नई_इमारतें",  # vowel signs stay with their letters
+    ]
+    assert layer_names("gpkg_roads", ["new roads"]) == ["changes_gpkg_roads_new_roads"]
+    assert layer_names("c", ["Roads", "roads!", "roads 2"]) == [
+        "c_roads",
+        "c_roads_2",
+        "c_roads_2_2",
+    ]
+
+
+def test_unicode_query_layers_open_in_gdal_with_their_own_polygons(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path / "scene")
+    output = tmp_path / "b4.gpkg"
+    queries = ("道路", "any change", "建物", "nouveaux bâtiments")
+    options = [arg for query in queries for arg in ("-q", query)]
+    done = run_mtrs(
+        "detect", pair.before, pair.after, *options, "-o", output, "--model", "cva",
+        "--tile-size", 128, "--quiet",
+    )  # fmt: skip
+    assert done.code == 0, done.err
+    layers = [name for name, _ in pyogrio.list_layers(output)]
+    assert layers == ["b4", "b4_道路", "b4_any_change", "b4_建物", "b4_nouveaux_bâtiments"]
+    for name, query in zip(layers[1:], queries, strict=True):
+        assert set(gpd.read_file(output, layer=name)["query"]) == {query}
+
+
+def test_an_empty_q_beside_others_is_the_any_change_query() -> None:
+    assert repeated_queries(["", "new roads"]) == ("", "new roads")
+    assert repeated_queries(["new roads; ", " "]) == ("new roads", "")
+    assert repeated_queries([]) == ("",) and repeated_queries(["", ""]) == ("",)
+    assert query_settings(["", "new roads"]) == {"query": "", "queries": ("", "new roads")}
+    assert query_settings(["new roads"]) == {"query": "new roads", "queries": ()}
+
+
+def test_cli_answers_an_empty_q_as_any_change_beside_a_query(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path / "scene")
+    output, mask = tmp_path / "changes.geojson", tmp_path / "mask.tif"
+    done = run_mtrs(
+        "detect", pair.before, pair.after, "-q", "", "-q", "new roads", "-o", output,
+        "--mask-out", mask, "--model", "cva", "--tile-size", 128, "--json",
+    )  # fmt: skip
+    assert done.code == 0, done.err
+    assert set(gpd.read_file(output)["query"]) == {"", "new roads"}
+    with rasterio.open(mask) as raster:
+        assert raster.descriptions == ("any change", "new roads")
+
+
+@pytest.mark.parametrize(
+    ("query", "mask_type", "description"),
+    [("new roads", "probability", "new roads"), ("", "binary", "any change")],
+)
+def test_the_mask_band_of_a_single_query_is_described_by_it(
+    tmp_path: Path, query: str, mask_type: str, description: str
+) -> None:
+    pair = make_pair(tmp_path / "scene")
+    mask = tmp_path / "mask.tif"
+    done = run_mtrs(
+        "detect", pair.before, pair.after, "-q", query, "--mask-out", mask,
+        "--mask-type", mask_type, "--model", "cva", "--tile-size", 128, "--quiet",
+    )  # fmt: skip
+    assert done.code == 0, done.err
+    with rasterio.open(mask) as raster:
+        assert raster.count == 1 and raster.descriptions == (description,)
+        assert raster.dtypes == ("float32" if mask_type == "probability" else "uint8",)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif", "scene"]
 
 
 def test_a_query_asked_twice_is_refused(tmp_path: Path) -> None:

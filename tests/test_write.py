@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import geopandas as gpd
@@ -263,3 +264,12 @@ def test_atomic_directory_replaces_a_folder_only_when_the_block_completes(tmp_pa
         (staging / "new.txt").write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
     assert [p.name for p in target.iterdir()] == ["new.txt"]
+
+
+def test_a_shapefile_cuts_long_field_names_without_a_warning(tmp_path: Path) -> None:
+    table = sample_table().assign(before_date="2019-05-01", after_date="2021-06-01")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pyogrio's laundering warning would fail the test
+        path = write_vectors(table, tmp_path / "changes.shp")
+    back = gpd.read_file(path)
+    assert set(back["before_dat"]) == {"2019-05-01"} and set(back["after_date"]) == {"2021-06-01"}
