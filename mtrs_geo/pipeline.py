@@ -746,27 +746,25 @@ def _score_interval(
         ]  # fmt: skip
         for stream in streams:
             stack.callback(stream.close)
-        # Its memory is mapped in by a thread of its own while the samples are read.
-        store = stack.enter_context(ScoreStore(run.grid.height, run.grid.width, run.scratch))
         with timed(timings, "setup"):
             stats = _calibrate(run, model, before, after, streams[0], index, scene_pass=False)
         for stream in streams[1:]:  # after the samples are read, as the first one
             stream.start()
         paths = run.probability_paths(index)
         vectorizers = _vectorizers(run, stack)
-        run.say(RunMessage("stage", "scoring every pixel once"))
-        progress = _pass_progress(run.tiles_progress(done_before), len(windows), tiling)
-        with model.session():
-            score_scene(model, streams, stats, store, run.cancel, timings, progress)
-        # The pass (numpy and GDAL, which let go of the GIL) ran beside the imports; the rows
-        # of answers need them. 8192^2 cva, 2 idle cores, eight interleaved pairs of runs:
-        # median 3.40 s waiting for them before the pass, 3.28 s after it.
-        run.finish_imports()
-        timings["read"] += sum(stream.read_seconds for stream in streams)
-        tiles_run, skipped = _score_rows_into(run, paths, vectorizers, model, store)
-        if progress is not None:
-            progress(len(windows))  # every tile of the interval is done
-        store.close()  # the scores are done with: not held while the polygons finish
+        with ScoreStore(run.grid.height, run.grid.width, run.scratch) as store:
+            run.say(RunMessage("stage", "scoring every pixel once"))
+            progress = _pass_progress(run.tiles_progress(done_before), len(windows), tiling)
+            with model.session():
+                score_scene(model, streams, stats, store, run.cancel, timings, progress)
+            # The pass (numpy and GDAL, which let go of the GIL) ran beside the imports; the rows
+            # of answers need them. 8192^2 cva, 2 idle cores, eight interleaved pairs of runs:
+            # median 3.40 s waiting for them before the pass, 3.28 s after it.
+            run.finish_imports()
+            timings["read"] += sum(stream.read_seconds for stream in streams)
+            tiles_run, skipped = _score_rows_into(run, paths, vectorizers, model, store)
+            if progress is not None:
+                progress(len(windows))  # every tile of the interval is done
         with timed(timings, "vectorize"):  # what is left of the rows' polygonization
             polygons = [vectorizer.result() for vectorizer in vectorizers]
         return IntervalResult(polygons, paths, tiles_run, skipped)

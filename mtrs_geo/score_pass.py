@@ -20,11 +20,9 @@ folder (4 bytes per pixel of disk), written and read a row of a tile at a time.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -52,46 +50,22 @@ _FLOAT = np.dtype(np.float32)
 PASS_WORKERS = 2
 # How long the pass waits for a worker's next batch before checking for a cancel (seconds).
 _WAIT_SECONDS = 0.1
-# Linux's madvise advice that faults a range's pages in, writable (Linux 5.14 and later).
-_MADV_POPULATE_WRITE = 23
 
 
-def scores_in_memory(height: int, width: int) -> tuple[np.ndarray, threading.Thread]:
-    """Return a float32 ``(height, width)`` array in fresh memory, and the thread mapping it in.
+def scores_in_memory(height: int, width: int) -> np.ndarray:
+    """Return a float32 ``(height, width)`` array in fresh memory, mapped at once where possible.
 
     An anonymous memory map of its own, not ``np.empty``: numpy asks the kernel for huge pages on
     large arrays, and the first touch of 256 MiB of them by the pass's threads cost 0.5-0.9 s of
-    page faults on the 2-core machine (measured). The pages are faulted in ahead, in one call
-    (Linux ``MADV_POPULATE_WRITE``, 0.09-0.12 s for 256 MiB) made by a thread of its own without
-    the GIL, so the run reads its scene samples meanwhile; ``MAP_POPULATE`` did the same in the
-    caller's thread, holding the GIL. Join the thread before the pass writes (:meth:`ScoreStore.
-    ready`). The map is released with the last array that views it.
+    page faults on the 2-core machine (measured); a map populated in one call (Linux
+    ``MAP_POPULATE``) took 0.11-0.14 s for the same 256 MiB, and writing into it 0.03 s. The map
+    is released with the last array that views it.
     """
     size = max(height * width * _FLOAT.itemsize, 1)
     flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    flags |= getattr(mmap, "MAP_POPULATE", 0)
     memory = mmap.mmap(-1, size, flags=flags) if flags else mmap.mmap(-1, size)
-    array = np.frombuffer(memory, dtype=_FLOAT, count=height * width).reshape(height, width)
-    thread = threading.Thread(
-        target=_fault_in, args=(memory, array), name="mtrs-score-pages", daemon=True
-    )
-    thread.start()
-    return array, thread
-
-
-def _fault_in(memory: mmap.mmap, array: np.ndarray) -> None:
-    """Fault in every page of ``memory`` (``array`` views it): by the kernel, else by a write."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
-            done = libc.madvise(
-                ctypes.c_void_p(address), ctypes.c_size_t(len(memory)), _MADV_POPULATE_WRITE
-            )
-        except (OSError, AttributeError, TypeError, ValueError):
-            done = -1
-        if done == 0:
-            return
-    array.fill(0.0)  # a kernel before 5.14, or another system: the first touch, all at once
+    return np.frombuffer(memory, dtype=_FLOAT, count=height * width).reshape(height, width)
 
 
 class ScoreStore:
@@ -116,9 +90,8 @@ class ScoreStore:
         self._fd = -1
         # (row_off, col_off, height, width) of each window written with an invalid pixel
         self._holes: list[tuple[int, int, int, int]] = []
-        self._mapping: threading.Thread | None = None
         if height * width * _FLOAT.itemsize <= memory_bytes:
-            self._array, self._mapping = scores_in_memory(height, width)
+            self._array = scores_in_memory(height, width)
         else:
             self.path = Path(folder) / "scores.f32"
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -128,17 +101,8 @@ class ScoreStore:
         """True when the scores are kept in memory (no file)."""
         return self._array is not None
 
-    def ready(self) -> None:
-        """Wait until the memory of the scores is mapped in (at once for a file)."""
-        mapping = self._mapping  # read once: the pass's workers may call this at once
-        if mapping is not None:
-            mapping.join()
-            self._mapping = None
-
     def write(self, window: Window, scores: np.ndarray, valid: np.ndarray) -> None:
         """Keep the scores of ``window`` (``(h, w)`` or larger, cropped); NaN where not valid."""
-        if self._mapping is not None:
-            self.ready()
         row_off, col_off = int(window.row_off), int(window.col_off)
         h, w = int(window.height), int(window.width)
         if self._array is not None:  # straight into place: no temporary
@@ -199,7 +163,6 @@ class ScoreStore:
 
     def close(self) -> None:
         """Free the scores; remove the file."""
-        self.ready()
         self._array = None
         if self._fd >= 0:
             os.close(self._fd)
