@@ -39,7 +39,11 @@ OTHER = (
 )
 LIMITS = (
     "places and sizes are judged per tile (256 px by default), not over the whole scene",
-    "classes outside the list (roads alone, cars, ships, crop types) are not understood",
+    "classes outside the list (roads alone, cars, ships, crop types) are not understood: asked "
+    "about one, the model marks the changes it knows in that direction ('new ships': new "
+    "buildings), so a run says so in a note before it starts, with the taught word offered for a "
+    "misspelt or untaught one ('new buidings': 'new buildings'; 'inundated areas': 'flooded "
+    "areas'), and names the words it ignores beside a taught class (mtrs_geo.models.query_words)",
     "RGB only (3 bands); trained at 0.5-10 m per pixel",
 )
 

@@ -118,6 +118,8 @@ class DetectConfig:
 TILE_SIZE_KEY = "inference_tile_size"
 # Registered models that run another's bundled checkpoint (its tile size is theirs).
 CHECKPOINT_OF = {"mtrefseg-r1-both-ways": "mtrefseg-r1"}
+# The registered models that ask the bundled checkpoint: its vocabulary is known, and checked.
+BUNDLED_LANGUAGE_MODELS = ("mtrefseg-r1", "mtrefseg-r1-both-ways")
 
 
 def model_tile_size(model: str) -> int:

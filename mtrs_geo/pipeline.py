@@ -25,7 +25,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from mtrs_geo.aoi import AreaOfInterest, area_of_interest
 from mtrs_geo.bands import default_band_pair, describe_choice
 from mtrs_geo.cancel import begin_commit, check_cancel
-from mtrs_geo.config import DetectConfig, same_file
+from mtrs_geo.config import BUNDLED_LANGUAGE_MODELS, DetectConfig, same_file
 from mtrs_geo.dates import pair_dates
 from mtrs_geo.errors import InputError, ModelError, MtrsError
 from mtrs_geo.grid import Grid, Tiling, same_lattice, scene_tiling
@@ -452,6 +452,15 @@ def _query_note(config: DetectConfig, info: ModelInfo) -> str | None:
         named = ", ".join(repr(query) for query in queries)
         return f"note: model {info.name!r} ignores the queries {named}: it finds any change"
     return f"note: model {info.name!r} ignores the query {queries[0]!r}: it finds any change"
+
+
+def _ignored_words(config: DetectConfig) -> list[str]:
+    """Return notes on the queries' words the bundled model was not taught (answered without)."""
+    if config.model not in BUNDLED_LANGUAGE_MODELS or config.any_change:
+        return []
+    from mtrs_geo.models.query_words import query_notes
+
+    return query_notes([query for query in config.query_list() if query])
 
 
 @dataclass(frozen=True)
@@ -994,6 +1003,8 @@ def _load_model(
     """
     note = _query_note(config, scene.registered) if scene.registered is not None else None
     if note is not None:
+        say(RunMessage("note", note))
+    for note in _ignored_words(config):
         say(RunMessage("note", note))
 
     def check_model(info: ModelInfo) -> None:

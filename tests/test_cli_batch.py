@@ -54,8 +54,8 @@ def test_batch_json_reports_each_row(folder: Path) -> None:
     csv_path = write_csv(
         folder / "pairs2.csv",
         [
-            f"{folder / 'a' / 'before.tif'},{folder / 'a' / 'after.tif'},q,out2.fgb",
-            "a/before.tif,a/after.tif,q,no_folder/out2.fgb",
+            f"{folder / 'a' / 'before.tif'},{folder / 'a' / 'after.tif'},new buildings,out2.fgb",
+            "a/before.tif,a/after.tif,new buildings,no_folder/out2.fgb",
         ],
     )
     result = run_mtrs("batch", csv_path, "--json", "--min-area", "1000")
@@ -117,7 +117,7 @@ def test_missing_csv_exits_2(tmp_path: Path) -> None:
 def test_batch_mask_out_dir(tmp_path: Path) -> None:
     pair = make_pair(tmp_path / "data")
     (tmp_path / "pairs.csv").write_text(
-        f"before,after,query,output\n{pair.before},{pair.after},q,one.geojson\n"
+        f"before,after,query,output\n{pair.before},{pair.after},new buildings,one.geojson\n"
     )
     masks = tmp_path / "masks"
     masks.mkdir()
