@@ -5,15 +5,18 @@ Thin front end over :mod:`mtrs_geo.craft`.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
 import threading
 import webbrowser
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
+from mtrs_geo.cancel import CancelSwitch
 from mtrs_geo.errors import InputError
 
 DEFAULT_SUBJECT = {"levir-cd": "building", "oscd": "urban area"}
@@ -48,6 +51,23 @@ def _default_auditor() -> str:
         return os.environ.get("MTRS_AUDITOR") or getpass.getuser()
     except (KeyError, OSError):
         return "auditor"
+
+
+@contextlib.contextmanager
+def _cancel_on_signals() -> Iterator[CancelSwitch]:
+    """SIGINT and SIGTERM cancel the run as they do ``mtrs detect`` (:mod:`mtrs_geo.cli.signals`).
+
+    The run stops at its next check, removes its staging folder and exits 130; a second signal
+    interrupts at once. The previous handlers come back when the block ends.
+    """
+    from mtrs_geo.cli.signals import install
+
+    switch = CancelSwitch()
+    restore = install(switch)
+    try:
+        yield switch
+    finally:
+        restore()
 
 
 @click.group("craft")
@@ -157,7 +177,8 @@ def build_command(
     as_json: bool,
 ) -> None:
     """Build a referring dataset (MTRefSeg-21K layout) from change data in INPUT_DIR."""
-    from mtrs_geo.craft.builder import BuildOptions, build
+    from mtrs_geo.craft.builder import BuildOptions, build, build_reads
+    from mtrs_geo.craft.outputs import check_output
     from mtrs_geo.craft.paraphrase import TransformersParaphraser
     from mtrs_geo.craft.sources import SourceOptions
 
@@ -184,12 +205,18 @@ def build_command(
         splits=_splits(splits),
         captions=captions,
     )
-    paraphraser = (
-        TransformersParaphraser(paraphrase_model, prefix=paraphrase_prefix)
-        if paraphrase_model
-        else None
-    )
-    summary = build(input_dir, output, options, paraphraser=paraphraser, overwrite=overwrite)
+    # Before the (slow) model loads; build() checks the input and captions again.
+    reads = [*build_reads(input_dir, options), ("the --paraphrase-model folder", paraphrase_model)]
+    check_output(output, reads, overwrite)
+    with _cancel_on_signals() as switch:
+        paraphraser = (
+            TransformersParaphraser(paraphrase_model, prefix=paraphrase_prefix)
+            if paraphrase_model
+            else None
+        )
+        summary = build(
+            input_dir, output, options, paraphraser=paraphraser, overwrite=overwrite, cancel=switch
+        )
     if as_json:
         click.echo(json.dumps(summary.to_json(), sort_keys=True))
     else:
@@ -267,7 +294,10 @@ def export_command(
     """Write the accepted triplets of DATASET (edits applied) and the audit log to OUTPUT."""
     from mtrs_geo.craft.export import export
 
-    summary = export(dataset, output, list(auditors) or None, db_path=db, overwrite=overwrite)
+    with _cancel_on_signals() as switch:
+        summary = export(
+            dataset, output, list(auditors) or None, db_path=db, overwrite=overwrite, cancel=switch
+        )
     if as_json:
         click.echo(json.dumps(summary.to_json(), sort_keys=True))
     else:

@@ -324,24 +324,96 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
             os.replace(source, destination)
 
 
+def _staging_prefix(target: Path) -> str:
+    """Name start of the staging folders of ``target``: ``.NAME.partial-``."""
+    return f".{target.name}.partial-"
+
+
+def _staging_is_stale(folder: Path, prefix: str) -> bool:
+    """Whether a staging folder (``PREFIX HOST-PID-XXXXXXXX``) was left by a run no longer running.
+
+    One of this machine's is stale when its process is gone; one of another machine, or of an
+    older version whose names carry no process (``PREFIX XXXXXXXX``), after a day untouched.
+    """
+    owner = folder.name[len(prefix) :].rpartition("-")[0]
+    host, _, pid = owner.rpartition("-")
+    if host == socket.gethostname() and pid.isdigit() and sys.platform != "win32":
+        return int(pid) != os.getpid() and not _process_alive(int(pid))
+    try:
+        return time.time() - folder.stat().st_mtime > STALE_SCRATCH_SECONDS
+    except OSError:
+        return False
+
+
+def clean_stale_staging(target: Path) -> list[Path]:
+    """Remove the staging folders of ``target`` that killed runs left beside it; return them."""
+    target, prefix = Path(target), _staging_prefix(Path(target))
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in target.parent.iterdir():
+            if (
+                entry.name.startswith(prefix)
+                and entry.is_dir()
+                and not entry.is_symlink()
+                and _staging_is_stale(entry, prefix)
+            ):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
+
+
+def _make_staging(target: Path) -> Path:
+    """Create ``.NAME.partial-HOST-PID-XXXXXXXX`` beside ``target``, with umask permissions."""
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    staging = target.with_name(f"{_staging_prefix(target)}{owner}-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()  # like a plain mkdir: 0777 less the umask (tempfile.mkdtemp would give 0700)
+    return staging
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    """Put ``staging`` in the place of ``target``, which is moved aside first and removed last."""
+    if not target.exists() and not target.is_symlink():
+        staging.rename(target)
+        return
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    target.rename(old)
+    try:
+        staging.rename(target)
+    except BaseException:
+        old.rename(target)  # the previous folder comes back
+        raise
+    if old.is_symlink() or not old.is_dir():
+        old.unlink()
+    else:
+        shutil.rmtree(old)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: Path | str) -> Iterator[Path]:
     """Yield an empty staging folder beside ``path``; it replaces ``path`` when the block completes.
 
-    On any exception the staging folder is removed and an existing ``path`` is left as it was.
+    The staging folder (``.NAME.partial-HOST-PID-XXXXXXXX``) gets the permissions of a plain
+    ``mkdir`` (0777 less the umask); staging folders of ``path`` that killed runs left are removed
+    first. On any exception the staging folder is removed and an existing ``path`` is left as it
+    was.
+
+    Raises:
+        InputError: ``path`` exists and is not a folder (nothing is written).
+        OutputError: the staging folder cannot be created (a read-only folder, say).
+
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{target} is a file, not a folder; nothing was written")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_staging(target)
+        staging = _make_staging(target)
+    except OSError as exc:
+        raise OutputError(f"cannot write in {target.parent}: {_reason(exc)}") from exc
     try:
         yield staging
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old)
-        else:
-            staging.rename(target)
+        _replace_folder(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,9 +18,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mtrs_geo.cancel import begin_commit, check_cancel
 from mtrs_geo.craft.datasheet import Tally, datasheet, markdown
 from mtrs_geo.craft.expressions import Referent, choose, referents, select_mask
 from mtrs_geo.craft.language import caption_coverage, realize, tokens, vocabulary
+from mtrs_geo.craft.outputs import check_output
 from mtrs_geo.craft.paraphrase import Paraphraser, keeps_meaning
 from mtrs_geo.craft.perception import (
     Instance,
@@ -277,6 +280,7 @@ def build(
     paraphraser: Paraphraser | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> BuildSummary:
     """Build a referring dataset from change data.
 
@@ -285,24 +289,34 @@ def build(
         output: dataset folder to create; written under a temporary name and renamed when complete.
         options: build settings.
         paraphraser: optional rewording backend.
-        overwrite: replace an existing output folder.
+        overwrite: replace an existing output that is a CRAFT dataset folder (or empty).
         progress: called as ``progress(done_scenes, total_scenes)`` after each pair.
+        cancel: once set, the build stops at the next pair and writes nothing.
 
     Raises:
-        InputError: unreadable input, or an existing output without ``overwrite``.
+        InputError: unreadable input; an output that is, lies inside or contains the input or the
+            captions, is a file or an unrelated folder, or exists without ``overwrite``
+            (:func:`~mtrs_geo.craft.outputs.check_output`).
+        Cancelled: ``cancel`` was set before the dataset was renamed into place.
 
     """
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise InputError(f"output exists: {output} (use --overwrite to replace it)")
+    check_output(output, build_reads(input_dir, options), overwrite)
     scenes = scene_names(input_dir, options.source)
     if not scenes:
         raise InputError(f"no pairs found in {input_dir} for layout {options.source.layout}")
     split_of = assign_splits(scenes, options.splits, options.seed)
+    check_cancel(cancel)
     with atomic_directory(output) as staging:
-        summary = _build_into(input_dir, staging, options, split_of, paraphraser, progress)
+        summary = _build_into(input_dir, staging, options, split_of, paraphraser, progress, cancel)
+        begin_commit(cancel)
     summary.output = output
     return summary
+
+
+def build_reads(input_dir: Path, options: BuildOptions) -> list[tuple[str, Path | None]]:
+    """List what a build reads, named for error messages: the input folder, the captions."""
+    return [("the input folder", Path(input_dir)), ("the --captions file", options.captions)]
 
 
 def _build_into(
@@ -312,6 +326,7 @@ def _build_into(
     split_of: dict[str, str],
     paraphraser: Paraphraser | None,
     progress: Callable[[int, int], None] | None,
+    cancel: threading.Event | None,
 ) -> BuildSummary:
     tally = Tally()
     summary = BuildSummary(output=root)
@@ -324,6 +339,7 @@ def _build_into(
     classes: set[str] = set()
     done_scenes: set[str] = set()
     for pair in read_pairs(input_dir, options.source):
+        check_cancel(cancel)
         if pair.scene not in split_of:
             raise InputError(f"pair {pair.name}: scene {pair.scene!r} was not listed")
         split = split_of[pair.scene]

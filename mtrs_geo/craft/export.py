@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtrs_geo.cancel import begin_commit, check_cancel
 from mtrs_geo.craft.audit_store import (
     DB_NAME,
     EXPRESSION_DIR,
@@ -22,6 +24,7 @@ from mtrs_geo.craft.audit_store import (
     load_items,
     split_folders,
 )
+from mtrs_geo.craft.outputs import check_output
 from mtrs_geo.errors import InputError
 from mtrs_geo.write import atomic_directory
 
@@ -88,6 +91,7 @@ def export(
     auditors: list[str] | None = None,
     db_path: Path | None = None,
     overwrite: bool = False,
+    cancel: threading.Event | None = None,
 ) -> ExportSummary:
     """Write the accepted triplets (edits applied) and the audit log into a new dataset folder.
 
@@ -96,18 +100,21 @@ def export(
         output: folder to create; written under a temporary name and renamed when complete.
         auditors: whose decisions count; everyone who decided when None.
         db_path: decisions file; ``<dataset>/audit.sqlite`` by default.
-        overwrite: replace an existing output.
+        overwrite: replace an existing output that is a CRAFT dataset folder (or empty).
+        cancel: once set, the export stops before its folder is renamed into place.
 
     Raises:
-        InputError: no decisions, an unknown auditor, or an existing output without ``overwrite``.
+        InputError: no decisions, an unknown auditor, or an output that overlaps the dataset or
+            the decisions file, is a file or an unrelated folder, or exists without ``overwrite``
+            (:func:`~mtrs_geo.craft.outputs.check_output`).
+        Cancelled: ``cancel`` was set before the folder was renamed into place.
 
     """
     dataset, output = Path(dataset), Path(output)
     db = Path(db_path) if db_path else dataset / DB_NAME
+    check_output(output, [("the dataset", dataset), ("the decisions file", db)], overwrite)
     if not db.is_file():
         raise InputError(f"no audit decisions found: {db} (run `mtrs craft audit` first)")
-    if output.exists() and not overwrite:
-        raise InputError(f"output exists: {output} (use --overwrite to replace it)")
     store = DecisionStore(db)
     known = store.auditors()
     chosen = list(auditors) if auditors else known
@@ -131,6 +138,7 @@ def export(
             summary.conflicts.append(item.id)
         else:
             summary.undecided += 1
+    check_cancel(cancel)
     with atomic_directory(output) as staging:
         _write(dataset, staging, final)
         log = store.log()
@@ -143,6 +151,7 @@ def export(
             + "\n",
             encoding="utf-8",
         )
+        begin_commit(cancel)
     return summary
 
 

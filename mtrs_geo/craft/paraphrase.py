@@ -76,6 +76,12 @@ def keeps_meaning(original: str, paraphrase: str, class_words: set[str]) -> bool
     return _concepts(original, class_words) <= _concepts(paraphrase, class_words)
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """Put an exception's message on one line (transformers writes several), ``limit`` chars."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
 class TransformersParaphraser:
     """A sequence-to-sequence model from a local folder (``local_files_only``), greedy decoding.
 
@@ -90,15 +96,29 @@ class TransformersParaphraser:
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise InputError(f"paraphrase model folder not found: {model_dir}")
+        if not (model_dir / "config.json").is_file():
+            raise InputError(
+                f"{model_dir} is not a transformers model folder (it has no config.json)"
+            )
         try:
             from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+            from transformers.utils import logging as hf_logging
 
-            self._tokenizer: Any = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-            self._model: Any = AutoModelForSeq2SeqLM.from_pretrained(
-                model_dir, local_files_only=True
-            )
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot load paraphrase model from {model_dir}: {exc}") from exc
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()  # its warnings would come before our one-line error
+            try:
+                self._tokenizer: Any = AutoTokenizer.from_pretrained(
+                    model_dir, local_files_only=True
+                )
+                self._model: Any = AutoModelForSeq2SeqLM.from_pretrained(
+                    model_dir, local_files_only=True
+                )
+            finally:
+                hf_logging.set_verbosity(verbosity)
+        except (ImportError, OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(
+                f"cannot load paraphrase model from {model_dir}: {one_line(exc)}"
+            ) from exc
         self._model.eval()
         self._prefix = prefix
         self._max_new_tokens = max_new_tokens
