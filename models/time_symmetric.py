@@ -41,6 +41,7 @@ PHRASES: tuple[tuple[str, str], ...] = (
     ("new vegetation", "cleared vegetation"),
     ("newly flooded areas", "water that disappeared"),
     ("flooded areas", "water that disappeared"),
+    ("flooded area", "water that disappeared"),
     ("flooded land", "water that disappeared"),
     ("newly built", "demolished"),
     ("torn down", "newly built"),

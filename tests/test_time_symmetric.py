@@ -34,6 +34,7 @@ INFO = ModelInfo("fake", "answers by query and date order", True, None, "-")
         ("destroyed buildings", "constructed buildings"),
         ("new water", "water that disappeared"),
         ("flooded areas", "water that disappeared"),
+        ("flooded area", "water that disappeared"),
         ("water that disappeared", "water that appeared"),
         ("cleared vegetation", "new vegetation"),
         ("new vegetation", "cleared vegetation"),
