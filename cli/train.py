@@ -4,7 +4,9 @@ The work happens in :mod:`mtrs_geo.models.training.loop` (``train`` runs a ``Tra
 :mod:`mtrs_geo.models.evaluate`. This module applies the command-line overrides to the YAML run
 configuration (``--out``, ``--stage``, ``--init-from``, ``--teacher``, ``--max-steps``,
 ``--max-time``, ``--device``, ``--seed``), resolves ``--resume auto`` to the run's latest
-checkpoint, picks the splits to score, and prints the results (under ``torchrun``, rank 0 only).
+checkpoint, picks the splits to score, makes the checks of :mod:`mtrs_geo.models.evaluate.guard`
+before scoring (no input overwritten, no checkpoint scored on its training data), and prints the
+results (under ``torchrun``, rank 0 only).
 """
 
 from __future__ import annotations
@@ -24,6 +26,20 @@ DEFAULT_BENCHMARK_MODELS = ("cva", "mtrefseg-r1@any", "mtrefseg-r1", "mtrefseg-r
 
 def _input_size(value: int) -> int | None:
     return None if value <= 0 else value
+
+
+ALLOW_TRAINING_DATA = click.option(
+    "--allow-training-data",
+    is_flag=True,
+    help="Score a checkpoint even on scenes it was trained on (refused by default; the overlap "
+    "is printed).",
+)
+
+
+def _print_notes(notes: list[str]) -> None:
+    """Print what the checks before an evaluation could not check (or let through)."""
+    for note in notes:
+        click.echo(f"Note: {note}", err=True)
 
 
 def _splits(root: Path, given: tuple[str, ...]) -> list[str]:
@@ -62,7 +78,11 @@ def _splits(root: Path, given: tuple[str, ...]) -> list[str]:
     help="Continue from a checkpoint folder (<out>/checkpoints/step_N) or 'auto' (the latest).",
 )
 @click.option("--max-steps", type=click.IntRange(min=1), help="Override optim.max_steps.")
-@click.option("--max-time", type=float, help="Override run.max_time (seconds; saves, then stops).")
+@click.option(
+    "--max-time",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Override run.max_time (seconds > 0; saves, then stops).",
+)
 @click.option("--device", help="Override run.device (auto, cpu, cuda, cuda:N, mps).")
 @click.option("--seed", type=int, help="Override run.seed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -88,7 +108,7 @@ def train(
         mtrs train -c configs/stage2_mtrefseg21k.yaml --out runs/s2 --resume auto
         torchrun --nproc_per_node 4 -m mtrs_geo.cli.main train -c run.yaml
     """
-    from mtrs_geo.models.training.config import load_config
+    from mtrs_geo.models.training.config import check_config, load_config
     from mtrs_geo.models.training.loop import latest_checkpoint
     from mtrs_geo.models.training.loop import train as run_training
 
@@ -107,16 +127,17 @@ def train(
         config = dataclasses.replace(config, stage=stage)
     if init_from is not None:
         config = dataclasses.replace(
-            config, model=dataclasses.replace(config.model, init_from=str(Path(init_from)))
+            config, model=dataclasses.replace(config.model, init_from=os.path.abspath(init_from))
         )
     if teacher is not None:
         config = dataclasses.replace(
-            config, model=dataclasses.replace(config.model, teacher=str(Path(teacher)))
+            config, model=dataclasses.replace(config.model, teacher=os.path.abspath(teacher))
         )
     if max_steps is not None:
         config = dataclasses.replace(
             config, optim=dataclasses.replace(config.optim, max_steps=max_steps)
         )
+    check_config(config)
     checkpoint: Path | None = None
     if resume == "auto":
         checkpoint = latest_checkpoint(Path(config.run.out))
@@ -124,7 +145,12 @@ def train(
             click.echo(f"No checkpoint in {config.run.out}: starting fresh.", err=True)
     elif resume:
         checkpoint = Path(resume)
-    result = run_training(config, resume=checkpoint, progress=not quiet and sys.stderr.isatty())
+    result = run_training(
+        config,
+        resume=checkpoint,
+        progress=not quiet and sys.stderr.isatty(),
+        restart_unfinished=resume == "auto",
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun only rank 0 reports
     last = f"{result.losses[-1][1]:.4f}" if result.losses else "-"
@@ -159,11 +185,11 @@ def train(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="JSON report (the markdown table goes beside it, .md).",
+    help="JSON report, not ending in .md (the markdown table goes beside it as <name>.md).",
 )
 @click.option(
     "--input-size",
-    type=int,
+    type=click.IntRange(min=0),
     default=512,
     show_default=True,
     help="Model input side in pixels (0: native size); scores are at the ground truth's size.",
@@ -172,7 +198,8 @@ def train(
 @click.option(
     "--save-predictions",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Also write the model's predictions as 8-bit PNG (probability x 255).",
+    help="Also write the model's predictions as 8-bit PNG (probability x 255), into a folder "
+    "that holds no input of the evaluation.",
 )
 @click.option(
     "--text-field",
@@ -180,6 +207,7 @@ def train(
     show_default=True,
     help="Scenes layout: the polygon attribute holding the query.",
 )
+@ALLOW_TRAINING_DATA
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(
     dataset_dir: Path,
@@ -191,6 +219,7 @@ def evaluate(
     device: str,
     save_predictions: Path | None,
     text_field: str,
+    allow_training_data: bool,
     quiet: bool,
 ) -> None:
     r"""Score a model or a folder of predictions on dataset splits: mIoU, oIoU, Pr@50-90, counts.
@@ -207,10 +236,21 @@ def evaluate(
         mtrs evaluate data/regions --split val_scenes --model mtrefseg-r1 --out geo.json
     """
     from mtrs_geo.models.evaluate import evaluate_splits, write_report
+    from mtrs_geo.models.evaluate.guard import check_evaluation
 
     if (model is None) == (predictions is None):
         raise InputError("give exactly one of --model and --predictions")
     names = _splits(dataset_dir, splits)
+    notes = check_evaluation(
+        dataset_dir,
+        names,
+        models=[model] if model is not None else [],
+        predictions=predictions,
+        save_predictions=save_predictions,
+        out=out,
+        allow_training_data=allow_training_data,
+    )
+    _print_notes(notes)
     results, table = evaluate_splits(
         dataset_dir,
         names,
@@ -250,10 +290,16 @@ def evaluate(
     type=click.Path(exists=True, file_okay=False),
     help="Extra checkpoint folder to add to the models (repeatable).",
 )
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--input-size", type=int, default=512, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="JSON board, not ending in .md (the markdown table goes beside it as <name>.md).",
+)
+@click.option("--input-size", type=click.IntRange(min=0), default=512, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--text-field", default="query", show_default=True)
+@ALLOW_TRAINING_DATA
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def benchmark(
     dataset_dir: Path,
@@ -264,6 +310,7 @@ def benchmark(
     input_size: int,
     device: str,
     text_field: str,
+    allow_training_data: bool,
     quiet: bool,
 ) -> None:
     r"""Run several models over the same splits and write one leaderboard table.
@@ -274,9 +321,14 @@ def benchmark(
     """
     from mtrs_geo.models.evaluate import benchmark as run_benchmark
     from mtrs_geo.models.evaluate import write_report
+    from mtrs_geo.models.evaluate.guard import check_evaluation
 
     specs = list(models or DEFAULT_BENCHMARK_MODELS) + list(checkpoints)
     names = _splits(dataset_dir, splits)
+    notes = check_evaluation(
+        dataset_dir, names, models=specs, out=out, allow_training_data=allow_training_data
+    )
+    _print_notes(notes)
     results, table = run_benchmark(
         dataset_dir,
         names,

@@ -10,7 +10,9 @@ model is undone) before it is binarized at 0.5 and scored (definitions:
   (:func:`predict_sample`, :func:`evaluate_model`);
 - :mod:`.predictions`: folders of predicted PNG masks, written and scored;
 - :mod:`.scenes`: georeferenced scenes scored through the engine;
-- :mod:`.splits`: :func:`evaluate_splits`, :func:`benchmark` and the report.
+- :mod:`.splits`: :func:`evaluate_splits`, :func:`benchmark` and the report;
+- :mod:`.guard`: the checks made before anything is scored (no input overwritten by the report or
+  the saved predictions, no checkpoint scored on the scenes it was trained on).
 
 Every name is importable from this package, as it was from the single module it replaces.
 """

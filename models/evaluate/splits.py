@@ -15,17 +15,26 @@ from typing import Any
 
 from mtrs_geo.errors import InputError
 from mtrs_geo.models.evaluate.chips import evaluate_model, load_model_spec, open_split
+from mtrs_geo.models.evaluate.guard import (
+    check_predictions_folder,
+    check_report_out,
+    dataset_inputs,
+)
 from mtrs_geo.models.evaluate.predictions import evaluate_predictions
 from mtrs_geo.models.evaluate.scenes import evaluate_scenes, is_scene_split
 from mtrs_geo.models.metrics import markdown_table
 
 
 def write_report(results: dict[str, Any], out: Path, table: str) -> tuple[Path, Path]:
-    """Write the JSON report and its markdown table (``<out>.md``) atomically."""
+    """Write the JSON report and its markdown table (``<out>.md``) atomically.
+
+    Raises:
+        InputError: ``out`` ends in ``.md`` (:func:`~.guard.check_report_out`).
+
+    """
     from mtrs_geo.write import atomic_output
 
-    out = Path(out)
-    markdown = out.with_suffix(".md")
+    out, markdown = check_report_out(out, ())
     with atomic_output(out) as partial:
         partial.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     with atomic_output(markdown) as partial:
@@ -51,13 +60,22 @@ def evaluate_splits(
 
     With several splits, ``predictions`` and ``save_predictions`` hold one subfolder per split
     (named like the split); with one split they are used as they are.
+
+    Raises:
+        InputError: ``save_predictions`` is or holds an input of a split (its masks would be
+            replaced: :func:`~.guard.check_predictions_folder`), checked before anything runs.
+
     """
     if (model is None) == (predictions is None):
         raise InputError("give exactly one of --model and --predictions")
+    datasets = {s: None if is_scene_split(root, s) else open_split(root, s) for s in splits}
+    if save_predictions is not None:
+        inputs = [dataset_inputs(s, d).files for s, d in datasets.items() if d is not None]
+        check_predictions_folder(save_predictions, [path for files in inputs for path in files])
     results: dict[str, dict[str, float | int]] = {}
     loaded = None
-    for split in splits:
-        if is_scene_split(root, split):
+    for split, dataset in datasets.items():
+        if dataset is None:
             if model is None:
                 raise InputError(f"split {split!r} holds georeferenced scenes: use --model")
             results[split_name(root, split)] = evaluate_scenes(
@@ -66,7 +84,6 @@ def evaluate_splits(
             continue
         if loaded is None and model is not None:
             loaded = load_model_spec(model, device)
-        dataset = open_split(root, split)
         sub = Path(split) if len(splits) > 1 else Path()
         if loaded is not None:
             results[split_name(root, split)] = evaluate_model(

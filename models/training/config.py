@@ -21,6 +21,8 @@ Relative paths in ``data`` and ``model.init_from`` are resolved against the YAML
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,7 +123,8 @@ def _section(cls: type, values: Any, name: str) -> Any:
     return cls(**values)
 
 
-def _resolve_source(source: Any, base: Path | None) -> dict[str, Any]:
+def resolve_source(source: Any, base: Path | None) -> dict[str, Any]:
+    """Check a data source's type; make its relative paths absolute against ``base``."""
     if not isinstance(source, dict) or source.get("type") not in SOURCE_TYPES:
         raise InputError(f"each data source needs a type among {', '.join(SOURCE_TYPES)}")
     resolved = dict(source)
@@ -132,51 +135,201 @@ def _resolve_source(source: Any, base: Path | None) -> dict[str, Any]:
     return resolved
 
 
+def _whole(where: str, value: Any, low: int) -> None:
+    """Raise :class:`InputError` unless ``value`` is a whole number >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InputError(f"{where} must be a whole number >= {low}, got {value!r}")
+
+
+def _in_range(value: Any, low: float, high: float | None = None, above: bool = False) -> bool:
+    """Whether ``value`` is a finite number in ``[low, high]`` (``(low, high]`` with ``above``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return False
+    return (value > low if above else value >= low) and (high is None or value <= high)
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader that reads ``1e-3`` as a number, as YAML 1.2 and people do.
+
+    YAML 1.1 (PyYAML) wants a dot in a float's mantissa, so ``lr: 1e-3`` would be the text
+    ``"1e-3"``.
+    """
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def _real(
+    where: str, value: Any, low: float, high: float | None = None, above: bool = False
+) -> None:
+    """Raise :class:`InputError` unless ``value`` is a finite number in range (:func:`_in_range`).
+
+    A number written as text (in quotes: ``"1e-3"``) is named as such.
+    """
+    if _in_range(value, low, high, above):
+        return
+    wanted = f"a number {'>' if above else '>='} {low:g}" + (
+        "" if high is None else f" and <= {high:g}"
+    )
+    hint = ""
+    if isinstance(value, str):
+        try:
+            float(value)
+            hint = " (a number in quotes is text: leave the quotes out)"
+        except ValueError:
+            pass
+    raise InputError(f"{where} must be {wanted}, got {value!r}{hint}")
+
+
+def _flag(where: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise InputError(f"{where} must be true or false, got {value!r}")
+
+
+def _text(where: str, value: Any, optional: bool = False) -> None:
+    if not (isinstance(value, str) and value.strip()) and not (optional and value is None):
+        raise InputError(f"{where} must be a non-empty text, got {value!r}")
+
+
+def check_model(model: ModelSection) -> None:
+    """Check the ``model`` section's values (one :class:`InputError` naming the first bad one)."""
+    from mtrs_geo.models.configuration_mtrefseg import SIZES
+
+    if model.size not in SIZES:
+        raise InputError(f"model.size must be one of {', '.join(SIZES)}, got {model.size!r}")
+    if not isinstance(model.overrides, dict):
+        raise InputError(f"model.overrides must be a mapping, got {model.overrides!r}")
+    _text("model.init_from", model.init_from, optional=True)
+    _text("model.teacher", model.teacher, optional=True)
+    if not all(isinstance(prefix, str) and prefix for prefix in model.freeze):
+        raise InputError(
+            f"model.freeze must be a list of parameter-name prefixes, got {model.freeze!r}"
+        )
+    _real("model.distill_weight", model.distill_weight, 0.0)
+    _flag("model.teacher_both_ways", model.teacher_both_ways)
+    if model.teacher_both_ways and not model.teacher:
+        raise InputError("model.teacher_both_ways needs a model.teacher")
+
+
+def check_augment(augment: AugmentConfig) -> None:
+    """Check the ``augment`` section's values."""
+    if augment.size is not None:
+        _whole("augment.size", augment.size, 1)
+    if augment.mode not in ("crop", "resize"):
+        raise InputError(f"augment.mode must be crop or resize, got {augment.mode!r}")
+    for name in ("hflip", "vflip", "swap_dates"):
+        _real(f"augment.{name}", getattr(augment, name), 0.0, 1.0)
+    if not _in_range(augment.misregister, 0.0, 1.0) or not _in_range(augment.misregister_px, 0.0):
+        raise InputError(
+            "augment.misregister must be a probability (0..1) and augment.misregister_px >= 0"
+        )
+    _flag("augment.rot90", augment.rot90)
+    for name in ("brightness", "contrast"):
+        _real(f"augment.{name}", getattr(augment, name), 0.0)
+
+
+def check_optim(optim: OptimSection) -> None:
+    """Check the ``optim`` section's values."""
+    _real("optim.lr", optim.lr, 0.0, above=True)
+    _real("optim.weight_decay", optim.weight_decay, 0.0)
+    _whole("optim.warmup_steps", optim.warmup_steps, 0)
+    for name in ("batch_size", "accumulate", "max_steps"):
+        _whole(f"optim.{name}", getattr(optim, name), 1)
+    _real("optim.grad_clip", optim.grad_clip, 0.0)
+    _real("optim.min_lr_ratio", optim.min_lr_ratio, 0.0, 1.0)
+
+
+def check_run(run: RunSection) -> None:
+    """Check the ``run`` section's values (``--max-time`` and the other overrides included)."""
+    _text("run.out", run.out)
+    _whole("run.seed", run.seed, 0)
+    _text("run.device", run.device)
+    if run.precision not in PRECISIONS:
+        raise InputError(f"run.precision must be one of {', '.join(PRECISIONS)}")
+    for name in ("checkpoint_every", "log_every", "keep_checkpoints"):
+        _whole(f"run.{name}", getattr(run, name), 1)
+    for name in ("eval_every", "num_workers"):
+        _whole(f"run.{name}", getattr(run, name), 0)
+    if run.max_time is not None:
+        _real("run.max_time (seconds)", run.max_time, 0.0, above=True)
+    if run.eval_input_size is not None:
+        _whole("run.eval_input_size", run.eval_input_size, 1)
+
+
+def check_data(data: DataSection) -> None:
+    """Check the ``data`` section's repeat counts (the loaders check the sources' own keys)."""
+    _whole("data.repeat", data.repeat, 1)
+    for number, source in enumerate(data.train + data.val, start=1):
+        _whole(f"data source {number} ({source['type']}) repeat", source.get("repeat", 1), 1)
+
+
+def check_config(config: TrainConfig) -> None:
+    """Check every value of a run configuration; raise an :class:`InputError` for the first bad one.
+
+    Called when a configuration is read and again after the command line's overrides, so a bad value
+    stops the run before any folder is made.
+    """
+    if isinstance(config.stage, bool) or config.stage not in (1, 2):
+        raise InputError(f"stage must be 1 or 2, got {config.stage!r}")
+    check_model(config.model)
+    check_data(config.data)
+    check_augment(config.augment)
+    check_optim(config.optim)
+    check_run(config.run)
+
+
 def config_from_dict(values: dict[str, Any], base: Path | None = None) -> TrainConfig:
     """Build and check a :class:`TrainConfig` from plain data (``base``: for relative paths)."""
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise InputError(f"unknown config key(s): {', '.join(unknown)}")
-    stage = int(values.get("stage", 1))
-    if stage not in (1, 2):
-        raise InputError(f"stage must be 1 or 2, got {stage}")
+    stage = values.get("stage", 1)
     model = _section(ModelSection, values.get("model"), "model")
-    model = dataclasses.replace(model, freeze=tuple(model.freeze))
-    if model.init_from and base is not None and not Path(model.init_from).is_absolute():
-        model = dataclasses.replace(model, init_from=str((base / model.init_from).resolve()))
-    if model.teacher_both_ways and not model.teacher:
-        raise InputError("model.teacher_both_ways needs a model.teacher")
-    if not model.distill_weight >= 0.0:
-        raise InputError(f"model.distill_weight must be >= 0, got {model.distill_weight}")
-    if model.teacher and base is not None and not Path(model.teacher).is_absolute():
-        model = dataclasses.replace(model, teacher=str((base / model.teacher).resolve()))
-    data_values = dict(values.get("data") or {})
-    train = tuple(_resolve_source(s, base) for s in data_values.pop("train", []) or [])
-    val = tuple(_resolve_source(s, base) for s in data_values.pop("val", []) or [])
+    freeze = model.freeze
+    model = dataclasses.replace(
+        model, freeze=tuple(freeze) if isinstance(freeze, list | tuple) else (freeze,)
+    )
+    if model.init_from and base is not None and not Path(str(model.init_from)).is_absolute():
+        model = dataclasses.replace(model, init_from=str((base / str(model.init_from)).resolve()))
+    if model.teacher and base is not None and not Path(str(model.teacher)).is_absolute():
+        model = dataclasses.replace(model, teacher=str((base / str(model.teacher)).resolve()))
+    data_values = values.get("data") or {}
+    if not isinstance(data_values, dict):
+        raise InputError("config section 'data' must be a mapping")
+    data_values = dict(data_values)
+    sources = {}
+    for key in ("train", "val"):
+        given = data_values.pop(key, []) or []
+        if not isinstance(given, list | tuple):
+            raise InputError(f"data.{key} must be a list of sources")
+        sources[key] = tuple(resolve_source(s, base) for s in given)
     data = _section(DataSection, data_values, "data")
-    data = dataclasses.replace(data, train=train, val=val)
+    data = dataclasses.replace(data, train=sources["train"], val=sources["val"])
     augment = _section(AugmentConfig, values.get("augment"), "augment")
-    if augment.mode not in ("crop", "resize"):
-        raise InputError(f"augment.mode must be crop or resize, got {augment.mode!r}")
-    if not 0.0 <= augment.misregister <= 1.0 or augment.misregister_px < 0:
-        raise InputError(
-            "augment.misregister must be a probability (0..1) and augment.misregister_px >= 0"
-        )
     optim = _section(OptimSection, values.get("optim"), "optim")
     run = _section(RunSection, values.get("run"), "run")
-    if run.precision not in PRECISIONS:
-        raise InputError(f"run.precision must be one of {', '.join(PRECISIONS)}")
-    if optim.batch_size < 1 or optim.accumulate < 1 or optim.max_steps < 1:
-        raise InputError("optim.batch_size, optim.accumulate and optim.max_steps must be >= 1")
-    return TrainConfig(stage, model, data, augment, optim, run)
+    config = TrainConfig(stage, model, data, augment, optim, run)
+    check_config(config)
+    return config
 
 
 def load_config(path: Path) -> TrainConfig:
-    """Read a YAML run configuration."""
+    """Read a YAML run configuration; a syntax error is named on one line (where, and what)."""
     try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"cannot read config {path}: {exc}") from exc
+        values = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_ConfigLoader) or {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise InputError(
+            f"cannot read config {path}: YAML syntax error{where}: {exc.problem or exc.context}"
+        ) from exc
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot read config {path}: {reason}") from exc
     if not isinstance(values, dict):
         raise InputError(f"{path}: a config must be a YAML mapping")
     return config_from_dict(values, base=Path(path).resolve().parent)

@@ -16,7 +16,9 @@ grad scaler where bf16 is missing). Logs: ``log.csv`` (and TensorBoard when inst
 network, optimizer, resumed states), the optimizer step, logging, the stop rules (SIGTERM,
 ``run.max_time``), checkpoints, evaluation and the final save. A run folder holds ``config.yaml``,
 ``log.csv``, ``eval.csv``, ``checkpoints/step_<n>/`` (``model/``, ``trainer_state.pt``,
-``config.yaml``) and ``final/`` (the model folder and ``training.json``).
+``config.yaml``) and ``final/`` (the model folder and ``training.json``); every model folder also
+holds ``training_data.json`` (:mod:`mtrs_geo.models.training.record`). A fresh run refuses a folder
+that holds another run or is a checkpoint (:func:`check_run_folder`).
 """
 
 from __future__ import annotations
@@ -47,13 +49,17 @@ from mtrs_geo.errors import InputError
 from mtrs_geo.models.augment import AugmentedDataset, collate_samples
 from mtrs_geo.models.data.sample import Sample
 from mtrs_geo.models.loading import quiet_loading
-from mtrs_geo.models.training.config import TrainConfig, dump_config
+from mtrs_geo.models.training.config import TrainConfig, check_config, dump_config
+from mtrs_geo.models.training.record import RECORD_FILE, training_record
 from mtrs_geo.models.training.sources import build_sources
 from mtrs_geo.write import atomic_directory
 
 STATE_FILE = "trainer_state.pt"
 MODEL_DIR = "model"
 LOG_FIELDS = ("step", "loss", "lr", "samples", "seconds", "samples_per_second")
+# What a run writes into its folder, and what marks a folder as a checkpoint (a model folder).
+RUN_NAMES = ("config.yaml", "log.csv", "eval.csv", "checkpoints", "final", "tensorboard")
+CHECKPOINT_NAMES = ("model.safetensors", "pytorch_model.bin", STATE_FILE, RECORD_FILE)
 
 
 class StreamSampler(Sampler[tuple[int, int]]):
@@ -313,18 +319,67 @@ def latest_checkpoint(out: Path) -> Path | None:
     return found[-1].parent if found else None
 
 
-def _save_model_folder(network: torch.nn.Module, folder: Path, config: TrainConfig) -> None:
+def check_run_folder(out: Path, resume: Path | None, restart_unfinished: bool = False) -> None:
+    """Refuse a run folder that would mix two runs (nothing is replaced, nothing is mixed).
+
+    A fresh run (``resume`` None) needs a new or empty folder, or one holding none of the names a
+    run writes (:data:`RUN_NAMES`); never a checkpoint folder. ``restart_unfinished`` lets it start
+    over a run that was stopped before its first checkpoint (no ``final/``, no checkpoint: nothing
+    that could be resumed). A resumed run continues in the folder its checkpoint belongs to.
+
+    Raises:
+        InputError: one line naming the folder and what to do.
+
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"run folder {out} is a file: choose a new --out")
+    if any((out / name).exists() for name in CHECKPOINT_NAMES):
+        raise InputError(f"{out} is a checkpoint folder: choose a new --out for the run")
+    held = out.is_dir() and any((out / name).exists() for name in RUN_NAMES)
+    if not held:
+        return
+    if resume is not None:
+        run = Path(os.path.realpath(resume)).parent.parent
+        if run == Path(os.path.realpath(out)):
+            return
+        raise InputError(
+            f"{out} already holds another run than {resume}'s: choose a new --out to continue it"
+        )
+    if restart_unfinished and not (out / "final").exists() and latest_checkpoint(out) is None:
+        return
+    raise InputError(f"{out} already holds a run: resume it with --resume, or choose a new --out")
+
+
+def check_bands(dataset: Dataset[Sample], network: torch.nn.Module) -> None:
+    """Refuse data whose band count is not the network's ``in_channels`` (reads one item)."""
+    wanted = getattr(getattr(network, "config", None), "in_channels", None)
+    if wanted is None or len(dataset) == 0:  # type: ignore[arg-type]
+        return
+    bands = int(dataset[0]["image_a"].shape[0])
+    if bands != int(wanted):
+        raise InputError(
+            f"band-count mismatch: the model takes {wanted} bands (in_channels), the training "
+            f"images have {bands}"
+        )
+
+
+def _save_model_folder(
+    network: torch.nn.Module, folder: Path, config: TrainConfig, record: dict[str, Any]
+) -> None:
+    """Write the model (``save_pretrained``), its run config and its training-data record."""
     with quiet_loading():
         network.save_pretrained(folder)  # type: ignore[operator]
     (folder / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+    (folder / RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
 @contextlib.contextmanager
 def _staged_folder(path: Path) -> Iterator[Path]:
     """:func:`~mtrs_geo.write.atomic_directory`, with the permissions a plain ``mkdir`` gives.
 
-    The staging folder is made private (0700); the folder gets its parent's mode instead, as the
-    folders of older versions had (a shared run folder stays readable by its group).
+    The staging folder follows the umask; a checkpoint folder gets its parent's mode instead, as
+    the folders of older versions had (a shared run folder stays readable by its group).
     """
     with atomic_directory(path) as staging:
         staging.chmod(path.parent.stat().st_mode & 0o777)
@@ -338,6 +393,7 @@ def _save_checkpoint(
     state: dict[str, Any],
     config: TrainConfig,
     keep: int,
+    record: dict[str, Any],
 ) -> Path:
     """Write ``checkpoints/step_<n>/`` atomically (a staging folder renamed when complete)."""
     root = out / "checkpoints"
@@ -347,7 +403,7 @@ def _save_checkpoint(
         shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step_{step:07d}"
     with _staged_folder(final) as staging:
-        _save_model_folder(network, staging / MODEL_DIR, config)
+        _save_model_folder(network, staging / MODEL_DIR, config, record)
         torch.save(state, staging / STATE_FILE)
         (staging / "config.yaml").write_text(dump_config(config), encoding="utf-8")
     for old in sorted(root.glob("step_*"))[: -max(1, keep)]:
@@ -410,6 +466,13 @@ class Trainer:
         progress: show a progress bar.
         stop_after: stop (without saving) once this many optimizer steps are done, as a kill would;
             for tests of exact resume.
+        restart_unfinished: a fresh run may start over a run stopped before its first checkpoint
+            (``--resume auto`` that found none); see :func:`check_run_folder`.
+
+    Raises:
+        InputError: a bad configuration value, a run folder that holds another run or is a
+            checkpoint, data whose band count the network does not take: all before the run
+            folder is made.
 
     """
 
@@ -419,16 +482,22 @@ class Trainer:
         resume: Path | None = None,
         progress: bool = True,
         stop_after: int | None = None,
+        restart_unfinished: bool = False,
     ) -> None:
+        check_config(config)
         self.config, self.progress, self.stop_after = config, progress, stop_after
         self.started = time.monotonic()
         self.out = Path(config.run.out)
+        resume = Path(resume) if resume is not None else None
+        # Every rank checks before the first collective: rank 0 writes only after all have passed.
+        check_run_folder(self.out, resume, restart_unfinished)
         self.ddp, self.device = self._setup_distributed()
         seed_everything(config.run.seed + self.ddp.rank)
         self.dataset = self._build_dataset()
-        resume = Path(resume) if resume is not None else None
         state = load_trainer_state(resume) if resume is not None else None
         self.network = self._build_network(resume, state)
+        check_bands(self.dataset, self.network)
+        self.record = training_record(config, None if resume is None else resume / MODEL_DIR)
         self.teacher = self._build_teacher()
         self.params = [p for p in self.network.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = self._build_optimizer()
@@ -442,6 +511,7 @@ class Trainer:
         self.writer: Any = None  # TensorBoard, when installed (main rank)
         self.stop_requested = False
         self.window_start, self.window_samples = time.monotonic(), 0  # throughput of a log row
+        self.step_lr = self.scheduler.get_last_lr()[0]  # learning rate of the last step taken
 
     # Set-up -------------------------------------------------------------------------------------
 
@@ -619,6 +689,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.params, optim.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.step_lr = self.scheduler.get_last_lr()[0]  # the rate this step used (log.csv's)
         self.scheduler.step()
         self.step += 1
         if self.ddp.world > 1:
@@ -718,7 +789,7 @@ class Trainer:
         ):
             return
         elapsed = time.monotonic() - self.window_start
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.step_lr
         row = {
             "step": step,
             "loss": f"{loss:.6f}",
@@ -775,13 +846,15 @@ class Trainer:
             "trainable": [n for n, p in self.network.named_parameters() if p.requires_grad],
         }
         keep = self.config.run.keep_checkpoints
-        return _save_checkpoint(self.out, self.step, self.network, state, self.config, keep)
+        return _save_checkpoint(
+            self.out, self.step, self.network, state, self.config, keep, self.record
+        )
 
     def _save_final(self, result: TrainResult) -> None:
         """Write ``final/`` (model folder, ``training.json``) and the last evaluation."""
         final = self.out / "final"
         with _staged_folder(final) as staging:
-            _save_model_folder(self.network, staging, self.config)
+            _save_model_folder(self.network, staging, self.config, self.record)
         result.final_dir = final
         if self.config.data.val:
             result.metrics = self._evaluate(None)
@@ -832,9 +905,10 @@ def train(
     resume: Path | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    restart_unfinished: bool = False,
 ) -> TrainResult:
     """Run (or resume) one training stage; return what it reached (see :class:`Trainer`)."""
-    return Trainer(config, resume, progress, stop_after).run()
+    return Trainer(config, resume, progress, stop_after, restart_unfinished).run()
 
 
 def _append_log(path: Path, row: dict[str, Any]) -> None:

@@ -1,0 +1,217 @@
+"""``mtrs evaluate`` and ``benchmark`` overwrite no input, score no model on its training data."""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from cli_run import run_mtrs
+from fixtures_train.builders import make_change_folder, make_mtrefseg
+from fixtures_train.tiny_models import TINY_TEXT
+from test_evaluate import write_hand_predictions
+
+from mtrs_geo.errors import InputError
+from mtrs_geo.models.evaluate.guard import check_evaluation
+from mtrs_geo.models.training.config import config_from_dict, dump_config
+from mtrs_geo.models.training.record import RECORD_FILE, source_entry, training_record
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _digests(*folders: Path) -> dict[str, str]:
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _tiny_checkpoint(folder: Path, trained_on: list[dict] | None = None) -> Path:
+    """A saved tiny model; with ``trained_on`` (sources) the record ``mtrs train`` writes."""
+    from mtrs_geo.models.configuration_mtrefseg import MTRefSegR1Config
+    from mtrs_geo.models.modeling_mtrefseg import MTRefSegR1
+
+    torch.manual_seed(0)
+    MTRefSegR1(MTRefSegR1Config.from_size("tiny", text_model_config=TINY_TEXT)).save_pretrained(
+        folder
+    )
+    if trained_on is not None:
+        record = {"sources": [source_entry(s) for s in trained_on], "unknown": []}
+        (folder / RECORD_FILE).write_text(json.dumps(record))
+    return folder
+
+
+def _linked_split(folder: Path, source: Path, names: list[str]) -> None:
+    """An ``A/ B/ label/`` split of symbolic links to some of ``source``'s pairs."""
+    for sub in ("A", "B", "label"):
+        (folder / sub).mkdir(parents=True)
+        for name in names:
+            (folder / sub / name).symlink_to(source / sub / name)
+
+
+# --out and --save-predictions: an input of the evaluation is never overwritten -----------------
+
+
+def test_evaluate_refuses_an_out_that_is_an_input_by_path_symlink_or_hard_link(
+    tmp_path: Path,
+) -> None:
+    dataset = tmp_path / "ds"
+    make_mtrefseg(dataset, "val")
+    write_hand_predictions(tmp_path / "preds")
+    expressions = dataset / "val" / "referring_expression" / "p0.json"
+    (tmp_path / "link.json").symlink_to(expressions)
+    os.link(dataset / "val" / "masks" / "p0_0.png", tmp_path / "hard.json")
+    os.link(dataset / "val" / "masks" / "p1_0.png", tmp_path / "table.md")
+    kept = _digests(dataset, tmp_path / "preds")
+    for out in (
+        expressions,
+        tmp_path / "link.json",
+        tmp_path / "hard.json",
+        tmp_path / "table.json",  # its table, table.md, is a mask
+        tmp_path / "preds" / "p0_0.png",
+    ):
+        result = run_mtrs("evaluate", dataset, "--split", "val", "--predictions",
+                          tmp_path / "preds", "--out", out, "--quiet")  # fmt: skip
+        assert result.code == 2, out
+        assert "would replace an input of the evaluation" in result.err
+        assert len(result.err.strip().splitlines()) == 1
+    assert _digests(dataset, tmp_path / "preds") == kept
+
+
+def test_evaluate_refuses_a_report_name_ending_in_md_the_name_of_its_table(tmp_path: Path) -> None:
+    make_mtrefseg(tmp_path / "ds", "val")
+    write_hand_predictions(tmp_path / "preds")
+    result = run_mtrs("evaluate", tmp_path / "ds", "--split", "val", "--predictions",
+                      tmp_path / "preds", "--out", tmp_path / "rep.md")  # fmt: skip
+    assert result.code == 2 and "cannot end in .md" in result.err
+    assert not (tmp_path / "rep.md").exists()
+
+
+def test_predictions_are_never_saved_into_a_folder_holding_the_ground_truth(
+    tmp_path: Path,
+) -> None:
+    dataset = tmp_path / "ds"
+    make_mtrefseg(dataset, "val", size=(48, 48))
+    kept = _digests(dataset)
+    for folder in (dataset / "val" / "masks", dataset / "val", dataset):
+        result = run_mtrs("evaluate", dataset, "--split", "val", "--model", "cva",
+                          "--input-size", "0", "--save-predictions", folder,
+                          "--out", tmp_path / "r.json", "--quiet")  # fmt: skip
+        assert result.code == 2 and "an input of the evaluation" in result.err
+        assert len(result.err.strip().splitlines()) == 1
+    assert _digests(dataset) == kept and not (tmp_path / "r.json").exists()
+    saved = run_mtrs("evaluate", dataset, "--split", "val", "--model", "cva", "--input-size",
+                     "0", "--save-predictions", tmp_path / "p",
+                     "--out", tmp_path / "r.json")  # fmt: skip
+    assert saved.code == 0, saved.err
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
+        "p0_0.png", "p0_1.png", "p1_0.png", "p2_0.png"
+    ]  # fmt: skip
+
+
+def test_a_negative_input_size_is_refused(tmp_path: Path) -> None:
+    make_mtrefseg(tmp_path / "ds", "val")
+    result = run_mtrs("evaluate", tmp_path / "ds", "--model", "cva", "--input-size", "-5",
+                      "--out", tmp_path / "r.json")  # fmt: skip
+    assert result.code == 2 and "--input-size" in result.err
+
+
+# Training data: a checkpoint is not scored on the scenes it was trained on ---------------------
+
+
+def test_a_checkpoint_is_not_scored_on_its_training_folder_unless_allowed(tmp_path: Path) -> None:
+    make_change_folder(tmp_path / "cd", size=(48, 48))
+    make_change_folder(tmp_path / "other", size=(48, 48))
+    model = _tiny_checkpoint(
+        tmp_path / "m", [{"type": "change_folder", "root": str(tmp_path / "cd")}]
+    )
+    refused = run_mtrs("evaluate", tmp_path / "cd", "--model", f"{model}@any", "--input-size",
+                       "32", "--out", tmp_path / "r.json")  # fmt: skip
+    assert refused.code == 2 and len(refused.err.strip().splitlines()) == 1
+    overlap = (
+        f"3 of 3 image pairs of split '{tmp_path / 'cd'}' are from scenes {model}@any was trained "
+        f"on (change_folder {(tmp_path / 'cd').resolve()}; e.g. c0, c1, c2)"
+    )
+    assert overlap in refused.err
+    assert "(--allow-training-data scores them anyway)" in refused.err
+    assert not (tmp_path / "r.json").exists()
+    allowed = run_mtrs("evaluate", tmp_path / "cd", "--model", f"{model}@any", "--input-size",
+                       "32", "--out", tmp_path / "r.json", "--allow-training-data")  # fmt: skip
+    assert allowed.code == 0, allowed.err
+    assert "Note: 3 of 3 image pairs" in allowed.err and (tmp_path / "r.json").is_file()
+    elsewhere = run_mtrs("evaluate", tmp_path / "other", "--model", f"{model}@any",
+                         "--input-size", "32", "--out", tmp_path / "o.json")  # fmt: skip
+    assert elsewhere.code == 0, elsewhere.err
+    board = run_mtrs("benchmark", tmp_path / "cd", "--model", "cva", "--model", f"{model}@any",
+                     "--input-size", "32", "--out", tmp_path / "b.json")  # fmt: skip
+    assert board.code == 2 and "trained on" in board.err and not (tmp_path / "b.json").exists()
+
+
+def test_scenes_a_source_left_out_of_its_folder_may_be_scored(tmp_path: Path) -> None:
+    make_change_folder(tmp_path / "cd", size=(48, 48))
+    source = {"type": "change_folder", "root": str(tmp_path / "cd"), "names": ["c0.png"]}
+    model = _tiny_checkpoint(tmp_path / "m", [source])
+    with pytest.raises(InputError, match=r"1 of 3 image pairs .* e\.g\. c0\)"):
+        check_evaluation(tmp_path, ["cd"], models=[str(model)])
+    _linked_split(tmp_path / "held", tmp_path / "cd", ["c1.png", "c2.png"])
+    assert check_evaluation(tmp_path, ["held"], models=[str(model)]) == []
+    _linked_split(tmp_path / "seen", tmp_path / "cd", ["c0.png"])  # the same file, by a link
+    with pytest.raises(InputError, match="1 of 1 image pairs of split 'seen'"):
+        check_evaluation(tmp_path, ["seen"], models=[str(model)])
+
+
+def test_a_run_folder_of_an_older_version_is_checked_through_its_config_yaml(
+    tmp_path: Path,
+) -> None:
+    make_change_folder(tmp_path / "cd", size=(48, 48))
+    model = _tiny_checkpoint(tmp_path / "final")  # no training_data.json
+    config = config_from_dict({"data": {"train": [{"type": "change_folder", "root": "cd"}]}},
+                              base=tmp_path)  # fmt: skip
+    (model / "config.yaml").write_text(dump_config(config))
+    with pytest.raises(InputError, match="3 of 3 image pairs"):
+        check_evaluation(tmp_path, ["cd"], models=[str(model)])
+
+
+def test_a_checkpoint_without_any_record_is_noted_not_refused(tmp_path: Path) -> None:
+    make_change_folder(tmp_path / "cd", size=(48, 48))
+    model = _tiny_checkpoint(tmp_path / "m")
+    notes = check_evaluation(tmp_path, ["cd"], models=[str(model), "cva"])
+    assert notes == [
+        f"cannot check {model} against its training data: {model} keeps no record of it "
+        "(training_data.json or the run's config.yaml)"
+    ]
+
+
+def test_a_run_started_from_a_checkpoint_inherits_what_it_was_trained_on(tmp_path: Path) -> None:
+    first = _tiny_checkpoint(tmp_path / "first", [{"type": "oscd", "root": "/data/oscd",
+                                                   "cities": ["paris"]}])  # fmt: skip
+    bare = _tiny_checkpoint(tmp_path / "bare")
+    source = {"type": "mtrefseg", "root": "/data/mt", "split": "train"}
+    for start, inherited, unknown in (
+        (first, [{"type": "oscd", "folder": "/data/oscd", "scenes": ["paris"]}], []),
+        (bare, [], [str(bare.resolve())]),
+    ):
+        config = config_from_dict({"model": {"init_from": str(start)},
+                                   "data": {"train": [source]}})  # fmt: skip
+        record = training_record(config)
+        assert record["sources"] == [
+            {"type": "mtrefseg", "folder": "/data/mt/train", "scenes": None},
+            *inherited,
+        ]
+        assert record["unknown"] == unknown
+
+
+@pytest.mark.skipif(not (SHARED / "levir-cd").is_dir(), reason="needs ../shared/data")
+def test_the_bundled_checkpoint_is_scored_on_held_out_scenes_but_not_on_its_training_scenes(
+    tmp_path: Path,
+) -> None:
+    levir = SHARED / "levir-cd"
+    _linked_split(tmp_path / "held", levir, ["train_412_0512_0768.png", "test_77_0512_0256.png"])
+    _linked_split(tmp_path / "seen", levir, ["test_102_0512_0000.png"])  # stages 1 and 3 saw it
+    models = ["mtrefseg-r1", "mtrefseg-r1@any", "mtrefseg-r1-both-ways"]
+    assert check_evaluation(tmp_path, ["held"], models=models) == []
+    with pytest.raises(InputError, match="1 of 1 image pairs of split 'seen' .* test_102"):
+        check_evaluation(tmp_path, ["seen"], models=["mtrefseg-r1-both-ways"])
