@@ -296,9 +296,20 @@ def evaluate(
     required=True,
     help="JSON board, not ending in .md (the markdown table goes beside it as <name>.md).",
 )
-@click.option("--input-size", type=click.IntRange(min=0), default=512, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--text-field", default="query", show_default=True)
+@click.option(
+    "--input-size",
+    type=click.IntRange(min=0),
+    default=512,
+    show_default=True,
+    help="Model input side in pixels (0: native size), as for evaluate.",
+)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, auto.")
+@click.option(
+    "--text-field",
+    default="query",
+    show_default=True,
+    help="Scenes layout: the polygon attribute holding each query.",
+)
 @ALLOW_TRAINING_DATA
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def benchmark(
