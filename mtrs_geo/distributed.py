@@ -123,13 +123,52 @@ def dask_client(scheduler: Scheduler) -> Iterator[Any]:
         finally:
             cluster.close()
         return
-    try:
-        client = Client(scheduler.address, timeout=CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError) as exc:
-        raise InputError(f"cannot reach the Dask scheduler at {scheduler.address}: {exc}") from exc
+    client = _connect(str(scheduler.address))
     with client:
         client.register_plugin(WorkerModels(), name=PLUGIN_NAME)
         yield client
+
+
+def _connect(address: str) -> Any:
+    """Return a dask client of the scheduler at ``address``, or say it cannot be reached.
+
+    The client connects in a thread of its own, waited for at most :data:`CONNECT_TIMEOUT_S` and
+    a little more: a server that is not a Dask scheduler (a dashboard's port, a proxy) may accept
+    the connection and never answer the handshake, or answer bytes dask cannot read.
+
+    Raises:
+        InputError: no Dask scheduler answered there.
+
+    """
+    from dask.distributed import Client
+
+    found: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            found["client"] = Client(address, timeout=CONNECT_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - any failure to connect is said as one line
+            found["error"] = exc
+
+    thread = threading.Thread(target=connect, name="mtrs-dask-connect", daemon=True)
+    thread.start()
+    thread.join(CONNECT_TIMEOUT_S + 5.0)
+    if thread.is_alive():
+        raise InputError(
+            f"cannot reach the Dask scheduler at {address}: no Dask answer in "
+            f"{CONNECT_TIMEOUT_S + 5.0:.0f} s (a Dask dashboard's port is not the scheduler's)"
+        )
+    error = found.get("error")
+    if error is not None:
+        reason = (
+            "what answers there is not a Dask scheduler"
+            if isinstance(error, MemoryError)
+            else str(error).splitlines()[0]
+            if str(error)
+            else type(error).__name__
+        )
+        raise InputError(f"cannot reach the Dask scheduler at {address}: {reason}") from error
+    return found["client"]
 
 
 def _cached_models(device: str) -> Callable[[str], ChangeModel]:
