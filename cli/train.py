@@ -28,6 +28,21 @@ def _input_size(value: int) -> int | None:
     return None if value <= 0 else value
 
 
+# Options evaluate and benchmark share.
+INPUT_SIZE = click.option(
+    "--input-size",
+    type=click.IntRange(min=0),
+    default=512,
+    show_default=True,
+    help="Model input side in pixels (0: native size); scores are at the ground truth's size.",
+)
+DEVICE = click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, auto.")
+TEXT_FIELD = click.option(
+    "--text-field",
+    default="query",
+    show_default=True,
+    help="Scenes layout: the polygon attribute holding the query.",
+)
 ALLOW_TRAINING_DATA = click.option(
     "--allow-training-data",
     is_flag=True,
@@ -187,26 +202,15 @@ def train(
     required=True,
     help="JSON report, not ending in .md (the markdown table goes beside it as <name>.md).",
 )
-@click.option(
-    "--input-size",
-    type=click.IntRange(min=0),
-    default=512,
-    show_default=True,
-    help="Model input side in pixels (0: native size); scores are at the ground truth's size.",
-)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, auto.")
+@INPUT_SIZE
+@DEVICE
 @click.option(
     "--save-predictions",
     type=click.Path(file_okay=False, path_type=Path),
     help="Also write the model's predictions as 8-bit PNG (probability x 255), into a folder "
     "that holds no input of the evaluation.",
 )
-@click.option(
-    "--text-field",
-    default="query",
-    show_default=True,
-    help="Scenes layout: the polygon attribute holding the query.",
-)
+@TEXT_FIELD
 @ALLOW_TRAINING_DATA
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(
@@ -296,20 +300,9 @@ def evaluate(
     required=True,
     help="JSON board, not ending in .md (the markdown table goes beside it as <name>.md).",
 )
-@click.option(
-    "--input-size",
-    type=click.IntRange(min=0),
-    default=512,
-    show_default=True,
-    help="Model input side in pixels (0: native size), as for evaluate.",
-)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, auto.")
-@click.option(
-    "--text-field",
-    default="query",
-    show_default=True,
-    help="Scenes layout: the polygon attribute holding each query.",
-)
+@INPUT_SIZE
+@DEVICE
+@TEXT_FIELD
 @ALLOW_TRAINING_DATA
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def benchmark(
