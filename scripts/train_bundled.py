@@ -394,6 +394,21 @@ def install_weights(final: Path, out: Path) -> None:
     export_graphs(out, out / SUBFOLDER)
 
 
+def write_training_data(out: Path) -> None:
+    """Write ``training_data.json``: the stages' sources, with the fingerprints of their items.
+
+    The paths are this machine's; the fingerprints let ``mtrs evaluate`` recognise the same
+    scenes wherever ``shared/data`` lies on another machine.
+    """
+    from mtrs_geo.models.training.record import RECORD_FILE, fingerprinted, record_from_configs
+
+    (out / RECORD_FILE).unlink(missing_ok=True)
+    record = record_from_configs(out)
+    if record is None:
+        raise SystemExit(f"{out}: no stage configuration to record the training data from")
+    (out / RECORD_FILE).write_text(json.dumps(fingerprinted(record), indent=1) + "\n")
+
+
 def write_checkpoint(work: Path, base: Path, out: Path, seconds: float) -> None:
     """Copy the configs and boards next to the weights; write training_metadata.json, the card."""
     from mtrs_geo.models import vocabulary
@@ -413,6 +428,7 @@ def write_checkpoint(work: Path, base: Path, out: Path, seconds: float) -> None:
         source = source if source.is_file() else base / name
         if source.resolve() != (out / name).resolve():
             shutil.copyfile(source, out / name)
+    write_training_data(out)
     shutil.copyfile(work / "leaderboard.json", out / "leaderboard.json")
     shutil.copyfile(work / "language_board" / "language.json", out / "language.json")
     metadata = {

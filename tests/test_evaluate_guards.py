@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,12 @@ from test_evaluate import write_hand_predictions
 from mtrs_geo.errors import InputError
 from mtrs_geo.models.evaluate.guard import check_evaluation
 from mtrs_geo.models.training.config import config_from_dict, dump_config
-from mtrs_geo.models.training.record import RECORD_FILE, source_entry, training_record
+from mtrs_geo.models.training.record import (
+    RECORD_FILE,
+    fingerprinted,
+    source_entry,
+    training_record,
+)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -39,7 +45,7 @@ def _tiny_checkpoint(folder: Path, trained_on: list[dict] | None = None) -> Path
         folder
     )
     if trained_on is not None:
-        record = {"sources": [source_entry(s) for s in trained_on], "unknown": []}
+        record = fingerprinted({"sources": [source_entry(s) for s in trained_on], "unknown": []})
         (folder / RECORD_FILE).write_text(json.dumps(record))
     return folder
 
@@ -124,7 +130,7 @@ def test_a_negative_input_size_is_refused(tmp_path: Path) -> None:
 
 def test_a_checkpoint_is_not_scored_on_its_training_folder_unless_allowed(tmp_path: Path) -> None:
     make_change_folder(tmp_path / "cd", size=(48, 48))
-    make_change_folder(tmp_path / "other", size=(48, 48))
+    make_change_folder(tmp_path / "other", size=(48, 48), seed=1)
     model = _tiny_checkpoint(
         tmp_path / "m", [{"type": "change_folder", "root": str(tmp_path / "cd")}]
     )
@@ -163,6 +169,30 @@ def test_scenes_a_source_left_out_of_its_folder_may_be_scored(tmp_path: Path) ->
         check_evaluation(tmp_path, ["seen"], models=[str(model)])
 
 
+def _copied_split(folder: Path, source: Path, names: dict[str, str]) -> None:
+    """An ``A/ B/ label/`` split of copies of ``source``'s pairs (``{source name: new name}``)."""
+    for sub in ("A", "B", "label"):
+        (folder / sub).mkdir(parents=True)
+        for name, new in names.items():
+            shutil.copyfile(source / sub / name, folder / sub / new)
+
+
+def test_a_copy_of_the_training_data_is_recognised_wherever_it_lies_and_however_named(
+    tmp_path: Path,
+) -> None:
+    make_change_folder(tmp_path / "cd", size=(48, 48))
+    source = {"type": "change_folder", "root": str(tmp_path / "cd"), "names": ["c0.png"]}
+    model = _tiny_checkpoint(tmp_path / "m", [source])
+    shutil.rmtree(tmp_path / "cd")  # the training machine's folder is gone; its copies are not
+    make_change_folder(tmp_path / "copy", size=(48, 48))
+    _copied_split(tmp_path / "renamed", tmp_path / "copy", {"c0.png": "tile_9.png"})
+    for split in ("copy", "renamed"):
+        with pytest.raises(InputError, match=r"1 of \d image pairs .* trained on \(change_folder"):
+            check_evaluation(tmp_path, [split], models=[str(model)])
+    _copied_split(tmp_path / "held", tmp_path / "copy", {"c1.png": "c1.png", "c2.png": "c2.png"})
+    assert check_evaluation(tmp_path, ["held"], models=[str(model)]) == []
+
+
 def test_a_run_folder_of_an_older_version_is_checked_through_its_config_yaml(
     tmp_path: Path,
 ) -> None:
@@ -191,14 +221,18 @@ def test_a_run_started_from_a_checkpoint_inherits_what_it_was_trained_on(tmp_pat
     bare = _tiny_checkpoint(tmp_path / "bare")
     source = {"type": "mtrefseg", "root": "/data/mt", "split": "train"}
     for start, inherited, unknown in (
-        (first, [{"type": "oscd", "folder": "/data/oscd", "scenes": ["paris"]}], []),
+        (
+            first,
+            [{"type": "oscd", "folder": "/data/oscd", "scenes": ["paris"], "fingerprints": []}],
+            [],
+        ),  # fmt: skip
         (bare, [], [str(bare.resolve())]),
     ):
         config = config_from_dict({"model": {"init_from": str(start)},
                                    "data": {"train": [source]}})  # fmt: skip
         record = training_record(config)
         assert record["sources"] == [
-            {"type": "mtrefseg", "folder": "/data/mt/train", "scenes": None},
+            {"type": "mtrefseg", "folder": "/data/mt/train", "scenes": None, "fingerprints": []},
             *inherited,
         ]
         assert record["unknown"] == unknown
@@ -215,3 +249,19 @@ def test_the_bundled_checkpoint_is_scored_on_held_out_scenes_but_not_on_its_trai
     assert check_evaluation(tmp_path, ["held"], models=models) == []
     with pytest.raises(InputError, match="1 of 1 image pairs of split 'seen' .* test_102"):
         check_evaluation(tmp_path, ["seen"], models=["mtrefseg-r1-both-ways"])
+
+
+@pytest.mark.skipif(not (SHARED / "levir-cd").is_dir(), reason="needs ../shared/data")
+def test_the_bundled_checkpoint_knows_its_training_scenes_in_a_copy_of_the_shared_data(
+    tmp_path: Path,
+) -> None:
+    levir, oscd = SHARED / "levir-cd", SHARED / "oscd"
+    _copied_split(tmp_path / "seen", levir, {"test_102_0512_0000.png": "a.png",
+                                             "test_77_0512_0256.png": "b.png"})  # fmt: skip
+    with pytest.raises(InputError, match="1 of 2 image pairs of split 'seen'"):
+        check_evaluation(tmp_path, ["seen"], models=["mtrefseg-r1"])
+    _copied_split(tmp_path / "held", levir, {"test_77_0512_0256.png": "b.png"})
+    assert check_evaluation(tmp_path, ["held"], models=["mtrefseg-r1"]) == []
+    shutil.copytree(oscd / "paris", tmp_path / "cities" / "paris")
+    with pytest.raises(InputError, match="1 of 1 image pairs .* e\\.g\\. paris"):
+        check_evaluation(tmp_path, ["cities"], models=["mtrefseg-r1"])

@@ -17,9 +17,13 @@ hold-out split of its donor folders (:func:`mtrs_geo.craft.donors.is_held_out`).
 checkpoint a run starts from (``model.init_from``) or resumes is merged in; a starting checkpoint
 without a record is listed under ``unknown``.
 
-Older run folders and the bundled checkpoint have no record: :func:`read_training_record` then
-reads the run configurations kept beside the weights (``config.yaml``, the bundled checkpoint's
-``stage1.yaml`` ...). :func:`trained_items` says which evaluated items a record covers.
+Each entry also keeps the ``fingerprints`` of the items it covered when it was written
+(:mod:`mtrs_geo.models.training.fingerprints`): paths are those of the training machine, and the
+same files copied or mounted elsewhere are still recognised by their content.
+
+Older run folders have no record: :func:`read_training_record` then reads the run configurations
+kept beside the weights (``config.yaml``, ``stage1.yaml`` ...), without fingerprints.
+:func:`trained_items` says which evaluated items a record covers.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from typing import Any
 import yaml
 
 from mtrs_geo.errors import InputError
+from mtrs_geo.layouts import folder_pairs, oscd_cities
 from mtrs_geo.models.training.config import TrainConfig, resolve_source
+from mtrs_geo.models.training.fingerprints import item_fingerprint
 
 RECORD_FILE = "training_data.json"
 
@@ -94,9 +100,57 @@ def merge_records(*records: dict[str, Any]) -> dict[str, Any]:
     return {"sources": sources, "unknown": unknown}
 
 
+def _candidates(entry: dict[str, Any]) -> list[tuple[Path, str]]:
+    """List ``(item, scene)`` of the folder an entry names, as they lie here (before coverage)."""
+    if "files" in entry:
+        return [(Path(entry["files"][0]), "")] if entry["files"] else []
+    folder = Path(str(entry.get("folder", "")))
+    kind = entry.get("type")
+    if kind == "mtrefseg":
+        from mtrs_geo.models.data.mtrefseg import MTRefSegDataset
+
+        try:
+            records = MTRefSegDataset(folder.parent, folder.name).records
+        except (InputError, OSError, ValueError):
+            return []
+        return [(Path(_real(r.image_a)), scene_of_file(r.image_a)) for r in records]
+    if kind == "craft_stream":
+        from mtrs_geo.craft.donors import DONORS
+
+        folders = [(folder / d.folder, d.layout) for d in DONORS]
+    elif kind in ("change_folder", "oscd"):
+        folders = [(folder, "oscd" if kind == "oscd" else "levir-cd")]
+    else:
+        return []  # torchgeo: its own file layouts; recognised by location only
+    found: list[tuple[Path, str]] = []
+    for where, layout in folders:
+        if layout == "oscd":
+            found += [(city, city.name) for city in oscd_cities(where)]
+        elif (where / "A").is_dir():
+            try:
+                pairs = folder_pairs(where)[0]
+            except InputError:
+                continue
+            found += [(pair.before, scene_of_file(pair.before)) for pair in pairs]
+    return found
+
+
+def entry_fingerprints(entry: dict[str, Any]) -> list[str]:
+    """Return the fingerprints of the items a record entry covers, as they lie on this machine."""
+    keys = {
+        item_fingerprint(path)
+        for path, scene in _candidates(entry)
+        if _covers(entry, Path(_real(path)), scene)
+    }
+    return sorted(key for key in keys if key is not None)
+
+
 def training_record(config: TrainConfig, resumed: Path | None = None) -> dict[str, Any]:
-    """Return the record of a run: its own sources, plus its starting or resumed checkpoint's."""
-    records: list[dict[str, Any]] = [{"sources": [source_entry(s) for s in config.data.train]}]
+    """Return the record of a run: its own sources, fingerprinted; its starting or resumed one's."""
+    own = [source_entry(s) for s in config.data.train]
+    records: list[dict[str, Any]] = [
+        {"sources": [{**entry, "fingerprints": entry_fingerprints(entry)} for entry in own]}
+    ]
     for folder in (config.model.init_from, resumed):
         if folder:
             found = read_training_record(Path(folder))
@@ -114,6 +168,27 @@ def _run_configs(folder: Path) -> Iterator[dict[str, Any]]:
         data = values.get("data") if isinstance(values, dict) else None
         if isinstance(data, dict) and isinstance(data.get("train"), list):
             yield values
+
+
+def record_from_configs(folder: Path) -> dict[str, Any] | None:
+    """Rebuild what the checkpoint in ``folder`` was trained on from its run configurations.
+
+    Without fingerprints; :func:`fingerprinted` adds them where the data lies on this machine
+    (``scripts/train_bundled.py`` does so for the bundled checkpoint's ``training_data.json``).
+    """
+    return _record_from_configs(Path(folder), {_real(folder)})
+
+
+def fingerprinted(record: dict[str, Any]) -> dict[str, Any]:
+    """Return ``record`` with the fingerprints of each entry's items found on this machine."""
+    sources = [
+        {
+            **entry,
+            "fingerprints": sorted({*entry.get("fingerprints", []), *entry_fingerprints(entry)}),
+        }
+        for entry in record.get("sources", [])
+    ]
+    return {**record, "sources": sources}
 
 
 def _record_from_configs(folder: Path, seen: set[str]) -> dict[str, Any] | None:
@@ -190,13 +265,20 @@ def trained_items(
 ) -> tuple[list[tuple[Path, str]], dict[str, Any] | None]:
     """Return the evaluated ``(real path, scene)`` items a record covers, and a source covering one.
 
-    The source is the first that covers an item (None when none does), to name in a message.
+    An entry covers an item by location (:func:`_covers`) or by content (its fingerprints). The
+    source is the first that covers an item (None when none does), to name in a message.
     """
     hits: list[tuple[Path, str]] = []
     first: dict[str, Any] | None = None
+    sources = [
+        (entry, frozenset(entry.get("fingerprints", []))) for entry in record.get("sources", [])
+    ]
     for path, scene in items:
-        for entry in record.get("sources", []):
-            if _covers(entry, path, scene):
+        key: str | None = None
+        for entry, keys in sources:
+            if keys and key is None:
+                key = item_fingerprint(path) or ""
+            if _covers(entry, path, scene) or (key and key in keys):
                 hits.append((path, scene))
                 first = first or entry
                 break

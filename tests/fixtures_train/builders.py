@@ -66,12 +66,17 @@ def make_mtrefseg(root: Path, split: str = "val", size: tuple[int, int] = (32, 3
     return folder
 
 
-def make_change_folder(root: Path, count: int = 3, size: tuple[int, int] = (32, 32)) -> Path:
-    """An ``A/ B/ label/`` change-detection folder; pair ``c1`` has an all-zero label."""
+def make_change_folder(
+    root: Path, count: int = 3, size: tuple[int, int] = (32, 32), seed: int = 0
+) -> Path:
+    """An ``A/ B/ label/`` change-detection folder; pair ``c1`` has an all-zero label.
+
+    Folders made with the same ``seed`` hold the same images.
+    """
     for index in range(count):
         name = f"c{index}.png"
-        _save(_rgb(10 + index, size), root / "A" / name)
-        _save(_rgb(20 + index, size), root / "B" / name)
+        _save(_rgb(10 + index + 100 * seed, size), root / "A" / name)
+        _save(_rgb(20 + index + 100 * seed, size), root / "B" / name)
         label = np.zeros(size, np.uint8) if index == 1 else square_mask(size, 2, 2, 6 + index)
         _save(label, root / "label" / name)
     return root
