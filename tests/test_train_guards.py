@@ -12,6 +12,7 @@ from fixtures_train.builders import make_change_folder
 from fixtures_train.runs import write_run_config
 from fixtures_train.tiny_models import TINY_TEXT
 
+from mtrs_geo.models.training.fingerprints import file_fingerprint
 from mtrs_geo.models.training.loop import lr_factor
 from mtrs_geo.models.training.record import RECORD_FILE
 
@@ -100,9 +101,16 @@ def test_every_saved_model_records_the_data_it_was_trained_on(
 ) -> None:
     _, run = finished_run
     final = json.loads((run / "final" / RECORD_FILE).read_text())
+    folder = (run.parent / "cd").resolve()
+    befores = sorted(file_fingerprint(path) for path in (folder / "A").iterdir())
     assert final == {
         "sources": [
-            {"type": "change_folder", "folder": str((run.parent / "cd").resolve()), "scenes": None}
+            {
+                "type": "change_folder",
+                "folder": str(folder),
+                "scenes": None,
+                "fingerprints": befores,  # the before images, known by content elsewhere
+            }
         ],
         "unknown": [],
     }
