@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -182,6 +183,33 @@ def test_overwrite_replaces_a_craft_dataset_or_an_empty_folder(
         assert json.loads(result.out)["pairs"] == 4
         assert (output / "datasheet.json").is_file() and not (output / "stale.txt").exists()
     assert files_in(tmp_path) == ["dataset", "empty", "input"]
+
+
+def test_overwrite_never_deletes_the_auditors_decisions(source: Path, tmp_path: Path) -> None:
+    dataset = tmp_path / "dataset"
+    build(source, dataset, OPTIONS)
+    store = DecisionStore(dataset / "audit.sqlite")
+    assert run_mtrs(*_build_args(source, dataset, "--overwrite")).code == 0  # no decision yet
+    store = DecisionStore(dataset / "audit.sqlite")
+    item = load_items(dataset)[0].id
+    store.record("ann", item, "accept")
+    store.record("bob", item, "reject", reason="wrong place")
+    kept = _digest(dataset)
+    result = run_mtrs(*_build_args(source, dataset, "--overwrite", "--seed", "3"))
+    _one_line_exit_2(result, "holds 2 audit decisions", "which --overwrite would delete")
+    with pytest.raises(InputError, match="holds 2 audit decisions"):
+        build(source, dataset, OPTIONS, overwrite=True)
+    assert _digest(dataset) == kept
+    server = sqlite3.connect(dataset / "audit.sqlite", isolation_level=None)  # a live server
+    server.execute("PRAGMA journal_mode=WAL")
+    server.execute("INSERT INTO decisions VALUES (9, 'cy', 'x', 'skip', NULL, NULL, 'now')")
+    assert (dataset / "audit.sqlite-wal").stat().st_size > 0  # the decision is in its WAL
+    _one_line_exit_2(run_mtrs(*_build_args(source, dataset, "--overwrite")), "an audit log")
+    server.close()
+    (dataset / "audit.sqlite").write_bytes(b"not a database, but maybe someone's")
+    _one_line_exit_2(run_mtrs(*_build_args(source, dataset, "--overwrite")), "holds an audit log")
+    (dataset / "audit.sqlite").rename(tmp_path / "audit.sqlite")  # moved out: the way to rebuild
+    assert run_mtrs(*_build_args(source, dataset, "--overwrite")).code == 0
 
 
 # --- B9: permissions, SIGTERM, stale staging folders ---

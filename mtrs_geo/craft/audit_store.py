@@ -125,6 +125,29 @@ def _relative(root: Path, folder: Path, value: str, subdir: str) -> str:
     raise InputError(f"{folder}: file {value!r} not found inside the dataset")
 
 
+def decision_count(path: Path) -> int | None:
+    """Return how many decisions a decisions file holds (0: none); None when it cannot be told.
+
+    Read as an immutable file, so that nothing is written beside it (no ``-shm``/``-wal``); a
+    write-ahead log with content (a server still running, or killed) holds decisions that such a
+    read would miss, so the count is then None.
+    """
+    path = Path(path)
+    wal = path.with_name(f"{path.name}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return None
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True, timeout=10.0)
+    except sqlite3.Error:
+        return None
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+
+
 class DecisionStore:
     """Decisions of every auditor on one dataset, in an SQLite file.
 

@@ -2,7 +2,8 @@
 
 Never over, inside or around anything the command reads (compared by real path, symlinks
 resolved), never over a file, and ``--overwrite`` replaces only a CRAFT dataset folder or an empty
-one: a replaced folder is deleted, so an unrelated folder must never be one.
+one: a replaced folder is deleted, so an unrelated folder must never be one, nor one holding the
+auditors' decisions (``audit.sqlite``: hours of human work that no build can make again).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from mtrs_geo.craft.audit_store import DB_NAME, decision_count
 from mtrs_geo.errors import InputError
 
 # Files only CRAFT writes at the top of its folders: a build's datasheet, an export's summary.
@@ -46,7 +48,8 @@ def check_output(
 
     Raises:
         InputError: OUTPUT is, lies inside or contains something read; it is a file; it is a
-            non-empty folder that is not a CRAFT dataset; it exists and ``overwrite`` is off.
+            non-empty folder that is not a CRAFT dataset; it exists and ``overwrite`` is off; it
+            holds audit decisions.
 
     """
     output = Path(output)
@@ -71,3 +74,13 @@ def check_output(
         )
     if not overwrite:
         raise InputError(f"output exists: {output} (use --overwrite to replace it)")
+    decisions = output / DB_NAME
+    if decisions.exists():
+        count = decision_count(decisions)
+        if count != 0:
+            held = "an audit log" if count is None else f"{count} audit decision{'s' * (count > 1)}"
+            raise InputError(
+                f"OUTPUT {output} holds {held} ({decisions}), which --overwrite would delete: "
+                f"move {DB_NAME} out of it (or export the audited dataset first), or choose "
+                "another OUTPUT (nothing was written)"
+            )
