@@ -94,7 +94,8 @@ def batch(
                 messages=MessagePrinter(mode, quiet),
             )
     except Cancelled as exc:
-        # The cluster's runner raises a plain Cancelled: the rows not reported did not finish.
+        # A plain Cancelled (not a batch's account of its rows): the rows not reported did not
+        # finish.
         if not isinstance(exc, BatchCancelled):
             exc = BatchCancelled.unreported(rows, finished)
         if as_json:

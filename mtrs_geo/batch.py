@@ -244,10 +244,9 @@ class BatchCancelled(Cancelled):
 
     @classmethod
     def unreported(cls, rows: Sequence[BatchRow], finished: Sequence[RowOutcome]) -> BatchCancelled:
-        """Return the cancel of a batch run elsewhere (a cluster): the rows not reported stopped.
+        """Return the cancel of a batch run elsewhere that did not account for its rows.
 
-        A Dask worker is not interrupted mid-row, so those rows are "not finished", not known to
-        have written nothing.
+        The rows not reported are "not finished", not known to have written nothing.
         """
         done = {outcome.number for outcome in finished}
         unfinished = [row.number for row in rows if row.number not in done]

@@ -32,10 +32,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mtrs_geo.batch import BatchRow, RowOutcome, check_batch
+from mtrs_geo.batch import BatchCancelled, BatchRow, RowOutcome, check_batch
 from mtrs_geo.cancel import check_cancel
 from mtrs_geo.config import DetectConfig
-from mtrs_geo.errors import InputError, MtrsError
+from mtrs_geo.errors import Cancelled, InputError, MtrsError
 from mtrs_geo.sources import resolve_in
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def dask_client(scheduler: Scheduler) -> Iterator[Any]:
     """
     from dask.distributed import Client, LocalCluster
 
-    from mtrs_geo.worker_models import PLUGIN_NAME, WorkerModels
+    from mtrs_geo.worker_models import CHILD_PLUGIN_NAME, PLUGIN_NAME, LocalChild, WorkerModels
 
     if scheduler.is_local:
         cluster = LocalCluster(
@@ -118,6 +118,7 @@ def dask_client(scheduler: Scheduler) -> Iterator[Any]:
         )
         try:
             with Client(cluster) as client:
+                client.register_plugin(LocalChild(), name=CHILD_PLUGIN_NAME)
                 client.register_plugin(WorkerModels(), name=PLUGIN_NAME)
                 yield client
         finally:
@@ -206,15 +207,73 @@ def absolute_paths(config: DetectConfig) -> DetectConfig:
     )
 
 
-def run_row(number: int, output: str, config: DetectConfig) -> RowOutcome:
-    """Run one row on a worker; every failure the engine reports becomes a failed outcome."""
+ROW_NOT_RUN = "not run: the batch was cancelled"  # a row's message when it never started
+
+
+def run_row(
+    number: int, output: str, config: DetectConfig, cancel_name: str | None = None
+) -> RowOutcome:
+    """Run one row on a worker; every failure the engine reports becomes a failed outcome.
+
+    ``cancel_name`` names the batch's Dask event: once set, a row not started does not start
+    (:data:`ROW_NOT_RUN`) and a running one stops before its commit (exit code 130).
+    """
     from mtrs_geo.pipeline import detect
 
+    cancel = _WorkerCancel(cancel_name) if cancel_name else None
+    if cancel is not None and cancel.is_set():
+        return RowOutcome(number, output, False, Cancelled.exit_code, ROW_NOT_RUN)
     try:
-        result = detect(config, models=_cached_models(config.device))
+        result = detect(config, cancel=cancel, models=_cached_models(config.device))
     except MtrsError as exc:
         return RowOutcome(number, output, False, exc.exit_code, str(exc))
     return RowOutcome(number, output, True, 0, "", result)
+
+
+def _row_outcome(future: Any, row: BatchRow) -> RowOutcome:
+    """Return the outcome a row's task returned, or a failed one where the task itself failed."""
+    try:
+        outcome: RowOutcome = future.result()
+    except Exception as exc:  # noqa: BLE001 - a worker that died too often, say
+        message = f"internal error on the cluster: {type(exc).__name__}: {exc}"
+        return RowOutcome(row.number, row.output, False, 1, message)
+    return outcome
+
+
+def _stop_rows(
+    event: Any,
+    running: set[Any],
+    futures: dict[Any, BatchRow],
+    on_row: Callable[[RowOutcome], None],
+) -> tuple[list[RowOutcome], list[int], bool]:
+    """Tell the rows still out to stop; wait (a while) for their word.
+
+    Returns:
+        The rows that finished all the same (their commit had begun), reported with ``on_row``;
+        the rows stopped; and whether each stopped row is known to have written nothing.
+
+    """
+    from dask.distributed import wait
+
+    event.set()
+    with contextlib.suppress(TimeoutError):
+        wait(list(running), timeout=STOP_TIMEOUT_S)
+    finished: list[RowOutcome] = []
+    stopped: list[int] = []
+    wrote_nothing = True
+    for future in running:
+        row = futures[future]
+        if not future.done():
+            stopped.append(row.number)
+            wrote_nothing = False  # a worker may still be in the middle of it
+            continue
+        outcome = _row_outcome(future, row)
+        if outcome.exit_code != Cancelled.exit_code:
+            finished.append(outcome)
+            on_row(outcome)
+        elif outcome.message != ROW_NOT_RUN:
+            stopped.append(row.number)
+    return finished, stopped, wrote_nothing
 
 
 def run_batch_on_cluster(
@@ -230,17 +289,18 @@ def run_batch_on_cluster(
         rows: the planned rows (:func:`mtrs_geo.batch.batch_configs`).
         scheduler: an address, ``local:N`` or a :class:`Scheduler`.
         on_row: called on this machine with each row's outcome as soon as it is known.
-        cancel: stops the batch: rows not finished are cancelled (their old outputs are kept).
+        cancel: stops the batch: rows not started never start, running rows stop before their
+            commit (their old outputs are kept); a row already renaming its outputs finishes.
 
     Returns:
         The outcomes in row order.
 
     Raises:
         InputError: the rows collide, or the scheduler cannot be reached.
-        Cancelled: ``cancel`` was set.
+        BatchCancelled: ``cancel`` was set; it says which rows finished, stopped or never ran.
 
     """
-    from dask.distributed import as_completed
+    from dask.distributed import Event, wait
 
     check_batch(rows)
     if isinstance(scheduler, str):
@@ -249,6 +309,7 @@ def run_batch_on_cluster(
     with dask_client(scheduler) as client:
         futures = {}
         batch_id = uuid.uuid4().hex[:8]
+        event = Event(f"mtrs-cancel-batch-{batch_id}", client=client)
         for row in rows:
             if row.config is None:
                 assert row.error is not None
@@ -258,25 +319,35 @@ def run_batch_on_cluster(
                 on_row(failed)
                 continue
             future = client.submit(
-                run_row, row.number, row.output, absolute_paths(row.config),
+                run_row, row.number, row.output, absolute_paths(row.config), event.name,
                 key=f"mtrs-row-{batch_id}-{row.number}", pure=False,
             )  # fmt: skip
             futures[future] = row
-        pending = as_completed(list(futures))
+        running = set(futures)
         try:
-            for future in pending:
+            while running:
                 check_cancel(cancel)
-                row = futures[future]
                 try:
-                    outcome = future.result()
-                except Exception as exc:  # noqa: BLE001 - a worker that died too often, say
-                    message = f"internal error on the cluster: {type(exc).__name__}: {exc}"
-                    outcome = RowOutcome(row.number, row.output, False, 1, message)
-                outcomes.append(outcome)
-                on_row(outcome)
+                    done = wait(running, timeout=CANCEL_POLL_S, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    continue
+                for future in done.done:
+                    running.discard(future)
+                    outcomes.append(outcome := _row_outcome(future, futures[future]))
+                    on_row(outcome)
+        except Cancelled:
+            late, stopped, wrote_nothing = _stop_rows(event, running, futures, on_row)
+            client.cancel(list(futures))
+            raise BatchCancelled(
+                rows, outcomes + late, stopped, stopped_wrote_nothing=wrote_nothing
+            ) from None
         except BaseException:
+            event.set()
             client.cancel(list(futures))
             raise
+        finally:
+            with contextlib.suppress(Exception):  # a scheduler gone: nothing left to clear
+                event.clear()  # an event nobody waits on is removed from the scheduler
     return sorted(outcomes, key=lambda outcome: outcome.number)
 
 

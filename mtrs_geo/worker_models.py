@@ -8,6 +8,7 @@ Dask is imported here at once: only cluster runs import this module.
 
 from __future__ import annotations
 
+import signal
 import threading
 from typing import Any
 
@@ -16,6 +17,7 @@ from distributed import WorkerPlugin, get_worker
 from mtrs_geo.model_api import ChangeModel, load_model
 
 PLUGIN_NAME = "mtrs-models"
+CHILD_PLUGIN_NAME = "mtrs-local-child"
 
 
 class WorkerModels(WorkerPlugin):
@@ -57,3 +59,20 @@ def worker_models() -> WorkerModels:
     plugin = get_worker().plugins[PLUGIN_NAME]
     assert isinstance(plugin, WorkerModels)
     return plugin
+
+
+class LocalChild(WorkerPlugin):
+    """Make a local cluster's worker process ignore SIGINT: Ctrl+C is the batch's to handle.
+
+    Ctrl+C in a terminal interrupts every process of its group, the local workers with the
+    batch. Interrupted, a worker would print its own tracebacks and die in the middle of a row,
+    and its nanny would start it again. The batch alone takes the signal: it cancels, tells its
+    workers to stop and closes the cluster. Not for a cluster the batch did not start.
+    """
+
+    idempotent = True
+
+    def setup(self, worker: Any) -> None:
+        """Ignore SIGINT in this worker process (its main thread runs the worker's loop)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -22,7 +24,7 @@ from scenes import ImageSpec, make_pair
 
 from mtrs_geo.batch import BatchRow, RowOutcome, batch_configs, read_pairs_csv
 from mtrs_geo.config import DetectConfig
-from mtrs_geo.distributed import parse_scheduler, run_batch_on_cluster
+from mtrs_geo.distributed import STOP_TIMEOUT_S, parse_scheduler, run_batch_on_cluster
 from mtrs_geo.errors import InputError
 
 START_TIMEOUT_S = 120
@@ -174,10 +176,81 @@ def test_a_batch_cancelled_on_a_cluster_says_which_rows_did_not_finish(
 
     result = run_mtrs("batch", table, "--scheduler", "local:1", "--json")
 
-    # A worker is not interrupted mid-row: the rows not reported are "not finished", no more.
+    # A runner that gives no account of its rows: those not reported are "not finished".
     message = "cancelled: 1 of 3 rows finished; rows 2, 3 not finished"
     assert (result.code, result.err.strip()) == (130, f"Error: {message}")
     assert json.loads(result.out.splitlines()[-1]) == {
         "rows": 3, "ok": 0, "failed": 1, "cancelled": [2, 3], "not_run": [],
         "exit_code": 130, "message": message,
     }  # fmt: skip
+
+
+def _rows_on_the_large_pair(table: Path, folder: Path, count: int) -> list[BatchRow]:
+    """``count`` rows over the 1024 px pair (seconds a row), row N writing ``folder/N.gpkg``."""
+    template = DetectConfig(before=Path(), after=Path())
+    config = batch_configs(read_pairs_csv(table), template)[1].config
+    assert config is not None
+    return [BatchRow(n, replace(config, output=folder / f"{n}.gpkg")) for n in range(1, count + 1)]
+
+
+def test_a_cancel_stops_the_running_row_before_its_commit_and_starts_no_other(
+    pairs_csv: Path, tmp_path: Path
+) -> None:
+    from mtrs_geo.batch import BatchCancelled
+
+    rows = _rows_on_the_large_pair(pairs_csv, tmp_path, 4)
+    cancel = threading.Event()
+
+    def cancel_after_the_first(outcome: RowOutcome) -> None:
+        cancel.set()
+
+    with pytest.raises(BatchCancelled) as caught:
+        run_batch_on_cluster(rows[:4], "local:1", on_row=cancel_after_the_first, cancel=cancel)
+
+    stopped = caught.value
+    assert [outcome.number for outcome in stopped.finished] == [1]
+    assert {3, 4} <= set(stopped.not_run) and set(stopped.stopped) | set(stopped.not_run) == {
+        2, 3, 4,
+    }  # fmt: skip
+    assert stopped.stopped_wrote_nothing  # the worker stopped row 2 before its commit
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.gpkg"]
+
+
+CTRL_C_TABLE_ROWS = 6
+
+
+def test_ctrl_c_on_a_local_cluster_batch_is_one_line_and_leaves_no_worker(
+    pairs_csv: Path, tmp_path: Path
+) -> None:
+    """Ctrl+C reaches the batch and its local workers alike (one process group)."""
+    large = pairs_csv.parent / "large"
+    table = tmp_path / "rows.csv"
+    table.write_text(
+        "before,after,query,output\n"
+        + "".join(
+            f"{large / 'before.tif'},{large / 'after.tif'},,{tmp_path / f'{n}.gpkg'}\n"
+            for n in range(1, CTRL_C_TABLE_ROWS + 1)
+        )
+    )
+    batch = subprocess.Popen(
+        [sys.executable, "-m", "mtrs_geo.cli.main", "batch", str(table), "--scheduler", "local:2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as a terminal's foreground job
+    )
+    try:
+        assert batch.stdout is not None
+        first = batch.stdout.readline()  # "row N: ok, ..." once a row finished
+        assert first.startswith("row "), first
+        os.killpg(batch.pid, signal.SIGINT)
+        out, err = batch.communicate(timeout=STOP_TIMEOUT_S + 30)
+    finally:
+        if batch.poll() is None:
+            os.killpg(batch.pid, signal.SIGKILL)
+    assert batch.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("Error: cancelled: "), err
+    finished = 1 + out.count("\n")  # the first line and the rows reported after it
+    assert len(list(tmp_path.glob("*.gpkg"))) == finished
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch left
