@@ -114,7 +114,10 @@ def dask_client(scheduler: Scheduler) -> Iterator[Any]:
             threads_per_worker=1,
             processes=True,
             dashboard_address=":0",  # any free port: never a clash with a running cluster
-            silence_logs=logging.ERROR,  # not a nanny's warning line per worker at the end
+            # Not a nanny's warning line per worker at the end, nor a worker's "Compute Failed"
+            # traceback for a task that stopped on a cancel: every task error reaches the run,
+            # which reports it in one line.
+            silence_logs=logging.CRITICAL,
         )
         try:
             with Client(cluster) as client:

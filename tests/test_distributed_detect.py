@@ -7,6 +7,10 @@ every attribute, in the same order) and the same mask raster. Models load once p
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -340,3 +344,31 @@ def test_bad_schedulers_are_refused_before_any_work(scene: ScenePair, tmp_path: 
             before=scene.before, after=scene.after, output=tmp_path / "c.gpkg", model="cva"
         )
         detect(config, scheduler="nowhere")
+
+
+def test_ctrl_c_on_a_local_cluster_run_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    """Ctrl+C reaches the run and its local workers alike (one process group)."""
+    import psutil
+
+    pair = make_pair(tmp_path / "big", before=ImageSpec(pixel_size_m=0.5))  # a minute of panels
+    out = tmp_path / "out"
+    out.mkdir()
+    run = subprocess.Popen(
+        [sys.executable, "-m", "mtrs_geo.cli.main", "detect", str(pair.before), str(pair.after),
+         "-o", str(out / "changes.gpkg"), "--scheduler", "local:2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own group, as a terminal's foreground job
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(psutil.Process(run.pid).children(recursive=True)) < 2:  # the two workers
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(3.0)  # the workers busy with panels
+        os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert (run.returncode, err.strip()) == (130, "Error: cancelled: no output was written")
+    assert files_in(out) == []  # no output, no scratch folder
