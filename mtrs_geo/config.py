@@ -203,12 +203,17 @@ def input_files(config: DetectConfig) -> list[InputFile]:
 
 
 def checkpoint_folder(model: str) -> Path | None:
-    """Return the folder ``model``'s checkpoint is read from (None: a model without one)."""
-    folder = (
-        Path(model)
-        if Path(model).is_dir()
-        else _bundled_checkpoint(CHECKPOINT_OF.get(model, model))
-    )
+    """Return the folder ``model``'s checkpoint is read from (None: a model without one).
+
+    Resolved as :func:`mtrs_geo.model_api.load_model` does: a registered name first (a folder of
+    that name in the working directory does not hide the bundled checkpoint), then a folder.
+    """
+    from mtrs_geo.model_api import registered_names
+
+    if model in registered_names():
+        folder = _bundled_checkpoint(CHECKPOINT_OF.get(model, model))
+    else:
+        folder = Path(model)
     return folder if folder.is_dir() else None
 
 

@@ -16,6 +16,7 @@ from test_evaluate import write_hand_predictions
 from mtrs_geo.errors import InputError
 from mtrs_geo.models.evaluate.guard import check_evaluation
 from mtrs_geo.models.training.config import config_from_dict, dump_config
+from mtrs_geo.models.training.fingerprints import file_fingerprint
 from mtrs_geo.models.training.record import (
     RECORD_FILE,
     fingerprinted,
@@ -193,6 +194,59 @@ def test_a_copy_of_the_training_data_is_recognised_wherever_it_lies_and_however_
     assert check_evaluation(tmp_path, ["held"], models=[str(model)]) == []
 
 
+def test_a_copy_with_its_dates_swapped_is_the_same_training_data(tmp_path: Path) -> None:
+    make_change_folder(tmp_path / "cd", size=(48, 48))
+    model = _tiny_checkpoint(
+        tmp_path / "m", [{"type": "change_folder", "root": str(tmp_path / "cd")}]
+    )
+    swapped = tmp_path / "swapped"
+    for sub, source in (("A", "B"), ("B", "A"), ("label", "label")):
+        (swapped / sub).mkdir(parents=True)
+        shutil.copyfile(tmp_path / "cd" / source / "c0.png", swapped / sub / "c0.png")
+    with pytest.raises(InputError, match="1 of 1 image pairs of split 'swapped'"):
+        check_evaluation(tmp_path, ["swapped"], models=[str(model)])
+
+
+def test_an_unreadable_record_falls_back_to_the_run_configuration(tmp_path: Path) -> None:
+    make_change_folder(tmp_path / "cd", size=(48, 48))
+    model = _tiny_checkpoint(tmp_path / "final", [{"type": "change_folder", "root": "cd"}])
+    config = config_from_dict({"data": {"train": [{"type": "change_folder", "root": "cd"}]}},
+                              base=tmp_path)  # fmt: skip
+    (model / "config.yaml").write_text(dump_config(config))
+    (model / RECORD_FILE).write_text('{"sources": [')  # cut short
+    with pytest.raises(InputError, match="3 of 3 image pairs"):
+        check_evaluation(tmp_path, ["cd"], models=[str(model)])
+
+
+def test_fingerprints_read_only_regular_files_and_tell_large_files_apart_by_their_middle(
+    tmp_path: Path,
+) -> None:
+    os.mkfifo(tmp_path / "pipe.png")  # opening it to read would block for ever
+    assert file_fingerprint(tmp_path / "pipe.png") is None
+    assert file_fingerprint(tmp_path) is None and file_fingerprint(tmp_path / "gone") is None
+    border = bytes(2 << 20)  # 6 MiB files, hashed by samples: equal blank borders, other middles
+    for name, middle in (("a.tif", b"\x01"), ("b.tif", b"\x02")):
+        (tmp_path / name).write_bytes(border + middle * (2 << 20) + border)
+    assert file_fingerprint(tmp_path / "a.tif") != file_fingerprint(tmp_path / "b.tif")
+    shutil.copyfile(tmp_path / "a.tif", tmp_path / "copy.tif")
+    assert file_fingerprint(tmp_path / "copy.tif") == file_fingerprint(tmp_path / "a.tif")
+
+
+def test_a_change_folder_without_one_labelled_pair_is_one_line(tmp_path: Path) -> None:
+    make_change_folder(tmp_path / "cd", size=(48, 48))
+    for label in (tmp_path / "cd" / "label").iterdir():
+        label.unlink()
+    (tmp_path / "cd" / "label" / "other.png").write_bytes(
+        (tmp_path / "cd" / "A" / "c0.png").read_bytes()
+    )
+    result = run_mtrs("evaluate", tmp_path / "cd", "--model", "cva", "--out", tmp_path / "r.json")
+    assert result.code == 2, result.err
+    assert result.err.strip().splitlines() == [
+        f"Error: {tmp_path / 'cd'}: no image pair with its after image and label (A/ B/ label/): "
+        "c0.png, c1.png, c2.png lack one"
+    ]
+
+
 def test_a_run_folder_of_an_older_version_is_checked_through_its_config_yaml(
     tmp_path: Path,
 ) -> None:
@@ -210,7 +264,7 @@ def test_a_checkpoint_without_any_record_is_noted_not_refused(tmp_path: Path) ->
     model = _tiny_checkpoint(tmp_path / "m")
     notes = check_evaluation(tmp_path, ["cd"], models=[str(model), "cva"])
     assert notes == [
-        f"cannot check {model} against its training data: {model} keeps no record of it "
+        f"cannot check {model} against its training data: {model} keeps no readable record of it "
         "(training_data.json or the run's config.yaml)"
     ]
 
@@ -265,3 +319,14 @@ def test_the_bundled_checkpoint_knows_its_training_scenes_in_a_copy_of_the_share
     shutil.copytree(oscd / "paris", tmp_path / "cities" / "paris")
     with pytest.raises(InputError, match="1 of 1 image pairs .* e\\.g\\. paris"):
         check_evaluation(tmp_path, ["cities"], models=["mtrefseg-r1"])
+
+
+@pytest.mark.skipif(not (SHARED / "levir-cd").is_dir(), reason="needs ../shared/data")
+def test_a_folder_named_like_the_bundled_model_does_not_hide_its_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mtrefseg-r1").mkdir()  # evaluate loads the registered model, not this folder
+    monkeypatch.chdir(tmp_path)
+    _copied_split(tmp_path / "seen", SHARED / "levir-cd", {"test_102_0512_0000.png": "a.png"})
+    with pytest.raises(InputError, match="1 of 1 image pairs of split 'seen'"):
+        check_evaluation(tmp_path, ["seen"], models=["mtrefseg-r1"])

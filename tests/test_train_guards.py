@@ -102,14 +102,15 @@ def test_every_saved_model_records_the_data_it_was_trained_on(
     _, run = finished_run
     final = json.loads((run / "final" / RECORD_FILE).read_text())
     folder = (run.parent / "cd").resolve()
-    befores = sorted(file_fingerprint(path) for path in (folder / "A").iterdir())
+    images = [path for sub in ("A", "B") for path in (folder / sub).iterdir()]
+    both_dates = sorted(file_fingerprint(path) for path in images)
     assert final == {
         "sources": [
             {
                 "type": "change_folder",
                 "folder": str(folder),
                 "scenes": None,
-                "fingerprints": befores,  # the before images, known by content elsewhere
+                "fingerprints": both_dates,  # its images, known by their content elsewhere
             }
         ],
         "unknown": [],

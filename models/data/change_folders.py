@@ -73,6 +73,12 @@ class ChangeFolderDataset(Dataset[Sample]):
     ) -> None:
         self.root = Path(root)
         self.pairs, self.skipped = folder_pairs(self.root, names)
+        if not self.pairs:
+            left_out = f": {', '.join(self.skipped[:3])} lack one" if self.skipped else ""
+            raise InputError(
+                f"{self.root}: no image pair with its after image and label (A/ B/ label/)"
+                f"{left_out}"
+            )
         self.label_dir = find_label_dir(self.root)
         self.names = [pair.name for pair in self.pairs]
         self.text = text

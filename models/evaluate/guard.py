@@ -170,8 +170,8 @@ def check_not_trained_on(
     record = read_training_record(folder)
     if record is None:
         return [
-            f"cannot check {spec} against its training data: {folder} keeps no record of it "
-            "(training_data.json or the run's config.yaml)"
+            f"cannot check {spec} against its training data: {folder} keeps no readable record "
+            "of it (training_data.json or the run's config.yaml)"
         ]
     notes = [
         f"{spec} starts from {start}, which keeps no record of its training data: not checked "

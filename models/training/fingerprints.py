@@ -4,10 +4,11 @@ A checkpoint's record (:mod:`mtrs_geo.models.training.record`) names the folders
 on, as they lay on the training machine. The same files copied or mounted elsewhere have other
 paths; their *fingerprints* are the same:
 
-- :func:`file_fingerprint`: a file's size and the SHA-256 of its first and last 64 KiB (cheap on
-  a multi-gigabyte GeoTIFF, and distinct for distinct images in practice);
-- :func:`item_file`: the file that stands for an item: a pair's before image, or an OSCD city
-  folder's before red band (``imgs_1/*B04.tif``, read whatever bands the copy keeps);
+- :func:`file_fingerprint`: the SHA-256 of a file's size and content: all of it up to
+  :data:`WHOLE_FILE_BYTES` (image chips), else :data:`SAMPLES` blocks spread from its first byte
+  to its last (a multi-gigabyte GeoTIFF is read in 1 MiB);
+- :func:`item_file`: the file that stands for one date of an item: a pair's image, or an OSCD city
+  folder's red band of that date (``imgs_1/*B04.tif``, read whatever bands the copy keeps);
 - :func:`item_fingerprint`: the two together.
 """
 
@@ -15,40 +16,52 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 from mtrs_geo.layouts import is_oscd_city
 
-SAMPLE_BYTES = 1 << 16  # read from each end of a file
+WHOLE_FILE_BYTES = 4 << 20  # files up to this size are hashed whole
+SAMPLES = 16  # blocks read from a larger file, evenly spaced, the first and the last included
+SAMPLE_BYTES = 1 << 16
 OSCD_KEY_BAND = "B04"  # the band every OSCD reader takes (red)
 
 
 def file_fingerprint(path: Path | str) -> str | None:
-    """Return the content key of a file, or None when it cannot be read."""
+    """Return the content key of a regular file, or None (not one, or unreadable)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None  # a FIFO would block, a device never end
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
-            head = handle.read(SAMPLE_BYTES)
-            handle.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
-            tail = handle.read(SAMPLE_BYTES)
+            digest = hashlib.sha256(f"{size}\0".encode())
+            if size <= WHOLE_FILE_BYTES:
+                digest.update(handle.read())
+            else:
+                step = (size - SAMPLE_BYTES) // (SAMPLES - 1)
+                for index in range(SAMPLES):
+                    handle.seek(index * step)
+                    digest.update(handle.read(SAMPLE_BYTES))
     except OSError:
         return None
-    digest = hashlib.sha256(f"{size}\0".encode() + head + tail)
     return digest.hexdigest()[:32]
 
 
-def item_file(path: Path | str) -> Path | None:
-    """Return the file that stands for an item: the file itself, or an OSCD city's red band."""
+def item_file(path: Path | str, date: str = "imgs_1") -> Path | None:
+    """Return the file that stands for an item: the file itself, or an OSCD city's red band.
+
+    ``date`` is the city's folder of that date (``imgs_1`` before, ``imgs_2`` after).
+    """
     path = Path(path)
     if not path.is_dir():
         return path
     if not is_oscd_city(path):
         return None
-    bands = sorted((path / "imgs_1").glob(f"*{OSCD_KEY_BAND}.tif"))
+    bands = sorted((path / date).glob(f"*{OSCD_KEY_BAND}.tif"))
     return bands[0] if bands else None
 
 
-def item_fingerprint(path: Path | str) -> str | None:
+def item_fingerprint(path: Path | str, date: str = "imgs_1") -> str | None:
     """Return the content key of an item (:func:`item_file`), or None when it has none."""
-    found = item_file(path)
+    found = item_file(path, date)
     return None if found is None else file_fingerprint(found)

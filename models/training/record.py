@@ -39,7 +39,7 @@ import yaml
 from mtrs_geo.errors import InputError
 from mtrs_geo.layouts import folder_pairs, oscd_cities
 from mtrs_geo.models.training.config import TrainConfig, resolve_source
-from mtrs_geo.models.training.fingerprints import item_fingerprint
+from mtrs_geo.models.training.fingerprints import file_fingerprint, item_fingerprint
 
 RECORD_FILE = "training_data.json"
 
@@ -100,10 +100,14 @@ def merge_records(*records: dict[str, Any]) -> dict[str, Any]:
     return {"sources": sources, "unknown": unknown}
 
 
-def _candidates(entry: dict[str, Any]) -> list[tuple[Path, str]]:
-    """List ``(item, scene)`` of the folder an entry names, as they lie here (before coverage)."""
+def _candidates(entry: dict[str, Any]) -> list[tuple[Path, str, Path | None]]:
+    """List ``(item, scene, after image)`` of the folder an entry names, as they lie here.
+
+    The item is the pair's before image or an OSCD city folder (whose after image is in it).
+    """
     if "files" in entry:
-        return [(Path(entry["files"][0]), "")] if entry["files"] else []
+        files = [Path(name) for name in entry["files"]]
+        return [(files[0], "", files[1] if len(files) > 1 else None)] if files else []
     folder = Path(str(entry.get("folder", "")))
     kind = entry.get("type")
     if kind == "mtrefseg":
@@ -113,7 +117,7 @@ def _candidates(entry: dict[str, Any]) -> list[tuple[Path, str]]:
             records = MTRefSegDataset(folder.parent, folder.name).records
         except (InputError, OSError, ValueError):
             return []
-        return [(Path(_real(r.image_a)), scene_of_file(r.image_a)) for r in records]
+        return [(Path(_real(r.image_a)), scene_of_file(r.image_a), r.image_b) for r in records]
     if kind == "craft_stream":
         from mtrs_geo.craft.donors import DONORS
 
@@ -122,26 +126,29 @@ def _candidates(entry: dict[str, Any]) -> list[tuple[Path, str]]:
         folders = [(folder, "oscd" if kind == "oscd" else "levir-cd")]
     else:
         return []  # torchgeo: its own file layouts; recognised by location only
-    found: list[tuple[Path, str]] = []
+    found: list[tuple[Path, str, Path | None]] = []
     for where, layout in folders:
         if layout == "oscd":
-            found += [(city, city.name) for city in oscd_cities(where)]
+            found += [(city, city.name, None) for city in oscd_cities(where)]
         elif (where / "A").is_dir():
             try:
                 pairs = folder_pairs(where)[0]
             except InputError:
                 continue
-            found += [(pair.before, scene_of_file(pair.before)) for pair in pairs]
+            found += [(pair.before, scene_of_file(pair.before), pair.after) for pair in pairs]
     return found
 
 
 def entry_fingerprints(entry: dict[str, Any]) -> list[str]:
-    """Return the fingerprints of the items a record entry covers, as they lie on this machine."""
-    keys = {
-        item_fingerprint(path)
-        for path, scene in _candidates(entry)
-        if _covers(entry, Path(_real(path)), scene)
-    }
+    """Return the fingerprints of the items a record entry covers, as they lie on this machine.
+
+    Both dates of each item: a copy with its dates swapped is the same training data.
+    """
+    keys: set[str | None] = set()
+    for item, scene, after in _candidates(entry):
+        if _covers(entry, Path(_real(item)), scene):
+            keys.add(item_fingerprint(item))
+            keys.add(file_fingerprint(after) if after else item_fingerprint(item, "imgs_2"))
     return sorted(key for key in keys if key is not None)
 
 
@@ -223,18 +230,17 @@ def _read(folder: Path, seen: set[str]) -> dict[str, Any] | None:
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return None
+            record = None  # unreadable: the run configurations may still say
         if isinstance(record, dict) and isinstance(record.get("sources"), list):
             return merge_records(record)
-        return None
     return _record_from_configs(folder, seen)
 
 
 def read_training_record(folder: Path) -> dict[str, Any] | None:
     """Return what the checkpoint in ``folder`` was trained on, or None when nothing says.
 
-    Its ``training_data.json``; else the run configurations beside its weights (``config.yaml``
-    of a run folder's ``final/``, the bundled checkpoint's ``stage1.yaml``...), with those of the
+    Its ``training_data.json``; else (none, or none readable) the run configurations beside its
+    weights (``config.yaml`` of a run folder's ``final/``, ``stage1.yaml``...), with those of the
     checkpoints they started from where these still exist.
     """
     return _read(Path(folder), set())
