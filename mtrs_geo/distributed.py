@@ -24,6 +24,10 @@ import contextlib
 import copy
 import logging
 import os
+import shlex
+import signal
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -33,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtrs_geo.batch import BatchCancelled, BatchRow, RowOutcome, check_batch
-from mtrs_geo.cancel import check_cancel
+from mtrs_geo.cancel import CANCELLED_MESSAGE, check_cancel
 from mtrs_geo.config import DetectConfig
 from mtrs_geo.errors import Cancelled, InputError, MtrsError
 from mtrs_geo.sources import resolve_in
@@ -95,6 +99,63 @@ def parse_scheduler(text: str) -> Scheduler:
 
 
 @contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[list[int]]:
+    """Keep SIGINT for the end of the block: then this process's handler gets it.
+
+    Yields the list of the signals kept so far. A second Ctrl+C while the local cluster closes
+    would leave it half-closed (and Dask's exit handler waiting 10 s on it). Only the main thread
+    sets handlers; elsewhere the block runs as it is (and the list stays empty).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    came: list[int] = []
+    handler = signal.signal(signal.SIGINT, lambda number, frame: came.append(number))
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if handler is None else handler)
+        if came:
+            signal.raise_signal(signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Start the block's worker processes with SIGINT ignored from their first instruction.
+
+    Ctrl+C reaches a terminal's whole process group: a local worker interrupted while it starts
+    prints tracebacks and fails the cluster (once started, :class:`LocalChild` keeps it quiet).
+    The spawn start method runs a fresh interpreter; here a shell that ignores SIGINT first runs
+    it (an ignored signal stays ignored across ``exec``). Where that launcher cannot run (a
+    ``noexec`` temporary folder, not POSIX), workers start as before.
+    """
+    from multiprocessing import spawn
+
+    python = spawn.get_executable()  # a str, or bytes (Python 3.11)
+    with tempfile.TemporaryDirectory(prefix="mtrs-workers-") as folder:
+        launcher = Path(folder) / "launch-worker"
+        exe = shlex.quote(os.fsdecode(python))
+        launcher.write_text(f"#!/bin/sh\ntrap '' INT\nexec {exe} \"$@\"\n")
+        launcher.chmod(0o700)
+        try:
+            usable = (
+                os.name == "posix"
+                and subprocess.run(
+                    [str(launcher), "-c", ""], capture_output=True, timeout=30, check=False
+                ).returncode
+                == 0
+            )
+        except (OSError, subprocess.SubprocessError):
+            usable = False
+        if usable:
+            spawn.set_executable(str(launcher))
+        try:
+            yield
+        finally:
+            spawn.set_executable(python)
+
+
+@contextlib.contextmanager
 def dask_client(scheduler: Scheduler) -> Iterator[Any]:
     """Connect to the scheduler (or start a local cluster) for the block; closed at its end.
 
@@ -109,23 +170,31 @@ def dask_client(scheduler: Scheduler) -> Iterator[Any]:
     from mtrs_geo.worker_models import CHILD_PLUGIN_NAME, PLUGIN_NAME, LocalChild, WorkerModels
 
     if scheduler.is_local:
-        cluster = LocalCluster(
-            n_workers=scheduler.workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",  # any free port: never a clash with a running cluster
-            # Not a nanny's warning line per worker at the end, nor a worker's "Compute Failed"
-            # traceback for a task that stopped on a cancel: every task error reaches the run,
-            # which reports it in one line.
-            silence_logs=logging.CRITICAL,
-        )
-        try:
-            with Client(cluster) as client:
-                client.register_plugin(LocalChild(), name=CHILD_PLUGIN_NAME)
-                client.register_plugin(WorkerModels(), name=PLUGIN_NAME)
-                yield client
-        finally:
-            cluster.close()
+        with _workers_ignore_ctrl_c():  # the batch alone takes Ctrl+C, and cancels
+            with _interrupts_deferred() as came:
+                try:
+                    cluster = LocalCluster(
+                        n_workers=scheduler.workers,
+                        threads_per_worker=1,
+                        processes=True,
+                        dashboard_address=":0",  # any free port: never a running cluster's
+                        # Not a nanny's warning line per worker at the end, nor a worker's
+                        # "Compute Failed" traceback for a task stopped by a cancel: every task
+                        # error reaches the run, which reports it in one line.
+                        silence_logs=logging.CRITICAL,
+                    )
+                except Exception:
+                    if came:  # a worker interrupted in the launcher's first millisecond
+                        raise Cancelled(CANCELLED_MESSAGE) from None
+                    raise
+            try:
+                with Client(cluster) as client:
+                    client.register_plugin(LocalChild(), name=CHILD_PLUGIN_NAME)
+                    client.register_plugin(WorkerModels(), name=PLUGIN_NAME)
+                    yield client
+            finally:
+                with _interrupts_deferred():  # a second Ctrl+C waits for the cluster to close
+                    cluster.close()
         return
     client = _connect(str(scheduler.address))
     with client:
@@ -309,48 +378,55 @@ def run_batch_on_cluster(
     if isinstance(scheduler, str):
         scheduler = parse_scheduler(scheduler)
     outcomes: list[RowOutcome] = []
-    with dask_client(scheduler) as client:
-        futures = {}
-        batch_id = uuid.uuid4().hex[:8]
-        event = Event(f"mtrs-cancel-batch-{batch_id}", client=client)
-        for row in rows:
-            if row.config is None:
-                assert row.error is not None
-                failed = RowOutcome(row.number, row.output, False, row.error.exit_code,
-                                    str(row.error))  # fmt: skip
-                outcomes.append(failed)
-                on_row(failed)
-                continue
-            future = client.submit(
-                run_row, row.number, row.output, absolute_paths(row.config), event.name,
-                key=f"mtrs-row-{batch_id}-{row.number}", pure=False,
-            )  # fmt: skip
-            futures[future] = row
-        running = set(futures)
-        try:
-            while running:
-                check_cancel(cancel)
-                try:
-                    done = wait(running, timeout=CANCEL_POLL_S, return_when="FIRST_COMPLETED")
-                except TimeoutError:
-                    continue
-                for future in done.done:
-                    running.discard(future)
-                    outcomes.append(outcome := _row_outcome(future, futures[future]))
-                    on_row(outcome)
-        except Cancelled:
-            late, stopped, wrote_nothing = _stop_rows(event, running, futures, on_row)
-            client.cancel(list(futures))
-            raise BatchCancelled(
-                rows, outcomes + late, stopped, stopped_wrote_nothing=wrote_nothing
-            ) from None
-        except BaseException:
-            event.set()
-            client.cancel(list(futures))
-            raise
-        finally:
-            with contextlib.suppress(Exception):  # a scheduler gone: nothing left to clear
-                event.clear()  # an event nobody waits on is removed from the scheduler
+    try:
+        with dask_client(scheduler) as client:
+            futures: dict[Any, BatchRow] = {}
+            running: set[Any] = set()
+            batch_id = uuid.uuid4().hex[:8]
+            event = Event(f"mtrs-cancel-batch-{batch_id}", client=client)
+            try:
+                for row in rows:
+                    if row.config is None:
+                        assert row.error is not None
+                        failed = RowOutcome(row.number, row.output, False, row.error.exit_code,
+                                            str(row.error))  # fmt: skip
+                        outcomes.append(failed)
+                        on_row(failed)
+                        continue
+                    check_cancel(cancel)  # a cancel while the cluster started: no row starts
+                    future = client.submit(
+                        run_row, row.number, row.output, absolute_paths(row.config), event.name,
+                        key=f"mtrs-row-{batch_id}-{row.number}", pure=False,
+                    )  # fmt: skip
+                    futures[future] = row
+                    running.add(future)
+                while running:
+                    check_cancel(cancel)
+                    try:
+                        done = wait(running, timeout=CANCEL_POLL_S, return_when="FIRST_COMPLETED")
+                    except TimeoutError:
+                        continue
+                    for future in done.done:
+                        running.discard(future)
+                        outcomes.append(outcome := _row_outcome(future, futures[future]))
+                        on_row(outcome)
+            except Cancelled:
+                late, stopped, wrote_nothing = _stop_rows(event, running, futures, on_row)
+                client.cancel(list(futures))
+                raise BatchCancelled(
+                    rows, outcomes + late, stopped, stopped_wrote_nothing=wrote_nothing
+                ) from None
+            except BaseException:
+                event.set()
+                client.cancel(list(futures))
+                raise
+            finally:
+                with contextlib.suppress(Exception):  # a scheduler gone: nothing left to clear
+                    event.clear()  # an event nobody waits on is removed from the scheduler
+    except BatchCancelled:
+        raise
+    except Cancelled:  # while the local cluster started: no row was submitted
+        raise BatchCancelled(rows, outcomes, []) from None
     return sorted(outcomes, key=lambda outcome: outcome.number)
 
 

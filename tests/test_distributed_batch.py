@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -254,3 +255,60 @@ def test_ctrl_c_on_a_local_cluster_batch_is_one_line_and_leaves_no_worker(
     finished = 1 + out.count("\n")  # the first line and the rows reported after it
     assert len(list(tmp_path.glob("*.gpkg"))) == finished
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch left
+
+
+def _a_starting_worker(process: Any) -> bool:
+    """Whether a process is a worker starting (its launcher, or its interpreter)."""
+    try:
+        return "spawn_main" in " ".join(process.cmdline())
+    except Exception:  # noqa: BLE001 - gone meanwhile
+        return False
+
+
+def test_ctrl_c_while_the_local_workers_start_is_one_line_and_starts_no_row(
+    pairs_csv: Path, tmp_path: Path
+) -> None:
+    """A worker interrupted as it starts would print tracebacks and fail the cluster."""
+    import psutil
+
+    small = pairs_csv.parent / "small"
+    table = tmp_path / "rows.csv"
+    table.write_text(
+        "before,after,query,output\n"
+        + "".join(f"{small / 'before.tif'},{small / 'after.tif'},,{tmp_path / f'{n}.gpkg'}\n"
+                  for n in (1, 2, 3))
+    )  # fmt: skip
+    batch = subprocess.Popen(
+        [sys.executable, "-m", "mtrs_geo.cli.main", "batch", str(table), "--scheduler", "local:2",
+         "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not any(_a_starting_worker(child)
+                      for child in psutil.Process(batch.pid).children(recursive=True)):  # fmt: skip
+            assert batch.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        os.killpg(batch.pid, signal.SIGINT)  # a worker is starting: importing, unpickling
+        out, err = batch.communicate(timeout=60)
+    finally:
+        if batch.poll() is None:
+            os.killpg(batch.pid, signal.SIGKILL)
+    assert (batch.returncode, err.strip()) == (
+        130, "Error: cancelled: 0 of 3 rows finished; 3 rows not run"
+    ), err  # fmt: skip
+    assert json.loads(out.splitlines()[-1])["not_run"] == [1, 2, 3]
+    assert list(tmp_path.glob("*.gpkg")) == []
+
+
+def test_a_second_ctrl_c_while_the_cluster_closes_comes_after_it_closed() -> None:
+    from mtrs_geo.distributed import _interrupts_deferred
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with _interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler has run by now: it only noted the signal
+            steps.append("closed")
+    assert steps == ["closed"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
