@@ -206,10 +206,49 @@ def test_overwrite_never_deletes_the_auditors_decisions(source: Path, tmp_path: 
     assert (dataset / "audit.sqlite-wal").stat().st_size > 0  # the decision is in its WAL
     _one_line_exit_2(run_mtrs(*_build_args(source, dataset, "--overwrite")), "an audit log")
     server.close()
-    (dataset / "audit.sqlite").write_bytes(b"not a database, but maybe someone's")
-    _one_line_exit_2(run_mtrs(*_build_args(source, dataset, "--overwrite")), "holds an audit log")
     (dataset / "audit.sqlite").rename(tmp_path / "audit.sqlite")  # moved out: the way to rebuild
     assert run_mtrs(*_build_args(source, dataset, "--overwrite")).code == 0
+
+
+def test_decisions_kept_under_any_name_inside_the_dataset_are_kept(
+    source: Path, tmp_path: Path
+) -> None:
+    dataset = tmp_path / "dataset"
+    build(source, dataset, OPTIONS)
+    elsewhere = DecisionStore(dataset / "train" / "round2.db")  # `craft audit --db` inside it
+    elsewhere.record("ann", load_items(dataset)[0].id, "accept")
+    _one_line_exit_2(
+        run_mtrs(*_build_args(source, dataset, "--overwrite")),
+        f"holds 1 audit decision ({dataset / 'train' / 'round2.db'})",
+    )
+    (dataset / "train" / "round2.db").rename(tmp_path / "round2.db")
+    (dataset / "audit.sqlite").symlink_to(tmp_path / "round2.db")  # only the link goes
+    (dataset / "notes.sqlite").write_bytes(b"not a database")
+    assert run_mtrs(*_build_args(source, dataset, "--overwrite")).code == 0
+    assert DecisionStore(tmp_path / "round2.db").latest()  # the decision is where it was
+
+
+def test_a_decision_recorded_while_the_build_ran_stops_it_before_the_swap(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mtrs_geo.craft.builder as builder
+
+    dataset = tmp_path / "dataset"
+    build(source, dataset, OPTIONS)
+    item = load_items(dataset)[0].id
+    DecisionStore(dataset / "audit.sqlite")  # a server started on it, nothing decided yet
+    real = builder._build_into
+
+    def build_while_ann_decides(*args, **kwargs):  # type: ignore[no-untyped-def]
+        summary = real(*args, **kwargs)
+        DecisionStore(dataset / "audit.sqlite").record("ann", item, "accept")
+        return summary
+
+    monkeypatch.setattr(builder, "_build_into", build_while_ann_decides)
+    with pytest.raises(InputError, match="holds 1 audit decision"):
+        build(source, dataset, OPTIONS, overwrite=True, cancel=None)
+    assert [d.auditor for d in DecisionStore(dataset / "audit.sqlite").latest().values()] == ["ann"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "input"]  # no staging left
 
 
 # --- B9: permissions, SIGTERM, stale staging folders ---

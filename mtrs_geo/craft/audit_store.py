@@ -125,23 +125,30 @@ def _relative(root: Path, folder: Path, value: str, subdir: str) -> str:
     raise InputError(f"{folder}: file {value!r} not found inside the dataset")
 
 
-def decision_count(path: Path) -> int | None:
-    """Return how many decisions a decisions file holds (0: none); None when it cannot be told.
+SQLITE_HEADER = b"SQLite format 3\x00"
 
-    Read as an immutable file, so that nothing is written beside it (no ``-shm``/``-wal``); a
-    write-ahead log with content (a server still running, or killed) holds decisions that such a
-    read would miss, so the count is then None.
+
+def decision_count(path: Path) -> int | None:
+    """Return how many audit decisions a file holds (0: none, or not a decisions file).
+
+    None when it cannot be told: the file cannot be read, or a write-ahead log beside it has
+    content (a server still running, or killed), which an immutable read would miss. The file is
+    read as immutable, so that nothing is written beside it (no ``-shm``/``-wal``).
     """
     path = Path(path)
     wal = path.with_name(f"{path.name}-wal")
-    if wal.exists() and wal.stat().st_size > 0:
-        return None
     try:
+        with open(path, "rb") as handle:
+            if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                return 0  # not an SQLite database: no decision in it
+        if wal.exists() and wal.stat().st_size > 0:
+            return None
         db = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True, timeout=10.0)
-    except sqlite3.Error:
+    except (OSError, sqlite3.Error):
         return None
     try:
-        return int(db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
+        tables = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'decisions'").fetchall()
+        return int(db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]) if tables else 0
     except sqlite3.Error:
         return None
     finally:

@@ -22,7 +22,7 @@ from mtrs_geo.cancel import begin_commit, check_cancel
 from mtrs_geo.craft.datasheet import Tally, datasheet, markdown
 from mtrs_geo.craft.expressions import Referent, choose, referents, select_mask
 from mtrs_geo.craft.language import caption_coverage, realize, tokens, vocabulary
-from mtrs_geo.craft.outputs import check_output
+from mtrs_geo.craft.outputs import check_no_audit_decisions, check_output
 from mtrs_geo.craft.paraphrase import Paraphraser, keeps_meaning
 from mtrs_geo.craft.perception import (
     Instance,
@@ -309,6 +309,7 @@ def build(
     check_cancel(cancel)
     with atomic_directory(output) as staging:
         summary = _build_into(input_dir, staging, options, split_of, paraphraser, progress, cancel)
+        check_no_audit_decisions(output)  # decided while the build ran: kept
         begin_commit(cancel)
     summary.output = output
     return summary

@@ -24,7 +24,7 @@ from mtrs_geo.craft.audit_store import (
     load_items,
     split_folders,
 )
-from mtrs_geo.craft.outputs import check_output
+from mtrs_geo.craft.outputs import check_no_audit_decisions, check_output
 from mtrs_geo.errors import InputError
 from mtrs_geo.write import atomic_directory
 
@@ -151,6 +151,7 @@ def export(
             + "\n",
             encoding="utf-8",
         )
+        check_no_audit_decisions(output)  # decided while the export ran: kept
         begin_commit(cancel)
     return summary
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from mtrs_geo.craft.audit_store import DB_NAME, decision_count
+from mtrs_geo.craft.audit_store import decision_count
 from mtrs_geo.errors import InputError
 
 # Files only CRAFT writes at the top of its folders: a build's datasheet, an export's summary.
@@ -74,13 +74,37 @@ def check_output(
         )
     if not overwrite:
         raise InputError(f"output exists: {output} (use --overwrite to replace it)")
-    decisions = output / DB_NAME
-    if decisions.exists():
-        count = decision_count(decisions)
-        if count != 0:
-            held = "an audit log" if count is None else f"{count} audit decision{'s' * (count > 1)}"
-            raise InputError(
-                f"OUTPUT {output} holds {held} ({decisions}), which --overwrite would delete: "
-                f"move {DB_NAME} out of it (or export the audited dataset first), or choose "
-                "another OUTPUT (nothing was written)"
-            )
+    check_no_audit_decisions(output)
+
+
+# Files of a dataset that are never a decisions database (not opened by the check).
+DATA_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg", ".json", ".jsonl", ".md"})
+
+
+def check_no_audit_decisions(output: Path) -> None:
+    """Refuse to replace a folder holding auditors' decisions (checked again before the swap).
+
+    Any SQLite file in it with a ``decisions`` table that has rows (``audit.sqlite``, or a
+    ``--db`` kept there), or whose count cannot be told (a live server's write-ahead log): hours
+    of human work that no build can make again. Symbolic links are not followed: replacing the
+    folder removes only the link.
+
+    Raises:
+        InputError: one line naming the file and how many decisions it holds.
+
+    """
+    output = Path(output)
+    if not output.is_dir():
+        return
+    for path in sorted(output.rglob("*")):
+        if path.suffix.lower() in DATA_SUFFIXES or path.is_symlink() or not path.is_file():
+            continue
+        count = decision_count(path)
+        if count == 0:
+            continue
+        held = "an audit log" if count is None else f"{count} audit decision{'s' * (count > 1)}"
+        raise InputError(
+            f"OUTPUT {output} holds {held} ({path}), which --overwrite would delete: move "
+            f"{path.name} out of it (or export the audited dataset first), or choose another "
+            "OUTPUT (nothing was written)"
+        )
