@@ -57,6 +57,11 @@ def _print_notes(notes: list[str]) -> None:
         click.echo(f"Note: {note}", err=True)
 
 
+def _table_with_notes(table: str, notes: list[str]) -> str:
+    """Return the report's markdown table followed by the checks' notes."""
+    return table + "".join(f"\nNote: {note}\n" for note in notes)
+
+
 def _splits(root: Path, given: tuple[str, ...]) -> list[str]:
     """Return the splits to score: those given, else every MTRefSeg split found, else the root."""
     if given:
@@ -270,8 +275,9 @@ def evaluate(
         "dataset": str(dataset_dir),
         "source": model if model is not None else str(predictions),
         "splits": results,
+        "notes": notes,
     }
-    json_path, md_path = write_report(report, out, table)
+    json_path, md_path = write_report(report, out, _table_with_notes(table, notes))
     click.echo(table, nl=False)
     click.echo(f"Wrote {json_path} and {md_path}")
 
@@ -342,7 +348,7 @@ def benchmark(
         progress=not quiet and sys.stderr.isatty(),
         text_field=text_field,
     )
-    report = {"dataset": str(dataset_dir), "splits": names, "models": results}
-    json_path, md_path = write_report(report, out, table)
+    report = {"dataset": str(dataset_dir), "splits": names, "models": results, "notes": notes}
+    json_path, md_path = write_report(report, out, _table_with_notes(table, notes))
     click.echo(table, nl=False)
     click.echo(f"Wrote {json_path} and {md_path}")

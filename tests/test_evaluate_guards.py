@@ -149,6 +149,9 @@ def test_a_checkpoint_is_not_scored_on_its_training_folder_unless_allowed(tmp_pa
                        "32", "--out", tmp_path / "r.json", "--allow-training-data")  # fmt: skip
     assert allowed.code == 0, allowed.err
     assert "Note: 3 of 3 image pairs" in allowed.err and (tmp_path / "r.json").is_file()
+    report = json.loads((tmp_path / "r.json").read_text())  # the report says so too
+    assert [note[:22] for note in report["notes"]] == ["3 of 3 image pairs of "]
+    assert "Note: 3 of 3 image pairs" in (tmp_path / "r.md").read_text()
     elsewhere = run_mtrs("evaluate", tmp_path / "other", "--model", f"{model}@any",
                          "--input-size", "32", "--out", tmp_path / "o.json")  # fmt: skip
     assert elsewhere.code == 0, elsewhere.err
