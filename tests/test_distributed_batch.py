@@ -220,26 +220,29 @@ def test_a_cancel_stops_the_running_row_before_its_commit_and_starts_no_other(
 CTRL_C_TABLE_ROWS = 6
 
 
+def _batch_in_its_own_group(pair: Path, folder: Path, rows: int, *options: str) -> Any:
+    """Start ``mtrs batch --scheduler local:2`` of ``rows`` rows over ``pair``, writing ``folder``.
+
+    In a process group of its own, as a terminal's foreground job: Ctrl+C is a SIGINT to all.
+    """
+    table = folder / "rows.csv"
+    table.write_text(
+        "before,after,query,output\n"
+        + "".join(f"{pair / 'before.tif'},{pair / 'after.tif'},,{folder / f'{n}.gpkg'}\n"
+                  for n in range(1, rows + 1))
+    )  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "mtrs_geo.cli.main", "batch", str(table), "--scheduler", "local:2",
+         *options],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
 def test_ctrl_c_on_a_local_cluster_batch_is_one_line_and_leaves_no_worker(
     pairs_csv: Path, tmp_path: Path
 ) -> None:
     """Ctrl+C reaches the batch and its local workers alike (one process group)."""
-    large = pairs_csv.parent / "large"
-    table = tmp_path / "rows.csv"
-    table.write_text(
-        "before,after,query,output\n"
-        + "".join(
-            f"{large / 'before.tif'},{large / 'after.tif'},,{tmp_path / f'{n}.gpkg'}\n"
-            for n in range(1, CTRL_C_TABLE_ROWS + 1)
-        )
-    )
-    batch = subprocess.Popen(
-        [sys.executable, "-m", "mtrs_geo.cli.main", "batch", str(table), "--scheduler", "local:2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own group, as a terminal's foreground job
-    )
+    batch = _batch_in_its_own_group(pairs_csv.parent / "large", tmp_path, CTRL_C_TABLE_ROWS)
     try:
         assert batch.stdout is not None
         first = batch.stdout.readline()  # "row N: ok, ..." once a row finished
@@ -271,18 +274,7 @@ def test_ctrl_c_while_the_local_workers_start_is_one_line_and_starts_no_row(
     """A worker interrupted as it starts would print tracebacks and fail the cluster."""
     import psutil
 
-    small = pairs_csv.parent / "small"
-    table = tmp_path / "rows.csv"
-    table.write_text(
-        "before,after,query,output\n"
-        + "".join(f"{small / 'before.tif'},{small / 'after.tif'},,{tmp_path / f'{n}.gpkg'}\n"
-                  for n in (1, 2, 3))
-    )  # fmt: skip
-    batch = subprocess.Popen(
-        [sys.executable, "-m", "mtrs_geo.cli.main", "batch", str(table), "--scheduler", "local:2",
-         "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+    batch = _batch_in_its_own_group(pairs_csv.parent / "small", tmp_path, 3, "--json")
     try:
         deadline = time.monotonic() + 60
         while not any(_a_starting_worker(child)
