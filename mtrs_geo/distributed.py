@@ -302,6 +302,27 @@ def run_row(
     return RowOutcome(number, output, True, 0, "", result)
 
 
+def _completed(pending: set[Any], cancel: threading.Event | None) -> Iterator[Any]:
+    """Yield futures as they complete, taking each out of ``pending``; check ``cancel`` meanwhile.
+
+    Raises:
+        Cancelled: ``cancel`` was set (checked every :data:`CANCEL_POLL_S`); ``pending`` holds
+            the futures still out.
+
+    """
+    from dask.distributed import wait
+
+    while pending:
+        check_cancel(cancel)
+        try:
+            done = wait(pending, timeout=CANCEL_POLL_S, return_when="FIRST_COMPLETED").done
+        except TimeoutError:
+            continue
+        for future in done:
+            pending.discard(future)
+            yield future
+
+
 def _row_outcome(future: Any, row: BatchRow) -> RowOutcome:
     """Return the outcome a row's task returned, or a failed one where the task itself failed."""
     try:
@@ -372,7 +393,7 @@ def run_batch_on_cluster(
         BatchCancelled: ``cancel`` was set; it says which rows finished, stopped or never ran.
 
     """
-    from dask.distributed import Event, wait
+    from dask.distributed import Event
 
     check_batch(rows)
     if isinstance(scheduler, str):
@@ -400,16 +421,9 @@ def run_batch_on_cluster(
                     )  # fmt: skip
                     futures[future] = row
                     running.add(future)
-                while running:
-                    check_cancel(cancel)
-                    try:
-                        done = wait(running, timeout=CANCEL_POLL_S, return_when="FIRST_COMPLETED")
-                    except TimeoutError:
-                        continue
-                    for future in done.done:
-                        running.discard(future)
-                        outcomes.append(outcome := _row_outcome(future, futures[future]))
-                        on_row(outcome)
+                for future in _completed(running, cancel):
+                    outcomes.append(outcome := _row_outcome(future, futures[future]))
+                    on_row(outcome)
             except Cancelled:
                 late, stopped, wrote_nothing = _stop_rows(event, running, futures, on_row)
                 client.cancel(list(futures))
@@ -560,23 +574,13 @@ class ClusterPredictor:
             Cancelled: the run's cancel flag was set; the workers are told to stop.
 
         """
-        from dask.distributed import wait
-
         index = {future.key: i for i, future in enumerate(futures)}
         results: list[Any] = [None] * len(futures)
-        pending = set(futures)
         try:
-            while pending:
-                check_cancel(self.cancel)
-                try:
-                    done = wait(pending, timeout=CANCEL_POLL_S, return_when="FIRST_COMPLETED").done
-                except TimeoutError:
-                    continue
-                for future in done:
-                    pending.discard(future)
-                    results[index[future.key]] = result = _task_result(future)
-                    if on_done is not None:
-                        on_done(index[future.key], result)
+            for future in _completed(set(futures), self.cancel):
+                results[index[future.key]] = result = _task_result(future)
+                if on_done is not None:
+                    on_done(index[future.key], result)
         except KeyboardInterrupt:  # a second signal: stop at once, without waiting for workers
             self._event.set()
             self.close()

@@ -154,10 +154,7 @@ def entry_fingerprints(entry: dict[str, Any]) -> list[str]:
 
 def training_record(config: TrainConfig, resumed: Path | None = None) -> dict[str, Any]:
     """Return the record of a run: its own sources, fingerprinted; its starting or resumed one's."""
-    own = [source_entry(s) for s in config.data.train]
-    records: list[dict[str, Any]] = [
-        {"sources": [{**entry, "fingerprints": entry_fingerprints(entry)} for entry in own]}
-    ]
+    records = [fingerprinted({"sources": [source_entry(s) for s in config.data.train]})]
     for folder in (config.model.init_from, resumed):
         if folder:
             found = read_training_record(Path(folder))
@@ -189,11 +186,7 @@ def record_from_configs(folder: Path) -> dict[str, Any] | None:
 def fingerprinted(record: dict[str, Any]) -> dict[str, Any]:
     """Return ``record`` with the fingerprints of each entry's items found on this machine."""
     sources = [
-        {
-            **entry,
-            "fingerprints": sorted({*entry.get("fingerprints", []), *entry_fingerprints(entry)}),
-        }
-        for entry in record.get("sources", [])
+        {**entry, "fingerprints": entry_fingerprints(entry)} for entry in record.get("sources", [])
     ]
     return {**record, "sources": sources}
 
